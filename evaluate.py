@@ -1,0 +1,205 @@
+"""Score an EnCLAP checkpoint on a test split (corpus METEOR, CIDEr-D, SPICE, SPIDEr).
+
+    # from preprocessed features (data/preprocess.py output)
+    python evaluate.py --ckpt CKPT --test_csv csv/clotho/test.csv --from_preprocessed \
+        --encodec_path data/clotho/encodec --clap_path data/clotho/clap --save_path preds.csv
+    # from the audio files (features computed on the fly by the same front end)
+    python evaluate.py --ckpt CKPT --clap_ckpt 630k-audioset-fusion-best.pt \
+        --test_csv csv/clotho/test.csv --audio_path data/clotho/audio --save_path preds.csv
+
+Order of work: the metrics' requirements are checked (Java, jars) and every file the CSV names
+is checked to exist BEFORE the model generates anything, so a missing jar or clip fails in
+seconds, not after an hour. Scores are computed once over the whole split and printed as a
+table; with ``--save_path`` the per-clip predictions and references are written to that CSV and
+the scores to ``<save_path without .csv>_scores.json`` beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import os
+import sys
+import time
+
+from data.audio import AUDIO_EXTENSIONS
+
+
+def find_audio(audio_root: str, file_path: str) -> str | None:
+    """The audio file under ``audio_root`` that a CSV ``file_path`` (``split/name.npy``) names.
+
+    Tries ``audio_root/split/name.<ext>`` for every front-end extension, then the same name
+    directly under ``audio_root`` (for folders that hold one split flat).
+
+    Args:
+        audio_root: the ``--audio_path`` folder.
+        file_path: the CSV's relative feature path.
+
+    Returns:
+        The path, or ``None`` when no such audio file exists.
+    """
+    stem = file_path[: -len(".npy")] if file_path.endswith(".npy") else file_path
+    if os.path.splitext(stem)[1].lower() in AUDIO_EXTENSIONS and os.path.isfile(os.path.join(audio_root, stem)):
+        return os.path.join(audio_root, stem)  # "name.wav.npy" style
+    for base in (os.path.join(audio_root, stem), os.path.join(audio_root, os.path.basename(stem))):
+        for ext in AUDIO_EXTENSIONS:
+            for candidate in (base + ext, base + ext.upper()):
+                if os.path.isfile(candidate):
+                    return candidate
+    return None
+
+
+def scores_path(save_path: str) -> str:
+    """Where the scores JSON of ``--save_path`` goes: beside it, ``<stem>_scores.json``."""
+    stem = save_path[:-4] if save_path.lower().endswith(".csv") else save_path
+    return stem + "_scores.json"
+
+
+def predictions_csv(file_paths: list[str], predictions: list[str], references: list[list[str]]) -> str:
+    """Per-clip ``file_path, prediction, caption_1 .. caption_N`` rows as CSV text."""
+    width = max(len(refs) for refs in references)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["file_path", "prediction", *[f"caption_{i + 1}" for i in range(width)]])
+    for path, pred, refs in zip(file_paths, predictions, references):
+        writer.writerow([path, pred, *refs, *[""] * (width - len(refs))])
+    return buffer.getvalue()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from modeling.generation import add_generation_args
+    from modeling.metrics import DEFAULT_METRICS
+    from modeling.pipeline import add_pipeline_args
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--test_csv", required=True, help="split file: file_path, caption_1 .. caption_5")
+    data.add_argument(
+        "--from_preprocessed", action="store_true", help="read features from --encodec_path/--clap_path (default: off)"
+    )
+    data.add_argument("--encodec_path", default=None, help="root of the EnCodec code .npy files (preprocessed mode)")
+    data.add_argument("--clap_path", default=None, help="root of the CLAP embedding .npy files (preprocessed mode)")
+    data.add_argument(
+        "--audio_path",
+        default=None,
+        help="root of the audio files (raw mode): file_path 'split/x.npy' is read from 'split/x.<wav|flac|...>'",
+    )
+    data.add_argument("--save_path", default=None, help="write predictions + references to this CSV (and scores JSON)")
+    data.add_argument(
+        "--metrics",
+        nargs="+",
+        default=list(DEFAULT_METRICS),
+        help="metrics (default: %(default)s; also bleu_1..4, rouge_l, spider_fl, fense)",
+    )
+    data.add_argument("--num_workers", type=int, default=0, help="feature-loading workers (default: 0)")
+    add_pipeline_args(parser, long_audio=False)
+    add_generation_args(parser)
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+    from data.dataset import CaptionDataset, DataError
+    from modeling.generation import GenerationOptions
+    from modeling.metrics import MetricsUnavailable, compute_scores, format_scores, preflight
+    from modeling.pipeline import PipelineError, atomic_write_text, pipeline_from_args, rerank_from_args
+
+    if args.from_preprocessed:
+        if not (args.encodec_path and args.clap_path):
+            return _fail("--from_preprocessed needs --encodec_path and --clap_path")
+    elif not args.audio_path:
+        return _fail("give --audio_path WAVS, or --from_preprocessed with --encodec_path and --clap_path")
+    try:
+        options = GenerationOptions.from_args(args)
+        # 1. Metrics first: a missing jar must not surface after the whole generation.
+        metrics = preflight(args.metrics)
+        # 2. The whole split, every file, before any work.
+        if args.from_preprocessed:
+            dataset = CaptionDataset(args.test_csv, args.encodec_path, args.clap_path, train=False)
+            audio_files = None
+        else:
+            dataset = CaptionDataset(args.test_csv, None, None, train=False, feature_fn=_no_features, check_files=False)
+            audio_files = [find_audio(args.audio_path, path) for path in dataset.file_paths]
+            missing = [path for path, found in zip(dataset.file_paths, audio_files) if found is None]
+            if missing:
+                shown = ", ".join(missing[:10]) + (f", ... ({len(missing) - 10} more)" if len(missing) > 10 else "")
+                return _fail(
+                    f"{len(missing)} of {len(dataset)} clips of {args.test_csv} have no audio file under "
+                    f"{args.audio_path}: {shown} (fix --audio_path or the CSV)"
+                )
+        # 3. Generate.
+        pipeline = pipeline_from_args(args, long_audio="truncate")
+        rerank = rerank_from_args(args)
+        start = time.perf_counter()
+        if args.from_preprocessed:
+            dataset.max_frames = pipeline.max_frames  # the checkpoint's limit (1021 for released models)
+            items = _load_items(dataset, args.num_workers)
+            predictions = pipeline.caption_features(
+                items, batch_size=args.batch_size, options=options, rerank=rerank, progress=True
+            )
+        else:
+            results = pipeline.run(audio_files, batch_size=args.batch_size, options=options, rerank=rerank, progress=True)
+            failed = [res.error for res in results if res.error is not None]
+            if failed:
+                for message in failed:
+                    print(f"error: {message}", file=sys.stderr)
+                return _fail(f"{len(failed)} clip(s) could not be read; scores need every clip (fix or remove them)")
+            truncated = sum(res.truncated for res in results)
+            if truncated:
+                logging.getLogger("evaluate").warning(
+                    "%d clip(s) longer than %.1f s were captioned from their start", truncated, pipeline.window_seconds
+                )
+            predictions = [res.caption for res in results]
+        seconds = time.perf_counter() - start
+        # 4. Score once, on the whole split.
+        scores = compute_scores(predictions, dataset.references, metrics)
+    except (MetricsUnavailable, DataError, PipelineError, ValueError) as exc:
+        return _fail(str(exc))
+
+    print(format_scores(scores, title=f"{args.test_csv}: {len(predictions)} clips, {seconds:.1f} s of generation"))
+    if args.save_path:
+        atomic_write_text(args.save_path, predictions_csv(dataset.file_paths, predictions, dataset.references))
+        report = {
+            "scores": scores,
+            "num_clips": len(predictions),
+            "test_csv": args.test_csv,
+            "ckpt": str(args.ckpt),
+            "mode": "preprocessed" if args.from_preprocessed else "audio",
+            "generation": vars(options),
+            "rerank": vars(rerank),
+            "generation_seconds": round(seconds, 2),
+        }
+        atomic_write_text(scores_path(args.save_path), json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.save_path} and {scores_path(args.save_path)}", file=sys.stderr)
+    return 0
+
+
+def _no_features(file_path: str):
+    # Raw-audio mode reads only the CSV through CaptionDataset; features come from the pipeline.
+    raise AssertionError(f"no preprocessed features in audio mode ({file_path})")
+
+
+def _load_items(dataset, num_workers: int) -> list[dict]:
+    """Every clip's (cropped) codes and CLAP embedding, read with a progress bar."""
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    loader = DataLoader(dataset, batch_size=16, num_workers=num_workers, collate_fn=list)
+    items: list[dict] = []
+    for batch in tqdm(loader, desc="loading features", unit="batch", disable=len(dataset) <= 16):
+        items.extend(batch)
+    return items
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,645 @@
+"""The EnCLAP captioning pipeline: audio in, captions out.
+
+``EnClap`` hides everything between an audio file and its caption: decoding (the shared front
+end in :mod:`data.audio`), the EnCodec and CLAP encoders (:class:`data.features.FeatureExtractor`,
+the same object preprocessing uses), batching (:class:`data.collator.EnClapCollator`, the same
+collator training uses), the model's beam search with the SPEC §7 defaults
+(:class:`modeling.generation.GenerationOptions`) and decoding of the token ids. ``evaluate.py``,
+``inference.py`` and ``gradio_app.py`` are thin wrappers around it.
+
+Beyond the original it offers optional CLAP re-ranking of N candidate captions and an explicit
+long-audio policy (truncate with a warning, or caption consecutive windows).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from data.audio import AudioError, load_audio, to_mono
+from data.collator import EnClapCollator
+from data.features import ClapEncoder, EncodecEncoder, FeatureExtractor, ModelLoadError
+from data.masking import crop_codes
+from modeling.modeling_enclap import CheckpointError, EnClapBartForConditionalGeneration
+from modeling.generation import GenerationOptions
+
+logger = logging.getLogger(__name__)
+
+LONG_AUDIO_MODES = ("truncate", "window")
+DEFAULT_TOKENIZER = "facebook/bart-base"
+# Where laion_clap itself fetches the fusion checkpoint from.
+CLAP_HUB_REPO = "lukewys/laion_clap"
+CLAP_CKPT_NAME = "630k-audioset-fusion-best.pt"
+CLAP_CKPT_URL = f"https://huggingface.co/{CLAP_HUB_REPO}/resolve/main/{CLAP_CKPT_NAME}"
+
+
+class PipelineError(Exception):
+    """A problem the user can fix (missing checkpoint, bad option); the message is one line."""
+
+
+@dataclass
+class RerankOptions:
+    """CLAP re-ranking of candidate captions (off by default, so outputs stay the paper's).
+
+    For every clip ``num_candidates`` captions are generated (the beam N-best, or N samples when
+    ``GenerationOptions.do_sample`` is set) and the one with the highest
+    ``clap_weight * cos(CLAP audio, CLAP text) + lm_weight * mean token log-probability`` is
+    returned. The log-probability is the model's own, averaged over the caption's tokens
+    (including ``</s>``), so long captions are not penalised for their length.
+
+    Args:
+        enabled: turn re-ranking on.
+        num_candidates: candidates per clip; ``None`` takes ``num_return_sequences`` of the
+            generation options when that is above 1, else ``num_beams`` (at least 2).
+        clap_weight: weight of the CLAP audio-text cosine similarity (in [-1, 1]).
+        lm_weight: weight of the length-normalised log-probability (<= 0, typically -0.3 .. -2).
+        seed: seed of the sampling random generator, so that sampled candidates are reproducible.
+    """
+
+    enabled: bool = False
+    num_candidates: int | None = None
+    clap_weight: float = 1.0
+    lm_weight: float = 0.5
+    seed: int = 0
+
+    def candidates_for(self, options: GenerationOptions) -> int:
+        """Number of candidates per clip under ``options``."""
+        if self.num_candidates is not None:
+            return max(1, int(self.num_candidates))
+        if options.num_return_sequences > 1:
+            return int(options.num_return_sequences)
+        return max(2, int(options.num_beams))
+
+
+@dataclass
+class Segment:
+    """The caption of one window of a long clip (``--long_audio window``)."""
+
+    start: float  # seconds
+    end: float  # seconds
+    caption: str
+
+
+@dataclass
+class CaptionResult:
+    """What the pipeline made of one input.
+
+    Args:
+        source: the file path, or ``"<array i>"`` for an in-memory waveform.
+        caption: the caption (window mode: one ``"start-end s: caption"`` line per window);
+            ``None`` when the input could not be read.
+        segments: window mode only: the per-window captions with their times.
+        duration: length of the audio in seconds.
+        truncated: the clip was longer than the model's maximum and only its start was used.
+        error: one-line description of why the input failed, else ``None``.
+    """
+
+    source: str
+    caption: str | None = None
+    segments: list[Segment] = field(default_factory=list)
+    duration: float = 0.0
+    truncated: bool = False
+    error: str | None = None
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise PipelineError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PipelineError(f"device {device!r} requested but CUDA is not available: use --device cpu")
+    return dev
+
+
+def resolve_clap_checkpoint(clap_ckpt: str | os.PathLike | None) -> str:
+    """Return a local path to the LAION-CLAP fusion checkpoint.
+
+    A given path must exist. ``None`` looks the file up in the Hugging Face cache and downloads it
+    when a network is there; otherwise the error says where to get it.
+
+    Args:
+        clap_ckpt: path to ``630k-audioset-fusion-best.pt`` or ``None``.
+    """
+    if clap_ckpt is not None:
+        path = Path(clap_ckpt).expanduser()
+        if not path.is_file():
+            raise PipelineError(f"CLAP checkpoint not found: {path} (download {CLAP_CKPT_URL} and pass its path)")
+        return str(path)
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return hf_hub_download(CLAP_HUB_REPO, CLAP_CKPT_NAME)
+    except Exception as exc:  # offline, hub error: all mean "get the file yourself"
+        raise PipelineError(
+            f"no CLAP checkpoint given and it could not be downloaded ({type(exc).__name__}): "
+            f"download {CLAP_CKPT_URL} and pass --clap_ckpt PATH"
+        ) from exc
+
+
+def load_enclap_model(ckpt: str | os.PathLike) -> EnClapBartForConditionalGeneration:
+    """Load a checkpoint folder (config.json + weights) or hub id; problems become one-line errors."""
+    try:
+        return EnClapBartForConditionalGeneration.from_pretrained(str(ckpt))
+    except (CheckpointError, OSError) as exc:
+        raise PipelineError(str(exc).splitlines()[0]) from exc
+
+
+def load_tokenizer(ckpt: str | os.PathLike):
+    """The checkpoint's own tokenizer files when present, else BART's (released checkpoints have none)."""
+    from transformers import AutoTokenizer
+
+    ckpt = str(ckpt)
+    has_files = any(
+        os.path.isfile(os.path.join(ckpt, name)) for name in ("tokenizer.json", "vocab.json", "tokenizer_config.json")
+    )
+    source = ckpt if has_files else DEFAULT_TOKENIZER
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, TypeError, ValueError) as exc:
+        # Offline, transformers raises TypeError for an uncached hub tokenizer.
+        raise PipelineError(
+            f"could not load the tokenizer from {source} ({type(exc).__name__}): run once online to cache "
+            f"{DEFAULT_TOKENIZER}, or copy its tokenizer files into {ckpt}"
+        ) from exc
+
+
+def _describe(source: Any, index: int) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    return f"<array {index}>"
+
+
+class EnClap:
+    """Caption audio with an EnCLAP checkpoint.
+
+    Example::
+
+        model = EnClap("ckpt/audiocaps-base", clap_ckpt="630k-audioset-fusion-best.pt")
+        model.caption(["dog.wav", "rain.flac"])  # -> ["a dog barks ...", "rain falls ..."]
+
+    Args:
+        ckpt: a folder with ``config.json`` and weights (released, or written by train.py) or a
+            hub id.
+        clap_ckpt: path to LAION-CLAP ``630k-audioset-fusion-best.pt``; ``None`` downloads it
+            when online (ignored with ``random_encoders``).
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        fp16: run the BART model in half precision (CUDA only; ignored with a warning on CPU).
+        random_encoders: build EnCodec and CLAP with random weights instead of the pretrained
+            ones. For tests and the offline demo only: captions are then meaningless.
+        batch_size: default number of clips per generate call.
+        long_audio: ``"truncate"`` (use the first ``max_frames`` frames, warn naming the file)
+            or ``"window"`` (caption consecutive windows of ``max_frames`` frames).
+        seed: seed of the CLAP encoder's random chunk choice for clips over 10 s and, when
+            random, of its weights.
+        encodec: an already-built :class:`data.features.EncodecEncoder` to reuse (optional).
+        clap: an already-built :class:`data.features.ClapEncoder` to reuse (optional).
+    """
+
+    def __init__(
+        self,
+        ckpt: str | os.PathLike,
+        clap_ckpt: str | os.PathLike | None = None,
+        device: str = "auto",
+        fp16: bool = False,
+        random_encoders: bool = False,
+        batch_size: int = 8,
+        long_audio: str = "truncate",
+        seed: int = 0,
+        encodec: EncodecEncoder | None = None,
+        clap: ClapEncoder | None = None,
+    ):
+        if long_audio not in LONG_AUDIO_MODES:
+            raise PipelineError(f"unknown long_audio mode {long_audio!r}: use one of {', '.join(LONG_AUDIO_MODES)}")
+        if batch_size < 1:
+            raise PipelineError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        self.long_audio = long_audio
+
+        self.model = load_enclap_model(ckpt)
+        self.model.eval().to(self.device)
+        self.dtype = torch.float32
+        if fp16:
+            if self.device.type == "cuda":
+                self.model.half()
+                self.dtype = torch.float16
+            else:
+                logger.warning("fp16 needs a CUDA device; running in float32 on %s", self.device)
+        self.tokenizer = load_tokenizer(ckpt)
+        self.max_frames = int(self.model.config.max_frames)
+        self.collator = EnClapCollator(
+            tokenizer=None,
+            num_rvq=self.model.config.num_rvq,
+            encodec_pad_token_id=self.model.config.encodec_pad_token_id,
+        )
+
+        # The encoders are built on first use: captioning preprocessed features needs neither
+        # (nor their downloads), re-ranking needs only CLAP.
+        self._random_encoders = random_encoders
+        self._seed = seed
+        self._encodec = encodec
+        self._clap = clap
+        self._features: FeatureExtractor | None = None
+        self._warned_random = False
+        if clap is None and not random_encoders and clap_ckpt is not None:
+            self._clap_ckpt: str | None = resolve_clap_checkpoint(clap_ckpt)  # fail early on a wrong path
+        else:
+            self._clap_ckpt = None if clap_ckpt is None else str(clap_ckpt)
+
+    @property
+    def encodec(self) -> EncodecEncoder:
+        """The EnCodec encoder (built on first use)."""
+        if self._encodec is None:
+            self._warn_random()
+            try:
+                self._encodec = EncodecEncoder(device=str(self.device), pretrained=not self._random_encoders)
+            except ModelLoadError as exc:  # its message already says where to get the weights
+                raise PipelineError(str(exc)) from exc
+        return self._encodec
+
+    @property
+    def clap(self) -> ClapEncoder:
+        """The LAION-CLAP encoder (built on first use)."""
+        if self._clap is None:
+            self._warn_random()
+            path = None if self._random_encoders else resolve_clap_checkpoint(self._clap_ckpt)
+            try:
+                self._clap = ClapEncoder(ckpt_path=path, device=str(self.device), seed=self._seed)
+            except ModelLoadError as exc:
+                raise PipelineError(str(exc)) from exc
+        return self._clap
+
+    @property
+    def features(self) -> FeatureExtractor:
+        """The shared audio -> (codes, CLAP embedding) front end."""
+        if self._features is None:
+            self._features = FeatureExtractor(self.encodec, self.clap)
+        return self._features
+
+    def _warn_random(self) -> None:
+        if self._random_encoders and not self._warned_random:
+            self._warned_random = True
+            logger.warning("using RANDOM-WEIGHT EnCodec and CLAP encoders (tests/demo only: captions are meaningless)")
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def window_seconds(self) -> float:
+        """Audio length that fills the model's maximum number of codec frames."""
+        return self.max_frames / float(self.encodec.frame_rate)
+
+    def caption(
+        self,
+        audio_or_paths: Any,
+        batch_size: int | None = None,
+        options: GenerationOptions | None = None,
+        rerank: RerankOptions | None = None,
+    ) -> list[str]:
+        """Caption audio files or waveforms; one caption per input, in input order.
+
+        Args:
+            audio_or_paths: a path, an ``(array, sample_rate)`` pair, or a list of those.
+                Arrays may be (samples,), (channels, samples) or (samples, channels); any rate.
+            batch_size: clips per generate call (default: the pipeline's).
+            options: generation options (default: SPEC §7 beam search).
+            rerank: CLAP re-ranking options (default: off).
+
+        Raises:
+            AudioError: an input could not be read (use :meth:`run` to get per-input errors).
+        """
+        results = self.run(audio_or_paths, batch_size=batch_size, options=options, rerank=rerank)
+        for res in results:
+            if res.error is not None:
+                raise AudioError(res.error)
+        return [res.caption for res in results]
+
+    def run(
+        self,
+        audio_or_paths: Any,
+        batch_size: int | None = None,
+        options: GenerationOptions | None = None,
+        rerank: RerankOptions | None = None,
+        progress: bool = False,
+    ) -> list[CaptionResult]:
+        """Caption inputs and report per-input errors instead of raising.
+
+        Inputs are decoded and encoded a chunk at a time (so memory stays bounded on long lists),
+        each chunk is sorted by length so that batches carry little padding, and the results
+        come back in input order.
+
+        Args:
+            audio_or_paths: as for :meth:`caption`.
+            batch_size: clips per generate call.
+            options: generation options.
+            rerank: CLAP re-ranking options.
+            progress: show a tqdm progress bar.
+        """
+        sources = self._as_list(audio_or_paths)
+        batch_size = batch_size or self.batch_size
+        features = self.features  # build the encoders (and fail on missing weights) before any decoding
+        results = [CaptionResult(source=_describe(src, i)) for i, src in enumerate(sources)]
+        chunk = max(batch_size * 4, 16)
+        bar = _progress(len(sources), progress, "captioning")
+        for start in range(0, len(sources), chunk):
+            idx = list(range(start, min(start + chunk, len(sources))))
+            # (result index, window start s, window end s, waveform (N,), sample rate)
+            pieces: list[tuple[int, float, float, np.ndarray, int]] = []
+            for i in idx:
+                try:
+                    mono, sr = self._decode(sources[i])
+                except AudioError as exc:
+                    message = (str(exc).splitlines() or [type(exc).__name__])[0]
+                    results[i].error = message if results[i].source in message else f"{results[i].source}: {message}"
+                    continue
+                res = results[i]
+                res.duration = len(mono) / sr
+                pieces.extend((i, s, e, wav, sr) for s, e, wav in self._split(res, mono, sr))
+            if pieces:
+                feats = features.extract([(wav, sr) for _, _, _, wav, sr in pieces])
+                items = [{"codes": self._crop(codes), "clap_embedding": clap} for codes, clap in feats]
+                captions = self.caption_features(items, batch_size=batch_size, options=options, rerank=rerank)
+                for (i, s, e, _, _), text in zip(pieces, captions):
+                    if self.long_audio == "window":
+                        results[i].segments.append(Segment(start=s, end=e, caption=text))
+                    else:
+                        results[i].caption = text
+                for i in idx:
+                    if results[i].segments:
+                        results[i].caption = "\n".join(
+                            f"{seg.start:.2f}-{seg.end:.2f} s: {seg.caption}" for seg in results[i].segments
+                        )
+            bar.update(len(idx))
+        bar.close()
+        return results
+
+    @torch.inference_mode()
+    def caption_features(
+        self,
+        items: Sequence[dict],
+        batch_size: int | None = None,
+        options: GenerationOptions | None = None,
+        rerank: RerankOptions | None = None,
+        progress: bool = False,
+    ) -> list[str]:
+        """Caption precomputed features (evaluate.py's preprocessed mode uses this directly).
+
+        Args:
+            items: dicts with ``codes`` (T, 16) int64 (at most ``max_frames`` frames) and
+                ``clap_embedding`` (512,) float32, e.g. from :class:`data.dataset.CaptionDataset`.
+            batch_size: clips per generate call.
+            options: generation options.
+            rerank: CLAP re-ranking options.
+            progress: show a tqdm progress bar.
+
+        Returns:
+            One caption per item, in item order.
+        """
+        options = options or GenerationOptions()
+        batch_size = batch_size or self.batch_size
+        # Longest first and similar lengths together: less padding, so less encoder work and
+        # the first (largest) batch shows an out-of-memory error early.
+        order = sorted(range(len(items)), key=lambda i: -len(items[i]["codes"]))
+        captions: list[str | None] = [None] * len(items)
+        bar = _progress(len(items), progress, "generating")
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch_items = [
+                {"codes": np.asarray(items[i]["codes"]), "clap_embedding": np.asarray(items[i]["clap_embedding"])}
+                for i in idx
+            ]
+            for i, text in zip(idx, self._generate(batch_items, options, rerank)):
+                captions[i] = text
+            bar.update(len(idx))
+        bar.close()
+        return captions  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ internals
+
+    @staticmethod
+    def _as_list(audio_or_paths: Any) -> list:
+        if isinstance(audio_or_paths, (str, os.PathLike)):
+            return [audio_or_paths]
+        if isinstance(audio_or_paths, tuple) and len(audio_or_paths) == 2 and np.isscalar(audio_or_paths[1]):
+            return [audio_or_paths]  # one (array, sample_rate) pair
+        return list(audio_or_paths)
+
+    @staticmethod
+    def _decode(source: Any) -> tuple[np.ndarray, int]:
+        """Any input -> (mono float32 (N,), sample rate), via the shared front end."""
+        if isinstance(source, (str, os.PathLike)):
+            wav, sr = load_audio(source)
+        elif isinstance(source, tuple) and len(source) == 2:
+            array, sr = source
+            if isinstance(array, torch.Tensor):
+                array = array.detach().cpu().numpy()
+            array = np.asarray(array)
+            # Gradio and soundfile give (samples, channels); the front end wants (channels, samples).
+            if array.ndim == 2 and array.shape[0] > array.shape[1]:
+                array = array.T
+            wav, sr = load_audio(array, sample_rate=int(sr))
+        else:
+            raise AudioError(f"unsupported input {type(source).__name__}: pass a file path or an (array, sample_rate) pair")
+        mono = to_mono(wav)  # (N,)
+        if mono.size == 0:
+            raise AudioError(f"{_describe(source, 0)}: the audio is empty (0 samples)")
+        return mono, int(sr)
+
+    def _split(self, res: CaptionResult, mono: np.ndarray, sr: int) -> Iterable[tuple[float, float, np.ndarray]]:
+        """Apply the long-audio policy: yields (start s, end s, waveform) pieces to caption."""
+        frames = math.ceil(res.duration * self.encodec.frame_rate)
+        if frames <= self.max_frames:
+            return [(0.0, res.duration, mono)]
+        if self.long_audio == "truncate":
+            res.truncated = True
+            logger.warning(
+                "%s is %.1f s long; only its first %.1f s (%d frames) are captioned "
+                "(use long_audio='window' / --long_audio window to caption all of it)",
+                res.source, res.duration, self.window_seconds, self.max_frames,
+            )
+            # Features are computed on the whole clip, as preprocessing does (CLAP sees it all);
+            # the codes are cropped afterwards in _crop.
+            return [(0.0, self.window_seconds, mono)]
+        hop = int(round(self.window_seconds * sr))
+        return [
+            (s / sr, min(s + hop, len(mono)) / sr, mono[s : s + hop])
+            for s in range(0, len(mono), hop)
+        ]
+
+    def _crop(self, codes: np.ndarray) -> np.ndarray:
+        # The first max_frames frames, as evaluation of preprocessed features does.
+        return crop_codes(codes, self.max_frames) if len(codes) > self.max_frames else codes
+
+    def _model_inputs(self, batch_items: list[dict]) -> dict[str, torch.Tensor]:
+        batch = self.collator(batch_items)
+        inputs = {k: batch[k].to(self.device) for k in ("input_ids", "encodec_mask", "attention_mask", "clap_embedding")}
+        inputs["clap_embedding"] = inputs["clap_embedding"].to(self.dtype)
+        return inputs
+
+    def _generate(self, batch_items: list[dict], options: GenerationOptions, rerank: RerankOptions | None) -> list[str]:
+        inputs = self._model_inputs(batch_items)
+        config = options.to_generation_config(self.model.config)
+        n = 1
+        if rerank is not None and rerank.enabled:
+            n = rerank.candidates_for(options)
+            config.num_return_sequences = n
+            if not options.do_sample and config.num_beams < n:
+                config.num_beams = n
+        seed = rerank.seed if rerank is not None else 0
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)  # sampling is reproducible and leaves the caller's RNG alone
+            sequences = self.model.generate(**inputs, generation_config=config)  # (B*R, S)
+        per_input = sequences.shape[0] // len(batch_items)
+        texts = self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
+        texts = [t.strip() for t in texts]
+        if n == 1 or per_input == 1:
+            return texts[::per_input]  # best-scored sequence of each input
+        best = self._rerank(inputs, sequences, texts, per_input, rerank)
+        return [texts[i] for i in best]
+
+    def score_candidates(
+        self, inputs: dict[str, torch.Tensor], sequences: torch.Tensor, texts: list[str], n: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """CLAP similarity and mean token log-probability of ``n`` candidates per input.
+
+        Args:
+            inputs: the model inputs of B clips.
+            sequences: (B*n, S) generated ids, ``n`` consecutive rows per clip.
+            texts: the B*n decoded captions.
+            n: candidates per clip.
+
+        Returns:
+            ``(clap_sim, mean_logprob)``, both (B*n,) float32 on the CPU.
+        """
+        labels = sequences[:, 1:].clone()  # drop the decoder start token: the model shifts it back in
+        labels[labels == self.tokenizer.pad_token_id] = -100
+        expanded = {k: v.repeat_interleave(n, dim=0) for k, v in inputs.items()}  # (B*n, ...)
+        logits = self.model(**expanded, labels=labels).logits.float()  # (B*n, S-1, V)
+        logp = logits.log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        valid = labels != -100
+        mean_logprob = (logp * valid).sum(1) / valid.sum(1).clamp(min=1)  # (B*n,)
+        text_emb = torch.as_tensor(np.asarray(self.clap.embed_text(texts)), dtype=torch.float32)  # (B*n, 512)
+        audio_emb = inputs["clap_embedding"].float().cpu().repeat_interleave(n, dim=0)  # (B*n, 512)
+        clap_sim = torch.nn.functional.cosine_similarity(text_emb, audio_emb, dim=-1)
+        return clap_sim, mean_logprob.cpu()
+
+    def _rerank(self, inputs, sequences, texts, n, rerank: RerankOptions) -> list[int]:
+        clap_sim, mean_logprob = self.score_candidates(inputs, sequences, texts, n)
+        score = rerank.clap_weight * clap_sim + rerank.lm_weight * mean_logprob  # (B*n,)
+        # argmax returns the first maximum, so ties go to the better generation score.
+        best_in_group = score.view(-1, n).argmax(dim=1)
+        return [g * n + int(j) for g, j in enumerate(best_in_group)]
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled or total <= 1, desc=desc, unit="clip")
+
+
+# ---------------------------------------------------------------------- command-line helpers
+
+
+def add_pipeline_args(parser, long_audio: bool = True) -> None:
+    """Add the options every entry point shares: checkpoint, CLAP, device, long audio, re-ranking.
+
+    Args:
+        parser: an ``argparse.ArgumentParser``.
+        long_audio: offer ``--long_audio`` (evaluation always truncates, as the references
+            describe whole clips and scoring needs one caption per clip).
+    """
+    group = parser.add_argument_group("model")
+    group.add_argument("--ckpt", required=True, help="EnCLAP checkpoint: a folder with config.json + weights, or a hub id")
+    group.add_argument(
+        "--clap_ckpt",
+        default=None,
+        help=f"LAION-CLAP {CLAP_CKPT_NAME} (default: download it from {CLAP_HUB_REPO} when online)",
+    )
+    group.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
+    group.add_argument("--fp16", action="store_true", help="half-precision BART on CUDA (default: off)")
+    group.add_argument("--batch_size", type=int, default=8, help="clips per generate call (default: 8)")
+    group.add_argument(
+        "--random_encoders",
+        action="store_true",
+        help="random-weight EnCodec and CLAP instead of the pretrained ones: tests/offline demo only, "
+        "captions are meaningless (default: off)",
+    )
+    group.add_argument("--seed", type=int, default=0, help="seed for CLAP chunk choice and sampling (default: 0)")
+    if long_audio:
+        group.add_argument(
+            "--long_audio",
+            choices=LONG_AUDIO_MODES,
+            default="truncate",
+            help="clips longer than the model's maximum (1021 frames = 13.6 s): 'truncate' captions the first "
+            "13.6 s and warns naming the file; 'window' captions consecutive 13.6 s windows, one caption each "
+            "with start/end times (default: truncate)",
+        )
+    rr = parser.add_argument_group("CLAP re-ranking (off by default)")
+    rr.add_argument(
+        "--rerank",
+        action="store_true",
+        help="generate N candidates and keep the one maximising "
+        "clap_weight*cos(CLAP audio, CLAP text) + lm_weight*mean token log-prob",
+    )
+    rr.add_argument(
+        "--rerank_candidates",
+        type=int,
+        default=None,
+        help="N (default: --num_return_sequences if > 1, else --num_beams); with --do_sample they are N samples",
+    )
+    rr.add_argument("--rerank_clap_weight", type=float, default=RerankOptions.clap_weight, help="default: %(default)s")
+    rr.add_argument("--rerank_lm_weight", type=float, default=RerankOptions.lm_weight, help="default: %(default)s")
+
+
+def rerank_from_args(args) -> RerankOptions:
+    """The :class:`RerankOptions` of parsed :func:`add_pipeline_args` arguments."""
+    return RerankOptions(
+        enabled=args.rerank,
+        num_candidates=args.rerank_candidates,
+        clap_weight=args.rerank_clap_weight,
+        lm_weight=args.rerank_lm_weight,
+        seed=args.seed,
+    )
+
+
+def pipeline_from_args(args, long_audio: str | None = None) -> EnClap:
+    """Build :class:`EnClap` from parsed :func:`add_pipeline_args` arguments."""
+    return EnClap(
+        args.ckpt,
+        clap_ckpt=args.clap_ckpt,
+        device=args.device,
+        fp16=args.fp16,
+        random_encoders=args.random_encoders,
+        batch_size=args.batch_size,
+        long_audio=long_audio or getattr(args, "long_audio", "truncate"),
+        seed=args.seed,
+    )
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    import tempfile
+
+    path = os.path.abspath(os.fspath(path))
+    folder = os.path.dirname(path)  # never '' because the path is absolute
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
