@@ -1,0 +1,1 @@
+"""EnCLAP data package: audio front end, feature encoders, preprocessing, datasets and collation."""

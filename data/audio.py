@@ -1,0 +1,244 @@
+"""The single audio front end: decode any file or array, downmix, resample per branch.
+
+Everything that turns raw audio into EnCLAP features (preprocessing, evaluation on raw audio,
+inference, the demo) goes through these functions, so one clip gives the same features
+whichever door it came in by (SPEC §1, §2, §9):
+
+* ``load_audio`` decodes a file with libsndfile (wav incl. 8-bit/MS-ADPCM, flac incl. 24-bit,
+  ogg/vorbis, opus, mp3, aiff, ...) or accepts a numpy/torch array, and returns float32
+  ``(channels, samples)`` plus the sample rate. Integer samples are scaled by their full
+  scale (int16 / 32768, ...), as libsndfile does for files.
+* ``to_mono`` averages the channels (the original inference kept channel 0; preprocessing
+  averaged: we always average).
+* ``resample_for_encodec`` uses torchaudio's ``Resample`` with default settings, which is what
+  ``encodec.utils.convert_audio`` did when the released checkpoints' codes were made.
+* ``resample_for_clap`` uses soxr HQ exactly as ``librosa.load(path, sr=48000)`` did for the
+  CLAP branch (librosa's default ``res_type='soxr_hq'`` plus its length fix).
+* ``clap_quantize`` is laion_clap's int16 round trip (clip to [-1, 1], x 32767, truncate
+  toward zero, / 32767) that its numpy ``get_audio_embedding_from_data`` path applies.
+
+Lossy decoders (mp3, vorbis, opus) return peaks beyond +-1. Those values are kept as they are
+for the EnCodec branch (the original passed them through ``convert_audio`` unchanged) and
+are clipped only by the CLAP int16 round trip, exactly as in the original pipeline.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import Optional, Tuple, Union
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+import torchaudio
+
+ENCODEC_SAMPLE_RATE = 24000
+CLAP_SAMPLE_RATE = 48000
+
+# Extensions the preprocessing CLI looks for by default: every container libsndfile decodes
+# that audio datasets actually ship. Lower case, with the dot.
+AUDIO_EXTENSIONS = (
+    ".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc",
+    ".au", ".snd", ".caf", ".w64", ".rf64",
+)
+
+AudioSource = Union[str, os.PathLike, np.ndarray, torch.Tensor]
+
+
+class AudioError(Exception):
+    """A clip that cannot be used: unreadable, not audio, empty or non-finite.
+
+    The message is one line naming the file (or ``<array>``) and the reason, ready to be
+    printed by an entry point or written to a failures file.
+    """
+
+
+def _int_to_float(samples: np.ndarray) -> np.ndarray:
+    """Scales integer PCM to float32 by its full scale, as libsndfile does for files."""
+    if samples.dtype == np.uint8:
+        # 8-bit PCM is unsigned with its zero at 128 (WAV convention).
+        return ((samples.astype(np.float32) - 128.0) / 128.0).astype(np.float32)
+    info = np.iinfo(samples.dtype)
+    if info.min == 0:
+        raise AudioError(f"<array>: unsupported unsigned sample type {samples.dtype}; "
+                         "pass float or signed integer samples")
+    return (samples.astype(np.float64) / float(-info.min)).astype(np.float32)
+
+
+def _array_to_channels_first(samples: Union[np.ndarray, torch.Tensor],
+                             channels_axis: int) -> np.ndarray:
+    """Turns an array of any supported layout into float32 (channels, samples)."""
+    if isinstance(samples, torch.Tensor):
+        samples = samples.detach().cpu().numpy()
+    samples = np.asarray(samples)
+    if samples.dtype == np.bool_ or not (np.issubdtype(samples.dtype, np.floating)
+                                         or np.issubdtype(samples.dtype, np.integer)):
+        raise AudioError(f"<array>: samples must be float or integer, got {samples.dtype}")
+    if samples.ndim == 1:
+        samples = samples[None, :]  # (1, N)
+    elif samples.ndim == 2:
+        if channels_axis not in (0, 1, -1):
+            raise ValueError(f"channels_axis must be 0 or -1, got {channels_axis}")
+        if channels_axis != 0:
+            samples = samples.T  # (N, C) -> (C, N)
+    else:
+        raise AudioError(f"<array>: expected shape (samples,) or (channels, samples), "
+                         f"got {tuple(samples.shape)}")
+    if np.issubdtype(samples.dtype, np.integer):
+        samples = _int_to_float(samples)
+    return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+def _read_file(path: str) -> Tuple[np.ndarray, int]:
+    """Decodes a file with libsndfile into float32 (channels, samples)."""
+    if not os.path.exists(path):
+        raise AudioError(f"{path}: file not found; check the path")
+    if os.path.isdir(path):
+        raise AudioError(f"{path}: is a directory, not an audio file")
+    try:
+        # always_2d gives (N, C) even for mono; float32 scales ints by full scale.
+        data, sr = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, sf.SoundFileError, RuntimeError, TypeError, ValueError) as err:
+        reason = " ".join(str(err).split())  # keep it on one line
+        raise AudioError(f"{path}: cannot decode audio ({reason}); "
+                         "convert it to wav/flac or remove it") from None
+    return np.ascontiguousarray(data.T), int(sr)  # (C, N)
+
+
+def load_audio(source: AudioSource, sample_rate: Optional[int] = None,
+               channels_axis: int = 0) -> Tuple[np.ndarray, int]:
+    """Decodes a file or accepts an array, returning float32 (channels, samples) and its rate.
+
+    Args:
+        source: a path to any file libsndfile reads, or a numpy/torch array of shape
+            ``(samples,)`` or ``(channels, samples)`` (channels on axis 0 by default, like
+            torchaudio; see ``channels_axis``). Integer arrays are scaled by their full scale
+            (int16 / 32768, int32 / 2**31, uint8 around 128); float arrays are taken as is.
+        sample_rate: the sample rate of an array source (required for arrays). For a path it
+            must be None (the file header gives the rate).
+        channels_axis: for 2-D arrays, the axis that holds channels: 0 for ``(C, N)``,
+            -1 (or 1) for ``(N, C)`` as soundfile and gradio return.
+
+    Returns:
+        ``(wav, sr)`` with ``wav`` float32 of shape (channels, samples), samples >= 1.
+
+    Raises:
+        AudioError: the file is missing or undecodable, the clip has no samples, or it
+            contains NaN/inf. The message is one line naming the file and the reason.
+        ValueError: an array without ``sample_rate``, or a path with one.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        if sample_rate is not None:
+            raise ValueError("sample_rate is only for array sources; a file's rate comes "
+                             "from its header")
+        name = os.fspath(source)
+        wav, sr = _read_file(name)
+    else:
+        if sample_rate is None:
+            raise ValueError("load_audio(array) needs sample_rate")
+        name = "<array>"
+        wav, sr = _array_to_channels_first(source, channels_axis), int(sample_rate)
+    if sr <= 0:
+        raise AudioError(f"{name}: invalid sample rate {sr}")
+    if wav.shape[0] == 0 or wav.shape[1] == 0:
+        raise AudioError(f"{name}: contains no audio samples; remove it from the dataset")
+    if not np.isfinite(wav).all():
+        raise AudioError(f"{name}: contains NaN or infinite samples; re-export the file")
+    return wav, sr
+
+
+def to_mono(wav: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
+    """Downmixes by averaging channels (SPEC §2), for every branch and every caller.
+
+    Args:
+        wav: float array of shape (channels, samples), or (samples,) which is returned as is.
+
+    Returns:
+        float32 array of shape (samples,).
+    """
+    if isinstance(wav, torch.Tensor):
+        wav = wav.detach().cpu().numpy()
+    wav = np.asarray(wav, dtype=np.float32)
+    if wav.ndim == 1:
+        return wav
+    if wav.ndim != 2:
+        raise ValueError(f"to_mono expects (channels, samples), got shape {wav.shape}")
+    if wav.shape[0] == 1:
+        return wav[0].copy()
+    return wav.mean(axis=0, dtype=np.float32)  # (N,)
+
+
+@functools.lru_cache(maxsize=32)
+def _torchaudio_resampler(orig_sr: int, new_sr: int) -> torchaudio.transforms.Resample:
+    # The sinc kernel is computed once per rate pair; default settings as in convert_audio.
+    return torchaudio.transforms.Resample(orig_sr, new_sr)
+
+
+def resample_for_encodec(mono: Union[np.ndarray, torch.Tensor], sr: int) -> torch.Tensor:
+    """Resamples mono audio to 24 kHz with torchaudio's default ``Resample`` (EnCodec branch).
+
+    Args:
+        mono: float array of shape (samples,).
+        sr: its sample rate.
+
+    Returns:
+        float32 tensor of shape (ceil(samples * 24000 / sr),). Values beyond +-1 are kept.
+    """
+    wav = torch.as_tensor(np.asarray(mono, dtype=np.float32) if not isinstance(mono, torch.Tensor)
+                          else mono.detach().cpu().float())
+    if wav.dim() != 1:
+        raise ValueError(f"resample_for_encodec expects a 1-D signal, got shape {tuple(wav.shape)}")
+    if int(sr) == ENCODEC_SAMPLE_RATE:
+        return wav.clone()
+    with torch.inference_mode():
+        out = _torchaudio_resampler(int(sr), ENCODEC_SAMPLE_RATE)(wav[None])[0]  # (N24,)
+    return out.clone()  # a normal tensor (not an inference tensor) that callers may modify
+
+
+def resample_for_clap(mono: Union[np.ndarray, torch.Tensor], sr: int) -> np.ndarray:
+    """Resamples mono audio to 48 kHz with soxr HQ, as ``librosa.load(sr=48000)`` did.
+
+    Args:
+        mono: float array of shape (samples,).
+        sr: its sample rate.
+
+    Returns:
+        float32 array of shape (ceil(samples * 48000 / sr),) (librosa's ``fix=True`` length).
+    """
+    if isinstance(mono, torch.Tensor):
+        mono = mono.detach().cpu().numpy()
+    wav = np.ascontiguousarray(mono, dtype=np.float32)
+    if wav.ndim != 1:
+        raise ValueError(f"resample_for_clap expects a 1-D signal, got shape {wav.shape}")
+    if int(sr) == CLAP_SAMPLE_RATE:
+        return wav.copy()
+    out = soxr.resample(wav, int(sr), CLAP_SAMPLE_RATE, quality="soxr_hq")
+    n_out = int(math.ceil(wav.shape[0] * CLAP_SAMPLE_RATE / float(sr)))
+    # librosa.util.fix_length: trim or zero-pad to exactly n_out samples.
+    if out.shape[0] > n_out:
+        out = out[:n_out]
+    elif out.shape[0] < n_out:
+        out = np.pad(out, (0, n_out - out.shape[0]))
+    return np.asarray(out, dtype=np.float32)
+
+
+def clap_quantize(x: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
+    """laion_clap's int16 round trip applied to CLAP input (SPEC §2).
+
+    Clips to [-1, 1], multiplies by 32767, casts to int16 (truncation toward zero, not
+    rounding) and divides by 32767 again, as ``get_audio_embedding_from_data`` does on its
+    numpy path; the released checkpoints' CLAP features were made this way.
+
+    Args:
+        x: float array of any shape.
+
+    Returns:
+        float32 array of the same shape.
+    """
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    x16 = (np.clip(np.asarray(x, dtype=np.float32), -1.0, 1.0) * 32767.0).astype(np.int16)
+    return (x16 / 32767.0).astype(np.float32)
