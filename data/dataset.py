@@ -37,7 +37,18 @@ class DataError(Exception):
     """A split file or feature file that a user supplied is missing or malformed.
 
     The message is one line naming the file and the fix; entry points print it and exit.
+
+    Args:
+        message: The one-line message.
     """
+
+    def __init__(self, message: str):
+        # A DataLoader worker re-raises this in the main process as DataError("Caught
+        # DataError in DataLoader worker process N.\nOriginal Traceback ...
+        # data.dataset.DataError: <message>"); keep only the user's one line.
+        if "\n" in message and "DataError: " in message:
+            message = message.rsplit("DataError: ", 1)[1].strip()
+        super().__init__(message)
 
 
 def _read_csv(csv_path: str) -> tuple[list[str], list[dict[str, str]]]:

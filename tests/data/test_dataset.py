@@ -189,6 +189,16 @@ def test_wrong_shapes_name_the_file(split):
         data[3]
 
 
+def test_errors_raised_in_loader_workers_stay_one_line(split):
+    np.save(split["root"] / "codes" / "train" / "b.npy", np.zeros((16, 12), np.int64))
+    data = CaptionDataset(split["train_csv"], split["codes"], split["clap"], train=True)
+    loader = torch.utils.data.DataLoader(data, batch_size=4, num_workers=1, collate_fn=_as_list)
+    with pytest.raises(DataError) as error:
+        next(iter(loader))
+    assert "\n" not in str(error.value)
+    assert str(error.value).startswith("codes in ") and "b.npy" in str(error.value)
+
+
 def test_feature_fn_replaces_the_feature_trees(split):
     calls = []
 
