@@ -83,9 +83,11 @@ class EnClapCollator:
         lengths = np.array([array.shape[0] for array in codes])  # (B,) frames per clip
         batch_size, seq_len = len(codes), int(lengths.max()) + 3
 
-        # Scatter all frames at once: example b's frame t goes to (b, t + 2).
+        # Scatter all frames at once: example b's frame t goes to (b, t + 2). For the flat
+        # frame list, t = flat index - (offset of example b's first frame).
         batch_index = np.repeat(np.arange(batch_size), lengths)                     # (sum T,)
-        position = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths) + 2
+        offsets = np.repeat(np.cumsum(lengths) - lengths, lengths)                  # (sum T,)
+        position = np.arange(lengths.sum()) - offsets + 2                           # (sum T,)
         frames = np.concatenate(codes, axis=0)                                      # (sum T, 16)
 
         input_ids = np.full((batch_size, seq_len, self.num_rvq), self.encodec_pad_token_id, np.int64)

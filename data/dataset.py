@@ -206,8 +206,9 @@ class CaptionDataset(Dataset):
             missing.extend(p for p in self.feature_paths(file_path) if not os.path.isfile(p))
         if missing:
             shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+            hint = "" if missing[0].endswith(".npy") else "; file_path must name the .npy feature file"
             raise DataError(f"{len(missing)} feature file(s) of {self.csv_path} missing: {shown} "
-                            "(run data/preprocess.py for this split, or fix encodec_root/clap_root)")
+                            f"(run data/preprocess.py for this split, or fix encodec_root/clap_root{hint})")
 
     def _load_npy(self, path: str) -> np.ndarray:
         """Memory-maps one feature file (only the cropped frames are read from disk)."""
