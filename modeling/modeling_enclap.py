@@ -1,0 +1,557 @@
+"""The EnCLAP model: a BART encoder-decoder whose encoder reads a CLAP vector and EnCodec frames.
+
+Reading order: the encoder (embeddings of SPEC §3 → stock BART layers), the encoder-decoder
+model, the conditional-generation head with the masked-codec-modelling heads, the output
+dataclass, and the checkpoint loading that keeps the authors' released weights usable.
+
+Module names are fixed by the released ``pytorch_model.bin`` files: ``model.encoder.embed_encodec``,
+``model.encoder.clap_projection`` and ``mcm_heads`` must keep exactly these names.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import BartForConditionalGeneration, BartModel
+from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
+from transformers.models.bart.modeling_bart import BartDecoder, BartEncoder, BartScaledWordEmbedding, shift_tokens_right
+
+from .configuration_enclap import EnClapBartConfig
+from .generation import GenerationOptions
+
+logger = logging.getLogger(__name__)
+
+# Copies of `model.shared.weight`; a checkpoint file may omit them (save_pretrained does).
+TIED_KEYS = ("model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight", "lm_head.weight")
+# Prefixes added by wrappers around the module: DDP (`accelerator.save_state`) and torch.compile.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+IGNORE_INDEX = -100
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint folder cannot be used: missing files, missing keys or wrong shapes."""
+
+
+class EnClapBartEncoder(BartEncoder):
+    """BART encoder over ``[CLAP] <s> codec frames </s>`` (SPEC §3).
+
+    The CLAP embedding is projected into slot 0 and gets no positional embedding; slot ``p >= 1``
+    gets BART's learned position row ``(p - 1) + 2``, i.e. ordinary BART positions for
+    ``<s> frames </s>``. Codec frames are the sum of one embedding per codebook.
+    """
+
+    def __init__(self, config: EnClapBartConfig, embed_tokens: Optional[nn.Embedding] = None):
+        super().__init__(config, embed_tokens)
+        self.embed_encodec = nn.ModuleList(
+            nn.Embedding(config.encodec_table_size, config.d_model, padding_idx=config.encodec_pad_token_id)
+            for _ in range(config.num_rvq)
+        )
+        self.clap_projection = nn.Linear(config.d_clap, config.d_model)
+        self.post_init()
+
+    def embed(
+        self, input_ids: torch.LongTensor, encodec_mask: torch.Tensor, clap_embedding: torch.Tensor
+    ) -> torch.Tensor:
+        """Input embeddings plus positions, before ``layernorm_embedding``.
+
+        Args:
+            input_ids: (B, L, num_rvq) token ids (channel 0) at non-codec positions, codes at codec ones.
+            encodec_mask: (B, L), true where the row holds codec frames (or padding).
+            clap_embedding: (B, d_clap).
+
+        Returns:
+            (B, L, d_model) float tensor.
+        """
+        if input_ids.dim() != 3 or input_ids.shape[-1] != self.config.num_rvq:
+            raise ValueError(
+                f"input_ids must have shape (batch, length, {self.config.num_rvq}), got {tuple(input_ids.shape)}"
+            )
+        batch, length, _ = input_ids.shape
+        if length > self.config.max_position_embeddings:
+            raise ValueError(
+                f"sequence of {length} positions exceeds max_position_embeddings="
+                f"{self.config.max_position_embeddings} (at most {self.config.max_frames} frames per clip)"
+            )
+        encodec_mask = encodec_mask.bool()
+        # Zero the ids the other lookup owns so both lookups stay in range for any vocabulary.
+        token_ids = input_ids[..., 0].masked_fill(encodec_mask, 0)  # (B, L)
+        codec_ids = input_ids.masked_fill(~encodec_mask[..., None], 0)  # (B, L, num_rvq)
+        # The released checkpoints were trained without embed_scale on this path.
+        token_embeds = F.embedding(token_ids, self.embed_tokens.weight)  # (B, L, D)
+        codec_embeds = self.embed_encodec[0](codec_ids[..., 0])
+        for j in range(1, len(self.embed_encodec)):
+            codec_embeds = codec_embeds + self.embed_encodec[j](codec_ids[..., j])
+        embeds = torch.where(encodec_mask[..., None], codec_embeds, token_embeds)  # (B, L, D)
+        clap = self.clap_projection(clap_embedding.to(embeds.dtype))  # (B, D)
+        embeds = torch.cat([clap[:, None, :], embeds[:, 1:]], dim=1)
+
+        positions = self.embed_positions.weight[2 : length + 1]  # rows (p - 1) + 2 for p = 1 .. L-1
+        positions = torch.cat([positions.new_zeros(1, positions.shape[-1]), positions], dim=0)  # (L, D)
+        return embeds + positions.to(embeds.dtype)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        encodec_mask: Optional[torch.Tensor] = None,
+        clap_embedding: Optional[torch.Tensor] = None,
+        head_mask: Optional[torch.Tensor] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ) -> BaseModelOutput:
+        """Encode a padded batch of clips.
+
+        Args:
+            input_ids: (B, L, num_rvq) LongTensor, laid out as SPEC §3.
+            attention_mask: (B, L), 1 for real rows, 0 for padding.
+            encodec_mask: (B, L), 1 at codec rows.
+            clap_embedding: (B, d_clap) CLAP audio embeddings.
+            head_mask, output_attentions, output_hidden_states, return_dict: as in BART.
+            inputs_embeds: precomputed output of :meth:`embed` (skips the lookups).
+        """
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        if inputs_embeds is None:
+            if input_ids is None or encodec_mask is None or clap_embedding is None:
+                raise ValueError("EnClapBartEncoder needs input_ids, encodec_mask and clap_embedding")
+            inputs_embeds = self.embed(input_ids, encodec_mask, clap_embedding)
+
+        hidden_states = self.layernorm_embedding(inputs_embeds)
+        hidden_states = F.dropout(hidden_states, p=self.dropout, training=self.training)
+
+        mask = None
+        if attention_mask is not None:
+            # (B, 1, 1, L) additive mask; broadcasts over heads and query rows in eager and SDPA.
+            mask = (1.0 - attention_mask[:, None, None, :].to(hidden_states.dtype)) * torch.finfo(
+                hidden_states.dtype
+            ).min
+        if head_mask is not None and head_mask.size(0) != len(self.layers):
+            raise ValueError(f"head_mask is for {head_mask.size(0)} layers, the encoder has {len(self.layers)}")
+
+        all_states = () if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for idx, layer in enumerate(self.layers):
+            if output_hidden_states:
+                all_states += (hidden_states,)
+            if self.training and self.layerdrop > 0 and torch.rand([]) < self.layerdrop:
+                if output_attentions:
+                    all_attentions += (None,)
+                continue
+            layer_outputs = layer(
+                hidden_states,
+                mask,
+                layer_head_mask=head_mask[idx] if head_mask is not None else None,
+                output_attentions=output_attentions,
+            )
+            hidden_states = layer_outputs[0]
+            if output_attentions:
+                all_attentions += (layer_outputs[1],)
+        if output_hidden_states:
+            all_states += (hidden_states,)
+
+        if not return_dict:
+            return tuple(v for v in (hidden_states, all_states, all_attentions) if v is not None)
+        return BaseModelOutput(last_hidden_state=hidden_states, hidden_states=all_states, attentions=all_attentions)
+
+
+class EnClapBartModel(BartModel):
+    """BART encoder-decoder with :class:`EnClapBartEncoder` in place of the text encoder."""
+
+    def __init__(self, config: EnClapBartConfig):
+        # Skip BartModel.__init__ so the stock text encoder is never built and thrown away.
+        super(BartModel, self).__init__(config)
+        embed_scale = config.d_model**0.5 if config.scale_embedding else 1.0
+        self.shared = BartScaledWordEmbedding(
+            config.vocab_size, config.d_model, config.pad_token_id, embed_scale=embed_scale
+        )
+        self.encoder = EnClapBartEncoder(config, self.shared)
+        self.decoder = BartDecoder(config, self.shared)
+        self.post_init()
+
+
+@dataclass
+class EnClapBartOutput(Seq2SeqLMOutput):
+    """:class:`~transformers.modeling_outputs.Seq2SeqLMOutput` plus the two losses.
+
+    Attributes:
+        lm_loss: caption cross-entropy with label smoothing.
+        mcm_loss: masked-codec-modelling loss, already multiplied by ``config.mcm_loss_scale``
+            (the original's ``mcm_loss`` field has the same meaning).
+    """
+
+    lm_loss: Optional[torch.FloatTensor] = None
+    mcm_loss: Optional[torch.FloatTensor] = None
+
+
+class EnClapBartForConditionalGeneration(BartForConditionalGeneration):
+    """EnCLAP: :class:`EnClapBartModel` + BART LM head + one MCM head per codebook.
+
+    ``loss = lm_loss + mcm_loss_scale * sum_j 2^-(j+1) * CE(mcm_heads[j], mcm_labels[..., j])``.
+    """
+
+    config_class = EnClapBartConfig
+
+    def __init__(self, config: EnClapBartConfig):
+        super(BartForConditionalGeneration, self).__init__(config)
+        self.model = EnClapBartModel(config)
+        self.register_buffer("final_logits_bias", torch.zeros((1, self.model.shared.num_embeddings)))
+        self.lm_head = nn.Linear(config.d_model, self.model.shared.num_embeddings, bias=False)
+        self.mcm_heads = nn.ModuleList(nn.Linear(config.d_model, config.encodec_vocab_size) for _ in range(config.num_rvq))
+        self.post_init()
+        self.generation_config = GenerationOptions().to_generation_config(config)
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        encodec_mask: Optional[torch.Tensor] = None,
+        clap_embedding: Optional[torch.Tensor] = None,
+        decoder_input_ids: Optional[torch.LongTensor] = None,
+        decoder_attention_mask: Optional[torch.LongTensor] = None,
+        head_mask: Optional[torch.Tensor] = None,
+        decoder_head_mask: Optional[torch.Tensor] = None,
+        cross_attn_head_mask: Optional[torch.Tensor] = None,
+        encoder_outputs=None,
+        past_key_values=None,
+        inputs_embeds: Optional[torch.FloatTensor] = None,
+        decoder_inputs_embeds: Optional[torch.FloatTensor] = None,
+        labels: Optional[torch.LongTensor] = None,
+        mcm_labels: Optional[torch.LongTensor] = None,
+        use_cache: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        cache_position: Optional[torch.LongTensor] = None,
+        **kwargs,
+    ) -> EnClapBartOutput:
+        """Run encoder and decoder; compute the losses when labels are given.
+
+        Args:
+            input_ids: (B, L, num_rvq) encoder input (SPEC §3).
+            attention_mask: (B, L) encoder attention mask.
+            encodec_mask: (B, L) codec-row mask.
+            clap_embedding: (B, d_clap).
+            labels: (B, S) caption ids ``<s> ... </s>``, -100 at padding. The decoder input is
+                ``labels`` shifted right with ``decoder_start_token_id``.
+            mcm_labels: (B, L, num_rvq) original codes where masked, -100 elsewhere.
+            Other arguments: as in :class:`~transformers.BartForConditionalGeneration`.
+        """
+        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
+            use_cache = False
+            decoder_input_ids = shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+        if encoder_outputs is None:
+            encoder_outputs = self.model.encoder(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                encodec_mask=encodec_mask,
+                clap_embedding=clap_embedding,
+                head_mask=head_mask,
+                inputs_embeds=inputs_embeds,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+                return_dict=True,
+            )
+        elif not isinstance(encoder_outputs, BaseModelOutput):
+            encoder_outputs = BaseModelOutput(*encoder_outputs)
+        mcm_loss = None
+        if mcm_labels is not None:
+            mcm_loss = self.config.mcm_loss_scale * self.masked_codec_loss(encoder_outputs.last_hidden_state, mcm_labels)
+        if decoder_input_ids is None and decoder_inputs_embeds is None:
+            # Encoder only (e.g. an MCM-only step): there is nothing to decode.
+            output = EnClapBartOutput(
+                loss=mcm_loss,
+                mcm_loss=mcm_loss,
+                encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+                encoder_hidden_states=encoder_outputs.hidden_states,
+                encoder_attentions=encoder_outputs.attentions,
+            )
+            return output if return_dict else output.to_tuple()
+        outputs = self.model(
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            encoder_outputs=encoder_outputs,
+            decoder_attention_mask=decoder_attention_mask,
+            head_mask=head_mask,
+            decoder_head_mask=decoder_head_mask,
+            cross_attn_head_mask=cross_attn_head_mask,
+            past_key_values=past_key_values,
+            decoder_inputs_embeds=decoder_inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            cache_position=cache_position,
+        )
+        logits = self.lm_head(outputs.last_hidden_state) + self.final_logits_bias.to(outputs.last_hidden_state.dtype)
+
+        lm_loss = None
+        if labels is not None:
+            lm_loss = F.cross_entropy(
+                logits.view(-1, logits.shape[-1]).float(),
+                labels.to(logits.device).reshape(-1),
+                ignore_index=IGNORE_INDEX,
+                label_smoothing=self.config.label_smoothing,
+            )
+        loss = None
+        if lm_loss is not None or mcm_loss is not None:
+            loss = sum(x for x in (lm_loss, mcm_loss) if x is not None)
+
+        output = EnClapBartOutput(
+            loss=loss,
+            lm_loss=lm_loss,
+            mcm_loss=mcm_loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def masked_codec_loss(self, hidden_states: torch.Tensor, mcm_labels: torch.LongTensor) -> torch.Tensor:
+        """Unscaled MCM loss: ``sum_j 2^-(j+1) * CE(mcm_heads[j](h), mcm_labels[..., j])``.
+
+        Head ``j`` is evaluated only at rows where codebook ``j`` is masked: the loss is the same as
+        evaluating every head everywhere (the original), for a fraction of the compute and memory.
+        A codebook with no masked target adds 0.
+
+        Args:
+            hidden_states: (B, L, D) encoder output.
+            mcm_labels: (B, L, num_rvq) targets, -100 where not masked.
+        """
+        mcm_labels = mcm_labels.to(hidden_states.device)
+        total = hidden_states.new_zeros((), dtype=torch.float32)
+        for j, head in enumerate(self.mcm_heads):
+            targets = mcm_labels[..., j]  # (B, L)
+            selected = targets != IGNORE_INDEX
+            rows = hidden_states[selected]  # (N_j, D)
+            if rows.shape[0] == 0:
+                continue
+            logits = head(rows).float()  # (N_j, encodec_vocab_size)
+            total = total + F.cross_entropy(logits, targets[selected]) / 2 ** (j + 1)
+        return total
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        encodec_mask: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        clap_embedding: Optional[torch.Tensor] = None,
+        encoder_outputs: Optional[BaseModelOutput] = None,
+        **kwargs,
+    ):
+        """Caption a padded batch with beam search (defaults: SPEC §7, ``self.generation_config``).
+
+        Args:
+            input_ids, encodec_mask, attention_mask, clap_embedding: the encoder batch (SPEC §3).
+            encoder_outputs: precomputed encoder output (then the encoder inputs may be omitted).
+            **kwargs: passed to :meth:`transformers.GenerationMixin.generate` (e.g. ``generation_config``,
+                ``num_beams``, ``output_scores``, ``return_dict_in_generate``).
+        """
+        if encoder_outputs is None:
+            encoder_outputs = self.get_encoder()(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                encodec_mask=encodec_mask,
+                clap_embedding=clap_embedding,
+                return_dict=True,
+            )
+        return super().generate(encoder_outputs=encoder_outputs, attention_mask=attention_mask, **kwargs)
+
+    # ------------------------------------------------------------------ persistence
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        config: Optional[EnClapBartConfig] = None,
+        torch_dtype: Optional[torch.dtype] = None,
+        cache_dir: Optional[str] = None,
+        revision: Optional[str] = None,
+        **config_overrides,
+    ) -> "EnClapBartForConditionalGeneration":
+        """Load a checkpoint folder (or Hugging Face Hub repo id) strictly.
+
+        Accepts the authors' released folders (``config.json`` that may lack the EnCLAP fields and
+        say ``BartModel``; ``pytorch_model.bin`` with all keys, tied copies included), folders
+        written by :meth:`save_pretrained` (safetensors, possibly sharded) and state dicts saved
+        from a DDP-wrapped model (``module.`` prefixes). Tensors are read without executing pickled
+        code. Any expected key that is missing or of the wrong shape raises :class:`CheckpointError`.
+
+        Args:
+            pretrained_model_name_or_path: a local folder or a hub repo id.
+            config: use this config instead of the folder's ``config.json``.
+            torch_dtype: cast floating-point weights to this dtype.
+            cache_dir, revision: hub download options.
+            **config_overrides: config attributes to override (e.g. ``dropout=0.0``).
+        """
+        folder = resolve_checkpoint(pretrained_model_name_or_path, cache_dir=cache_dir, revision=revision)
+        if config is None:
+            if not os.path.isfile(os.path.join(folder, "config.json")):
+                raise CheckpointError(f"{folder}: no config.json (a checkpoint folder holds config.json + weights)")
+            config = EnClapBartConfig.from_pretrained(folder)
+        for key, value in config_overrides.items():
+            setattr(config, key, value)
+        state_dict = load_state_dict(folder)
+        with torch.device("meta"):
+            model = cls(config)
+        check_state_dict(model, state_dict, source=folder)
+        model.load_state_dict({k: v for k, v in state_dict.items() if k not in TIED_KEYS}, strict=False, assign=True)
+        model.tie_weights()
+        for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+            if tensor.is_meta:  # a key the check above should have caught
+                raise CheckpointError(f"{folder}: {name} was not loaded")
+        if torch_dtype is not None:
+            model = model.to(torch_dtype)
+        generation_file = os.path.join(folder, "generation_config.json")
+        if os.path.isfile(generation_file):
+            from transformers import GenerationConfig
+
+            model.generation_config = GenerationConfig.from_pretrained(folder)
+        model.eval()
+        return model
+
+    @classmethod
+    def from_bart(cls, bart_name_or_path: str | os.PathLike, **enclap_config_fields) -> "EnClapBartForConditionalGeneration":
+        """Start training from a pretrained BART (e.g. ``facebook/bart-base``).
+
+        BART's weights are copied; the codec tables, CLAP projection and MCM heads start as BART's
+        initialiser makes them (normal(0, init_std), zero bias, zero padding row).
+
+        Args:
+            bart_name_or_path: hub id or local folder of a ``BartForConditionalGeneration``.
+            **enclap_config_fields: EnCLAP config fields (``d_clap``, ``mcm_loss_scale``, ...) or
+                BART config overrides (``dropout``, ...).
+        """
+        try:
+            bart = BartForConditionalGeneration.from_pretrained(bart_name_or_path)
+        except (OSError, TypeError, ValueError) as error:
+            raise CheckpointError(
+                f"cannot load BART from {bart_name_or_path!r} ({type(error).__name__}); download it "
+                "(e.g. `huggingface-cli download facebook/bart-base`) or pass a local folder"
+            ) from error
+        fields = bart.config.to_dict()
+        for key in ("architectures", "model_type", "transformers_version", "_name_or_path"):
+            fields.pop(key, None)
+        fields.update(enclap_config_fields)
+        model = cls(EnClapBartConfig(**fields))
+        missing, unexpected = model.load_state_dict(bart.state_dict(), strict=False)
+        new_modules = ("model.encoder.embed_encodec.", "model.encoder.clap_projection.", "mcm_heads.")
+        unexplained = [k for k in missing if not k.startswith(new_modules) and k not in TIED_KEYS]
+        if unexplained or unexpected:
+            raise CheckpointError(f"{bart_name_or_path}: not a BART checkpoint (missing {unexplained}, unexpected {unexpected})")
+        model.tie_weights()
+        return model
+
+
+# ---------------------------------------------------------------------- checkpoint files
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike, cache_dir: Optional[str] = None, revision: Optional[str] = None) -> str:
+    """Return a local folder for ``name_or_path``: the folder itself, or a hub snapshot.
+
+    Raises:
+        CheckpointError: a path that does not exist locally and cannot be fetched from the hub.
+    """
+    path = os.fspath(name_or_path)
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path):
+        raise CheckpointError(f"{path}: expected a checkpoint folder (config.json + weights), got a file")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(
+            path,
+            revision=revision,
+            cache_dir=cache_dir,
+            allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt", "*.model"],
+        )
+    except Exception as error:  # offline, unknown repo, bad id: all mean "not available"
+        raise CheckpointError(
+            f"{path}: no such folder, and fetching it from the Hugging Face Hub failed "
+            f"({type(error).__name__}); download the checkpoint and pass its folder"
+        ) from error
+
+
+def _read_weight_file(path: str) -> dict[str, torch.Tensor]:
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    # weights_only: never execute pickled code from a downloaded file.
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+def strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes from every key."""
+    stripped = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix) :], True
+        stripped[key] = value
+    return stripped
+
+
+def load_state_dict(folder: str) -> dict[str, torch.Tensor]:
+    """Read the weights of a checkpoint folder (single file or sharded), prefixes stripped."""
+    for name in WEIGHT_FILES:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            return strip_wrapper_prefixes(_read_weight_file(path))
+    for name in INDEX_FILES:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            with open(path) as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+            state_dict = {}
+            for shard in shards:
+                state_dict.update(_read_weight_file(os.path.join(folder, shard)))
+            return strip_wrapper_prefixes(state_dict)
+    raise CheckpointError(f"{folder}: no weights found (expected one of {', '.join(WEIGHT_FILES + INDEX_FILES)})")
+
+
+def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Raise :class:`CheckpointError` naming every missing or mis-shaped key; warn on unexpected keys."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict and k not in TIED_KEYS]
+    wrong_shape = [
+        f"{k} {tuple(state_dict[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    if missing or wrong_shape:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
+        if wrong_shape:
+            parts.append(f"wrong shapes: {'; '.join(wrong_shape[:10])}")
+        raise CheckpointError(f"{source}: checkpoint does not match the model config ({'; '.join(parts)})")
+    unexpected = [k for k in state_dict if k not in expected]
+    if unexpected:
+        logger.warning("%s: ignoring %d unexpected keys: %s", source, len(unexpected), ", ".join(unexpected[:10]))

@@ -1,0 +1,65 @@
+"""Test helpers: tiny EnCLAP configs, SPEC §3 batches written from the SPEC table, random clips.
+
+Import as ``from tests.helpers import ...`` (pytest.ini puts the repo root on sys.path).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from modeling import EnClapBartConfig
+
+def make_tiny_config(vocab_size: int, **overrides) -> EnClapBartConfig:
+    """A tiny EnCLAP config: d_model 32, 2 + 2 layers, at most 61 frames per clip."""
+    fields = dict(
+        vocab_size=vocab_size,
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=64,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        init_std=0.2,  # large random weights so outputs depend strongly on the input
+    )
+    fields.update(overrides)
+    return EnClapBartConfig(**fields)
+
+
+def make_batch(codes_list, clap_embeddings, pad_id: int = 1024):
+    """The SPEC §3 encoder batch for clips of (T, 16) codes, written from the SPEC table.
+
+    Rows: 0 and 1 BOS, 2..T+1 codes, T+2 EOS, then padding (1024, encodec_mask 1, attention 0).
+    """
+    length = max(len(c) for c in codes_list) + 3
+    batch = len(codes_list)
+    input_ids = torch.full((batch, length, 16), pad_id, dtype=torch.long)
+    encodec_mask = torch.ones(batch, length, dtype=torch.bool)
+    attention_mask = torch.zeros(batch, length, dtype=torch.long)
+    for i, codes in enumerate(codes_list):
+        t = len(codes)
+        input_ids[i, 0:2] = 0
+        input_ids[i, 2 : t + 2] = torch.as_tensor(codes)
+        input_ids[i, t + 2] = 2
+        encodec_mask[i, [0, 1, t + 2]] = False
+        attention_mask[i, : t + 3] = 1
+    return {
+        "input_ids": input_ids,
+        "encodec_mask": encodec_mask,
+        "attention_mask": attention_mask,
+        "clap_embedding": torch.as_tensor(np.asarray(clap_embeddings), dtype=torch.float32),
+    }
+
+
+def random_clips(n: int, lengths, seed: int = 0):
+    """``n`` clips of random codes with the given lengths, and unit-norm CLAP vectors."""
+    rng = np.random.default_rng(seed)
+    codes = [rng.integers(0, 1024, size=(t, 16), dtype=np.int64) for t in lengths]
+    clap = rng.standard_normal((n, 512)).astype(np.float32)
+    clap /= np.linalg.norm(clap, axis=1, keepdims=True)
+    return codes, clap
