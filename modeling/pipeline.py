@@ -23,9 +23,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from data.audio import AudioError, load_audio, to_mono
+from data.audio import AudioError
 from data.collator import EnClapCollator
-from data.features import ClapEncoder, EncodecEncoder, FeatureExtractor, ModelLoadError
+from data.features import ClapEncoder, EncodecEncoder, FeatureExtractor, ModelLoadError, decode
 from data.masking import crop_codes
 from modeling.modeling_enclap import CheckpointError, EnClapBartForConditionalGeneration
 from modeling.generation import GenerationOptions
@@ -263,7 +263,11 @@ class EnClap:
         if self._encodec is None:
             self._warn_random()
             try:
-                self._encodec = EncodecEncoder(device=str(self.device), pretrained=not self._random_encoders)
+                # Random weights come from a seeded generator so that two pipelines (e.g. the one
+                # that preprocessed a test split and the one evaluating it) get the same encoder.
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(self._seed)
+                    self._encodec = EncodecEncoder(device=str(self.device), pretrained=not self._random_encoders)
             except ModelLoadError as exc:  # its message already says where to get the weights
                 raise PipelineError(str(exc)) from exc
         return self._encodec
@@ -310,7 +314,8 @@ class EnClap:
 
         Args:
             audio_or_paths: a path, an ``(array, sample_rate)`` pair, or a list of those.
-                Arrays may be (samples,), (channels, samples) or (samples, channels); any rate.
+                Arrays are (samples,) or (channels, samples), numpy or torch, float or int, any
+                rate (see :func:`data.audio.load_audio`).
             batch_size: clips per generate call (default: the pipeline's).
             options: generation options (default: SPEC §7 beam search).
             rerank: CLAP re-ranking options (default: off).
@@ -366,7 +371,7 @@ class EnClap:
                 res.duration = len(mono) / sr
                 pieces.extend((i, s, e, wav, sr) for s, e, wav in self._split(res, mono, sr))
             if pieces:
-                feats = features.extract([(wav, sr) for _, _, _, wav, sr in pieces])
+                feats = features.extract_arrays([(wav, sr) for _, _, _, wav, sr in pieces])
                 items = [{"codes": self._crop(codes), "clap_embedding": clap} for codes, clap in feats]
                 captions = self.caption_features(items, batch_size=batch_size, options=options, rerank=rerank)
                 for (i, s, e, _, _), text in zip(pieces, captions):
@@ -437,23 +442,9 @@ class EnClap:
     @staticmethod
     def _decode(source: Any) -> tuple[np.ndarray, int]:
         """Any input -> (mono float32 (N,), sample rate), via the shared front end."""
-        if isinstance(source, (str, os.PathLike)):
-            wav, sr = load_audio(source)
-        elif isinstance(source, tuple) and len(source) == 2:
-            array, sr = source
-            if isinstance(array, torch.Tensor):
-                array = array.detach().cpu().numpy()
-            array = np.asarray(array)
-            # Gradio and soundfile give (samples, channels); the front end wants (channels, samples).
-            if array.ndim == 2 and array.shape[0] > array.shape[1]:
-                array = array.T
-            wav, sr = load_audio(array, sample_rate=int(sr))
-        else:
-            raise AudioError(f"unsupported input {type(source).__name__}: pass a file path or an (array, sample_rate) pair")
-        mono = to_mono(wav)  # (N,)
-        if mono.size == 0:
-            raise AudioError(f"{_describe(source, 0)}: the audio is empty (0 samples)")
-        return mono, int(sr)
+        if isinstance(source, (str, os.PathLike)) or (isinstance(source, tuple) and len(source) == 2):
+            return decode(source if not isinstance(source, tuple) else (source[0], int(source[1])))
+        raise AudioError(f"unsupported input {type(source).__name__}: pass a file path or an (array, sample_rate) pair")
 
     def _split(self, res: CaptionResult, mono: np.ndarray, sr: int) -> Iterable[tuple[float, float, np.ndarray]]:
         """Apply the long-audio policy: yields (start s, end s, waveform) pieces to caption."""
@@ -486,27 +477,54 @@ class EnClap:
         inputs["clap_embedding"] = inputs["clap_embedding"].to(self.dtype)
         return inputs
 
-    def _generate(self, batch_items: list[dict], options: GenerationOptions, rerank: RerankOptions | None) -> list[str]:
-        inputs = self._model_inputs(batch_items)
+    def _sequences(
+        self, inputs: dict[str, torch.Tensor], options: GenerationOptions, num_candidates: int, seed: int
+    ) -> tuple[torch.Tensor, list[str], int]:
+        """Run generate; returns (ids (B*R, S), decoded texts, R = sequences per input)."""
         config = options.to_generation_config(self.model.config)
-        n = 1
-        if rerank is not None and rerank.enabled:
-            n = rerank.candidates_for(options)
-            config.num_return_sequences = n
-            if not options.do_sample and config.num_beams < n:
-                config.num_beams = n
-        seed = rerank.seed if rerank is not None else 0
+        if num_candidates > 1:
+            config.num_return_sequences = num_candidates
+            if config.num_beams > 1 and config.num_beams < num_candidates:
+                # The beam N-best (or beam-sample N-best) needs at least N beams; pure sampling
+                # (num_beams 1) draws N independent samples instead.
+                config.num_beams = num_candidates
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)  # sampling is reproducible and leaves the caller's RNG alone
-            sequences = self.model.generate(**inputs, generation_config=config)  # (B*R, S)
-        per_input = sequences.shape[0] // len(batch_items)
-        texts = self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
-        texts = [t.strip() for t in texts]
+            # use_model_defaults=False: otherwise transformers replaces every option equal to its
+            # global default (e.g. num_beams=1) by the checkpoint's generation_config value.
+            sequences = self.model.generate(**inputs, generation_config=config, use_model_defaults=False)  # (B*R, S)
+        per_input = sequences.shape[0] // inputs["input_ids"].shape[0]
+        texts = [t.strip() for t in self.tokenizer.batch_decode(sequences, skip_special_tokens=True)]
+        return sequences, texts, per_input
+
+    def _generate(self, batch_items: list[dict], options: GenerationOptions, rerank: RerankOptions | None) -> list[str]:
+        inputs = self._model_inputs(batch_items)
+        n = rerank.candidates_for(options) if rerank is not None and rerank.enabled else 1
+        seed = rerank.seed if rerank is not None else 0
+        sequences, texts, per_input = self._sequences(inputs, options, n, seed)
         if n == 1 or per_input == 1:
-            return texts[::per_input]  # best-scored sequence of each input
+            return texts[::per_input]  # the best-scored sequence of each input
         best = self._rerank(inputs, sequences, texts, per_input, rerank)
         return [texts[i] for i in best]
+
+    @torch.inference_mode()
+    def candidates(
+        self, items: Sequence[dict], options: GenerationOptions | None = None, num_candidates: int = 4, seed: int = 0
+    ) -> list[list[str]]:
+        """The N candidate captions re-ranking chooses from (beam N-best, or N samples), per item.
+
+        Args:
+            items: dicts with ``codes`` (T, 16) and ``clap_embedding`` (512,), as for
+                :meth:`caption_features`; captioned as one batch.
+            options: generation options (``do_sample`` selects sampling).
+            num_candidates: N.
+            seed: sampling seed.
+        """
+        options = options or GenerationOptions()
+        inputs = self._model_inputs([{"codes": it["codes"], "clap_embedding": it["clap_embedding"]} for it in items])
+        _, texts, per_input = self._sequences(inputs, options, num_candidates, seed)
+        return [texts[i : i + per_input] for i in range(0, len(texts), per_input)]
 
     def score_candidates(
         self, inputs: dict[str, torch.Tensor], sequences: torch.Tensor, texts: list[str], n: int

@@ -1,0 +1,109 @@
+"""evaluate.py end to end on a tiny checkpoint with random-weight encoders.
+
+Both input modes give identical predictions and scores when the preprocessed features were made
+from the same audio by the shared FeatureExtractor; ``--save_path`` in the current directory;
+missing files listed before any work; metric preflight failing before generation.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import evaluate
+from modeling.pipeline import EnClap
+
+METRICS = ["meteor", "cider_d", "rouge_l"]  # SPICE needs CoreNLP jars this machine cannot fetch
+REFS = [
+    ["a dog barks while a man speaks", "a man talks as a dog barks", "dogs bark", "a man speaks", "barking"],
+    ["rain falls on a metal roof", "rain on a roof", "heavy rain", "water falls", "a storm with rain"],
+    ["a siren wails and fades away", "a siren", "an ambulance passes", "a siren wails", "sirens"],
+    ["birds chirp in the distance", "birds sing", "wind and birds", "chirping birds", "a bird chirps"],
+]
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory, tiny_ckpt):
+    """Audio files, a test CSV, and features preprocessed from the same audio."""
+    root = tmp_path_factory.mktemp("split")
+    rng = np.random.default_rng(0)
+    names = [f"test/clip{i}.npy" for i in range(len(REFS))]
+    pipeline = EnClap(tiny_ckpt, device="cpu", random_encoders=True)
+    for i, name in enumerate(names):
+        stem = name[: -len(".npy")]
+        sr = [16000, 44100, 22050, 48000][i]
+        seconds = [0.4, 0.7, 1.2, 0.2][i]  # clip 2 is longer than the tiny model's 61 frames
+        t = np.arange(int(seconds * sr)) / sr
+        wav = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 3000) * t) + 0.05 * rng.standard_normal(t.size)
+        audio = root / "audio" / (stem + (".flac" if i % 2 else ".wav"))
+        audio.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(audio, np.stack([wav, 0.5 * wav], axis=1) if i == 1 else wav, sr)
+        (codes, clap), = pipeline.features.extract([str(audio)])
+        for sub, array in (("encodec", codes), ("clap", clap)):
+            path = root / sub / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, array)
+    csv_path = root / "test.csv"
+    with csv_path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["file_path"] + [f"caption_{k}" for k in range(1, 6)])
+        for name, refs in zip(names, REFS):
+            writer.writerow([name, *refs])
+    return root
+
+
+def common(ckpt, split):
+    return ["--ckpt", str(ckpt), "--random_encoders", "--device", "cpu", "--test_csv", str(split / "test.csv"),
+            "--metrics", *METRICS]
+
+
+def test_both_modes_give_identical_scores_and_save_path_in_cwd(tiny_ckpt, split, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    raw = evaluate.main(common(tiny_ckpt, split) + ["--audio_path", str(split / "audio"), "--save_path", "raw.csv"])
+    pre = evaluate.main(
+        common(tiny_ckpt, split)
+        + ["--from_preprocessed", "--encodec_path", str(split / "encodec"), "--clap_path", str(split / "clap"),
+           "--save_path", "pre.csv"]
+    )
+    out = capsys.readouterr().out
+    assert raw == 0 and pre == 0
+    assert "CIDEr-D" in out and "METEOR" in out
+    raw_scores = json.loads((tmp_path / "raw_scores.json").read_text())["scores"]
+    pre_scores = json.loads((tmp_path / "pre_scores.json").read_text())["scores"]
+    assert set(raw_scores) == set(METRICS)
+    assert raw_scores == pre_scores
+    raw_rows = list(csv.DictReader((tmp_path / "raw.csv").open()))
+    pre_rows = list(csv.DictReader((tmp_path / "pre.csv").open()))
+    assert [r["prediction"] for r in raw_rows] == [r["prediction"] for r in pre_rows]
+    assert [r["file_path"] for r in raw_rows] == [f"test/clip{i}.npy" for i in range(len(REFS))]
+    assert [r["caption_1"] for r in raw_rows] == [refs[0] for refs in REFS]
+    assert all(r["prediction"] for r in raw_rows)
+
+
+def test_missing_audio_files_are_all_listed_before_any_work(tiny_ckpt, split, tmp_path, capsys):
+    partial = tmp_path / "audio"
+    partial.mkdir()
+    (partial / "test").mkdir()
+    os.symlink(split / "audio" / "test" / "clip0.wav", partial / "test" / "clip0.wav")
+    args = common(tmp_path / "no_ckpt_needed_yet", split) + ["--audio_path", str(partial)]
+    assert evaluate.main(args) == 2
+    err = capsys.readouterr().err
+    assert "3 of 4 clips" in err
+    for name in ("test/clip1.npy", "test/clip2.npy", "test/clip3.npy"):
+        assert name in err
+    assert "no_ckpt_needed_yet" not in err  # the checkpoint was never touched
+
+
+def test_metric_preflight_fails_before_generation(tiny_ckpt, split, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("AAC_METRICS_CACHE_PATH", str(tmp_path / "empty_cache"))
+    args = ["--ckpt", str(tmp_path / "no_ckpt"), "--device", "cpu", "--test_csv", str(split / "test.csv"),
+            "--audio_path", str(split / "audio"), "--metrics", "cider_d", "spice"]
+    assert evaluate.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    assert "make setup" in err and "no_ckpt" not in err
