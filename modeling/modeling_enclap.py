@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import BartForConditionalGeneration, BartModel
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 from transformers.models.bart.modeling_bart import BartDecoder, BartEncoder, BartScaledWordEmbedding, shift_tokens_right
 
@@ -179,6 +180,18 @@ class EnClapBartModel(BartModel):
         self.encoder = EnClapBartEncoder(config, self.shared)
         self.decoder = BartDecoder(config, self.shared)
         self.post_init()
+
+
+class BeamSharedCrossAttentionCache(EncoderDecoderCache):
+    """Decoder cache whose cross-attention part is never reordered between beam-search steps.
+
+    Beam search only permutes beams within a clip, and every beam of a clip attends to the same
+    encoder output, so reordering the cross-attention keys/values (what the stock cache does,
+    a copy of the whole encoder-sized cache at every step) cannot change them.
+    """
+
+    def reorder_cache(self, beam_idx: torch.LongTensor):
+        self.self_attention_cache.reorder_cache(beam_idx)
 
 
 @dataclass
@@ -355,6 +368,7 @@ class EnClapBartForConditionalGeneration(BartForConditionalGeneration):
         attention_mask: Optional[torch.Tensor] = None,
         clap_embedding: Optional[torch.Tensor] = None,
         encoder_outputs: Optional[BaseModelOutput] = None,
+        share_cross_attention: bool = True,
         **kwargs,
     ):
         """Caption a padded batch with beam search (defaults: SPEC §7, ``self.generation_config``).
@@ -362,6 +376,9 @@ class EnClapBartForConditionalGeneration(BartForConditionalGeneration):
         Args:
             input_ids, encodec_mask, attention_mask, clap_embedding: the encoder batch (SPEC §3).
             encoder_outputs: precomputed encoder output (then the encoder inputs may be omitted).
+            share_cross_attention: compute the decoder's cross-attention keys and values once per
+                clip instead of once per beam, and never reorder them between steps (all beams of a
+                clip share them). Same tokens, less work; False gives stock Hugging Face behaviour.
             **kwargs: passed to :meth:`transformers.GenerationMixin.generate` (e.g. ``generation_config``,
                 ``num_beams``, ``output_scores``, ``return_dict_in_generate``).
         """
@@ -373,7 +390,25 @@ class EnClapBartForConditionalGeneration(BartForConditionalGeneration):
                 clap_embedding=clap_embedding,
                 return_dict=True,
             )
+        config = kwargs.get("generation_config") or self.generation_config
+        use_cache = kwargs.get("use_cache", config.use_cache)
+        if share_cross_attention and use_cache and kwargs.get("past_key_values") is None:
+            # generate() repeats each clip max(num_beams, num_return_sequences) times.
+            copies = max(kwargs.get("num_beams", config.num_beams), kwargs.get("num_return_sequences", config.num_return_sequences) or 1)
+            kwargs["past_key_values"] = self._shared_cross_attention_cache(encoder_outputs.last_hidden_state, copies)
         return super().generate(encoder_outputs=encoder_outputs, attention_mask=attention_mask, **kwargs)
+
+    def _shared_cross_attention_cache(self, encoder_states: torch.Tensor, copies: int) -> "BeamSharedCrossAttentionCache":
+        """Cross-attention keys/values of every decoder layer, computed once and repeated per copy."""
+        cross = DynamicCache()
+        batch, length, _ = encoder_states.shape
+        for index, layer in enumerate(self.model.decoder.layers):
+            attention = layer.encoder_attn
+            shape = (batch, length, -1, attention.head_dim)
+            keys = attention.k_proj(encoder_states).view(shape).transpose(1, 2)  # (B, H, L, head_dim)
+            values = attention.v_proj(encoder_states).view(shape).transpose(1, 2)
+            cross.update(keys.repeat_interleave(copies, 0), values.repeat_interleave(copies, 0), index)
+        return BeamSharedCrossAttentionCache(DynamicCache(), cross)
 
     # ------------------------------------------------------------------ persistence
 

@@ -320,3 +320,12 @@ def test_from_bart_copies_weights(tokenizer, tmp_path):
         if key in bart_state and not key.startswith("model.encoder.embed_tokens"):
             assert torch.equal(value, bart_state[key]), key
     assert torch.all(model.model.encoder.embed_encodec[0].weight[1024] == 0)
+
+
+@pytest.mark.parametrize("options", [{}, {"num_beams": 3, "num_return_sequences": 2}, {"num_beams": 1}])
+def test_shared_cross_attention_gives_the_same_tokens(tiny_model, options):
+    codes, clap = random_clips(4, [12, 30, 7, 50], seed=4)
+    batch = make_batch(codes, clap)
+    fast = tiny_model.generate(**batch, **options)
+    stock = tiny_model.generate(**batch, share_cross_attention=False, **options)
+    assert fast.tolist() == stock.tolist()
