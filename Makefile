@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export GRADIO_ANALYTICS_ENABLED = False
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: setup test metrics-setup demo
+.PHONY: setup test metrics-setup
 
 setup: $(STAMP) metrics-setup
 
@@ -20,5 +20,8 @@ $(STAMP): requirements.txt
 metrics-setup: $(STAMP)
 	@$(PY) -m modeling.metrics setup
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -q tests
+
+# Optional pieces kept in their own files: the browser for the demo-page test, the quick-start demo.
+include $(wildcard mk/*.mk)
