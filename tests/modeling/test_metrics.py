@@ -62,6 +62,12 @@ def test_reference_values_and_key_order(cache):
     assert scores["cider_d"] == pytest.approx(REF_CIDER_D, abs=1e-5)
     assert scores["rouge_l"] == pytest.approx(REF_ROUGE_L, abs=1e-5)
     assert scores["meteor"] == pytest.approx(REF_METEOR, abs=1e-5)
+    # METEOR's Java process is kept between calls (its start costs ~18 s); a second corpus,
+    # here the same items in reverse order, must not see anything of the first.
+    again = M.compute_scores(CANDIDATES[::-1], REFERENCES[::-1], ["meteor"], cache_dir=cache)
+    assert again["meteor"] == pytest.approx(REF_METEOR, abs=1e-5)
+    single = M.compute_scores(CANDIDATES[1:], REFERENCES[1:], ["meteor"], cache_dir=cache)
+    assert abs(single["meteor"] - REF_METEOR) > 1e-3
 
 
 def test_cider_is_corpus_level_not_mean_of_parts(cache):
