@@ -25,7 +25,6 @@ are clipped only by the CLAP int16 round trip, exactly as in the original pipeli
 from __future__ import annotations
 
 import functools
-import math
 import os
 from typing import Optional, Tuple, Union
 
@@ -206,7 +205,8 @@ def resample_for_clap(mono: Union[np.ndarray, torch.Tensor], sr: int) -> np.ndar
         sr: its sample rate.
 
     Returns:
-        float32 array of shape (ceil(samples * 48000 / sr),) (librosa's ``fix=True`` length).
+        float32 array of about samples * 48000 / sr samples: exactly librosa's ``fix=True``
+        length, ``ceil(samples * (48000 / sr))`` in floating point.
     """
     if isinstance(mono, torch.Tensor):
         mono = mono.detach().cpu().numpy()
@@ -216,7 +216,9 @@ def resample_for_clap(mono: Union[np.ndarray, torch.Tensor], sr: int) -> np.ndar
     if int(sr) == CLAP_SAMPLE_RATE:
         return wav.copy()
     out = soxr.resample(wav, int(sr), CLAP_SAMPLE_RATE, quality="soxr_hq")
-    n_out = int(math.ceil(wav.shape[0] * CLAP_SAMPLE_RATE / float(sr)))
+    # librosa's own length formula, float rounding included: 22050 Hz x 1 s gives 48001
+    # samples there (22050 * (48000 / 22050) = 48000.00000000001), so we do the same.
+    n_out = int(np.ceil(wav.shape[0] * (float(CLAP_SAMPLE_RATE) / sr)))
     # librosa.util.fix_length: trim or zero-pad to exactly n_out samples.
     if out.shape[0] > n_out:
         out = out[:n_out]
