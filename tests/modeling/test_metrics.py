@@ -246,6 +246,46 @@ def test_setup_is_idempotent_and_repairs(tmp_path):
     assert meteor.is_file() and meteor.stat().st_size > 1_000_000
 
 
+def test_setup_corenlp_download_paths(tmp_path, monkeypatch):
+    """Offline: no attempt, one line saying what is missing; online: aac-metrics' downloader
+    is called for SPICE only, and a failing download is reported, never raised."""
+    import aac_metrics.download
+
+    calls = []
+
+    def fake_download(**kwargs):
+        calls.append(kwargs)
+        if behaviour == "fail":
+            raise OSError("connection reset")
+        lib = Path(kwargs["cache_path"]) / M.SPICE_LIB
+        for name in M.CORENLP_JARS:
+            (lib / name).write_bytes(b"jar")
+
+    monkeypatch.setattr(aac_metrics.download, "download_metrics", fake_download)
+    cache_dir = tmp_path / "cache"
+
+    behaviour, messages = "ok", []
+    monkeypatch.setattr(M, "_network_reachable", lambda *a, **k: False)
+    assert set(M.setup(cache_dir, log=messages.append)) == {"spice", "spider"}
+    assert calls == []
+    assert any("SPICE/SPIDEr unavailable" in m and "stanford-corenlp-3.6.0.jar" in m for m in messages)
+
+    monkeypatch.setattr(M, "_network_reachable", lambda *a, **k: True)
+    behaviour, messages = "fail", []
+    assert set(M.setup(cache_dir, log=messages.append)) == {"spice", "spider"}
+    assert any("download failed (OSError: connection reset)" in m for m in messages)
+
+    behaviour, messages = "ok", []
+    assert M.setup(cache_dir, log=messages.append) == {}
+    assert calls[-1]["spice"] is True and calls[-1]["meteor"] is False and calls[-1]["fense"] is False
+    assert Path(calls[-1]["cache_path"]) == cache_dir
+    assert not any("unavailable" in m for m in messages)
+    # Present now: a further setup does not download again.
+    n_calls = len(calls)
+    M.setup(cache_dir, log=messages.append)
+    assert len(calls) == n_calls
+
+
 def test_setup_and_check_cli(tmp_path):
     # Run as a script: the same main() that `python -m modeling.metrics setup` (make setup)
     # runs, without importing the model package (transformers) first.
