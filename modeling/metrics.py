@@ -407,19 +407,23 @@ def setup(
     if changed:
         log(f"metrics setup: linked {changed} jar(s) from {source} into {cache / _AAC_DIR}")
 
-    missing = _missing_corenlp(cache)
-    if missing and download:
-        if _network_reachable():
-            log("metrics setup: downloading Stanford CoreNLP 3.6.0 for SPICE (~400 MB, once)...")
-            error = _download_corenlp(cache)
-            if error:
-                log(f"metrics setup: CoreNLP download failed ({error})")
-            missing = _missing_corenlp(cache)
+    # Offline, the probe fails in milliseconds (DNS) or 3 s at worst, so `make setup` stays
+    # quick; the outcome is reported below with the rest.
+    if download and _missing_corenlp(cache) and _network_reachable():
+        log("metrics setup: downloading Stanford CoreNLP 3.6.0 for SPICE (~400 MB, once)...")
+        error = _download_corenlp(cache)
+        if error:
+            log(f"metrics setup: CoreNLP download failed ({error})")
     if fense:
-        from aac_metrics.download import download_metrics
+        log("metrics setup: downloading the FENSE / SPIDEr-FL models...")
+        try:
+            from aac_metrics.download import download_metrics
 
-        download_metrics(ptb_tokenizer=False, meteor=False, spice=False, fense=True,
-                         bert_score=False, clap=False, verbose=1)
+            download_metrics(ptb_tokenizer=False, meteor=False, spice=False, fense=True,
+                             bert_score=False, clap=False, verbose=1)
+        except Exception as err:  # offline: report in one line, keep the rest usable
+            log(f"metrics setup: FENSE download failed ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''})")
 
     # FENSE / SPIDEr-FL models are only checked when asked for (they are optional extras).
     checked = METRIC_NAMES if fense else tuple(m for m in METRIC_NAMES if m not in ("fense", "spider_fl"))
@@ -427,11 +431,11 @@ def setup(
     ready = [_DISPLAY_NAMES[m] for m in checked if m not in unavailable]
     log(f"metrics setup: Java {java.version} ({java.path}); cache {cache / _AAC_DIR}; "
         f"ready: {', '.join(ready) or 'none'}")
-    if missing:
-        log(
-            f"metrics setup: SPICE/SPIDEr unavailable, missing {', '.join(missing)} in "
-            f"{cache / SPICE_LIB}; to get them {_SPICE_FIX.format(lib=cache / SPICE_LIB)}"
-        )
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in unavailable.items():
+        by_reason.setdefault(reason, []).append(_DISPLAY_NAMES[name])
+    for reason, names in by_reason.items():
+        log(f"metrics setup: {', '.join(names)} unavailable: {reason}")
     return unavailable
 
 
@@ -848,4 +852,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
+    # Run as a file (`python modeling/metrics.py setup`, which skips importing the model
+    # package): keep modeling/ itself off sys.path so its module names (tokenizer, pipeline,
+    # ...) cannot shadow third-party ones imported by aac-metrics.
+    if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+        sys.path.pop(0)
     sys.exit(main())

@@ -268,7 +268,7 @@ def test_setup_corenlp_download_paths(tmp_path, monkeypatch):
     monkeypatch.setattr(M, "_network_reachable", lambda *a, **k: False)
     assert set(M.setup(cache_dir, log=messages.append)) == {"spice", "spider"}
     assert calls == []
-    assert any("SPICE/SPIDEr unavailable" in m and "stanford-corenlp-3.6.0.jar" in m for m in messages)
+    assert any("SPICE, SPIDEr unavailable" in m and "stanford-corenlp-3.6.0.jar" in m for m in messages)
 
     monkeypatch.setattr(M, "_network_reachable", lambda *a, **k: True)
     behaviour, messages = "fail", []
