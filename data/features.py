@@ -145,6 +145,33 @@ class EncodecEncoder:
         # ELU, Identity and the unidirectional LSTM work time step by time step.
         return module(x), lengths
 
+    def _embed(self, wavs: Sequence[Union[torch.Tensor, np.ndarray]]):
+        tensors = [torch.as_tensor(w, dtype=torch.float32).reshape(-1) for w in wavs]
+        lengths = [int(t.shape[0]) for t in tensors]
+        if min(lengths) == 0:
+            raise AudioError("<array>: an empty clip cannot be encoded")
+        width = max(lengths)
+        x = torch.stack([F.pad(t, (0, width - t.shape[0])) for t in tensors])  # (B, N)
+        x = x[:, None, :].to(self.device)  # (B, 1, N)
+        return self._forward(self.model.encoder.model, x, lengths)  # (B, 128, T), [T_i]
+
+    @torch.inference_mode()
+    def latents(self, wavs: Sequence[Union[torch.Tensor, np.ndarray]]) -> List[np.ndarray]:
+        """The continuous encoder output before quantisation, per clip.
+
+        Args:
+            wavs: 1-D float tensors/arrays at 24 kHz.
+
+        Returns:
+            One float32 array of shape (T_i, 128) per clip, as encodec's encoder gives for
+            the clip alone.
+        """
+        if len(wavs) == 0:
+            return []
+        emb, frames = self._embed(wavs)
+        emb = emb.float().cpu().numpy()
+        return [np.ascontiguousarray(emb[i, :, :t].T) for i, t in enumerate(frames)]
+
     @torch.inference_mode()
     def encode(self, wavs: Sequence[Union[torch.Tensor, np.ndarray]]) -> List[np.ndarray]:
         """Encodes 24 kHz mono clips into codes, one batch.
@@ -159,14 +186,7 @@ class EncodecEncoder:
         """
         if len(wavs) == 0:
             return []
-        tensors = [torch.as_tensor(w, dtype=torch.float32).reshape(-1) for w in wavs]
-        lengths = [int(t.shape[0]) for t in tensors]
-        if min(lengths) == 0:
-            raise AudioError("<array>: an empty clip cannot be encoded")
-        width = max(lengths)
-        x = torch.stack([F.pad(t, (0, width - t.shape[0])) for t in tensors])  # (B, N)
-        x = x[:, None, :].to(self.device)  # (B, 1, N)
-        emb, frames = self._forward(self.model.encoder.model, x, lengths)  # (B, 128, T)
+        emb, frames = self._embed(wavs)  # (B, 128, T)
         codes = self.model.quantizer.encode(emb, self.model.frame_rate, self.bandwidth)  # (K, B, T)
         codes = codes.transpose(0, 1).cpu().numpy()  # (B, K, T)
         return [np.ascontiguousarray(codes[i, :, :t].T).astype(np.int64)  # (T_i, K)
@@ -366,7 +386,7 @@ class _LogMel(nn.Module):
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=cfg["sample_rate"], n_fft=cfg["window_size"],
             win_length=cfg["window_size"], hop_length=cfg["hop_size"], center=True,
-            pad_mode="reflect", power=2.0, norm=None, onesided=True, n_mels=cfg["mel_bins"],
+            pad_mode="reflect", power=2.0, norm=None, n_mels=cfg["mel_bins"],
             f_min=cfg["fmin"], f_max=cfg["fmax"])
         self.to_db = torchaudio.transforms.AmplitudeToDB(top_db=None)
 
