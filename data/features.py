@@ -29,9 +29,9 @@ import importlib.util
 import logging
 import math
 import os
+import pathlib
 import sys
 import types
-from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -55,7 +55,8 @@ logger = logging.getLogger(__name__)
 ENCODEC_CHECKPOINT = "encodec_24khz-d7cc33bc.th"
 ENCODEC_URL = "https://dl.fbaipublicfiles.com/encodec/v0/" + ENCODEC_CHECKPOINT
 CLAP_CHECKPOINT_NAME = "630k-audioset-fusion-best.pt"
-CLAP_CHECKPOINT_URL = "https://huggingface.co/lukewys/laion_clap/resolve/main/" + CLAP_CHECKPOINT_NAME
+CLAP_CHECKPOINT_URL = ("https://huggingface.co/lukewys/laion_clap/resolve/main/"
+                       + CLAP_CHECKPOINT_NAME)
 
 
 class ModelLoadError(RuntimeError):
@@ -76,10 +77,13 @@ class EncodecEncoder:
             use); False builds random weights (tests, benchmarks).
         bandwidth: target bandwidth in kbps; 12.0 gives the 16 codebooks EnCLAP uses.
         repository: optional local folder holding ``encodec_24khz-d7cc33bc.th`` (offline use).
+        max_batch_size: ``encode`` runs at most this many clips per forward pass (None: the
+            whole list). Results do not depend on it; only speed and memory do.
     """
 
     def __init__(self, device: Union[str, torch.device] = "cpu", pretrained: bool = True,
-                 bandwidth: float = 12.0, repository: Optional[str] = None):
+                 bandwidth: float = 12.0, repository: Optional[str] = None,
+                 max_batch_size: Optional[int] = None):
         from encodec import EncodecModel
         from encodec.modules import conv as encodec_conv
 
@@ -89,7 +93,7 @@ class EncodecEncoder:
         try:
             model = EncodecModel.encodec_model_24khz(
                 pretrained=pretrained,
-                repository=None if repository is None else __import__("pathlib").Path(repository))
+                repository=None if repository is None else pathlib.Path(repository))
         except (OSError, ValueError, RuntimeError) as err:  # URLError is an OSError
             reason = " ".join(str(err).split())[:200]
             raise ModelLoadError(
@@ -101,6 +105,7 @@ class EncodecEncoder:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.bandwidth = float(bandwidth)
+        self.max_batch_size = max_batch_size
         self.sample_rate = int(model.sample_rate)  # 24000
         self.frame_rate = int(model.frame_rate)  # 75
         self.hop_length = int(np.prod(model.encoder.ratios))  # 320
@@ -120,6 +125,13 @@ class EncodecEncoder:
         padding_total = (kernel_size - 1) * dilation - (stride - 1)
         if not layer.causal:
             raise NotImplementedError("batched encoding is written for the causal 24 kHz model")
+        out_lengths = [int(math.ceil(length / stride)) for length in lengths]
+        if all(length == x.shape[-1] for length in lengths):
+            # Equal lengths (a single clip, or a batch of 10 s clips): padding the whole batch
+            # is padding each clip alone, without per-clip copies.
+            extra = self._extra_padding(x, kernel_size, stride, padding_total)
+            padded = self._pad1d(x, (padding_total, extra), mode=layer.pad_mode)
+            return layer.conv(padded), out_lengths
         padded = []
         for i, length in enumerate(lengths):
             xi = x[i:i + 1, :, :length]  # (1, C, l_i)
@@ -127,8 +139,7 @@ class EncodecEncoder:
             padded.append(self._pad1d(xi, (padding_total, extra), mode=layer.pad_mode))
         width = max(p.shape[-1] for p in padded)
         batch = torch.cat([F.pad(p, (0, width - p.shape[-1])) for p in padded])  # (B, C, W)
-        out = layer.conv(batch)
-        return out, [int(math.ceil(length / stride)) for length in lengths]
+        return layer.conv(batch), out_lengths
 
     def _forward(self, module: nn.Module, x: torch.Tensor, lengths: List[int]):
         from encodec.modules.seanet import SEANetResnetBlock
@@ -184,13 +195,15 @@ class EncodecEncoder:
             One np.int64 array of shape (T_i, 16) per clip, T_i = ceil(len_i / 320),
             identical to encoding that clip alone.
         """
-        if len(wavs) == 0:
-            return []
-        emb, frames = self._embed(wavs)  # (B, 128, T)
-        codes = self.model.quantizer.encode(emb, self.model.frame_rate, self.bandwidth)  # (K, B, T)
-        codes = codes.transpose(0, 1).cpu().numpy()  # (B, K, T)
-        return [np.ascontiguousarray(codes[i, :, :t].T).astype(np.int64)  # (T_i, K)
-                for i, t in enumerate(frames)]
+        step = self.max_batch_size or max(len(wavs), 1)
+        results: List[np.ndarray] = []
+        for start in range(0, len(wavs), step):
+            emb, frames = self._embed(wavs[start:start + step])  # (B, 128, T)
+            codes = self.model.quantizer.encode(emb, self.model.frame_rate, self.bandwidth)
+            codes = codes.transpose(0, 1).cpu().numpy()  # (K, B, T) -> (B, K, T)
+            results.extend(np.ascontiguousarray(codes[i, :, :t].T).astype(np.int64)  # (T_i, K)
+                           for i, t in enumerate(frames))
+        return results
 
 
 # --------------------------------------------------------------------------------------------
@@ -406,14 +419,18 @@ class ClapEncoder:
             a checkpoint, the random weights.
         text_tokenizer: name or folder of roberta's tokenizer for ``embed_text`` with a
             checkpoint (loaded on first use; offline it must be in the local HF cache).
+        max_batch_size: ``encode`` runs at most this many clips per forward pass (None: the
+            whole list).
     """
 
     def __init__(self, ckpt_path: Optional[str] = None, device: Union[str, torch.device] = "cpu",
-                 seed: int = 0, text_tokenizer: str = "roberta-base"):
+                 seed: int = 0, text_tokenizer: str = "roberta-base",
+                 max_batch_size: Optional[int] = None):
         self.device = torch.device(device)
         self.seed = int(seed)
         self.ckpt_path = None if ckpt_path is None else os.fspath(ckpt_path)
         self.text_tokenizer_name = text_tokenizer
+        self.max_batch_size = max_batch_size
         self.sample_rate = CLAP_SAMPLE_RATE
         self.dim = _CLAP_DIM
         if self.ckpt_path is None:
@@ -447,6 +464,11 @@ class ClapEncoder:
         """
         if len(wavs) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
+        step = self.max_batch_size or len(wavs)
+        return np.concatenate([self._encode_batch(wavs[start:start + step])
+                               for start in range(0, len(wavs), step)])
+
+    def _encode_batch(self, wavs: Sequence[Union[np.ndarray, torch.Tensor]]) -> np.ndarray:
         mels, longer = [], []
         for wav in wavs:
             quantized = clap_quantize(np.asarray(wav, dtype=np.float32).reshape(-1))  # (N,)

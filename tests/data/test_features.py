@@ -94,6 +94,12 @@ def test_encodec_batch_equals_each_clip_alone(encodec):
         assert codes.dtype == np.int64 and codes.shape == (math.ceil(n / 320), 16)
         np.testing.assert_array_equal(codes, alone)
     assert len(np.unique(np.concatenate(batch))) > 10  # the codes are not trivially constant
+    encodec.max_batch_size = 2  # sub-batches of 2, 2, 1: same codes
+    try:
+        for codes, again in zip(batch, encodec.encode(wavs)):
+            np.testing.assert_array_equal(codes, again)
+    finally:
+        encodec.max_batch_size = None
 
 
 def test_encodec_latents_exact_and_zero_padding_would_not_be(encodec):
@@ -151,6 +157,11 @@ def test_clap_fusion_is_seeded_and_batch_invariant(clap):
     np.testing.assert_array_equal(again[0], clap.encode([long_clip])[0])  # same file twice
     np.testing.assert_allclose(again[0], batch[1], atol=1e-6, rtol=0)  # alone == in a batch
     np.testing.assert_allclose(clap.encode([short_clip])[0], batch[0], atol=1e-6, rtol=0)
+    clap.max_batch_size = 1
+    try:
+        np.testing.assert_allclose(clap.encode([short_clip, long_clip]), batch, atol=1e-6, rtol=0)
+    finally:
+        clap.max_batch_size = None
     # The seed picks the chunks of a long clip (and nothing for a short one).
     clap.seed = 1
     try:
