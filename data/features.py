@@ -79,11 +79,14 @@ class EncodecEncoder:
         repository: optional local folder holding ``encodec_24khz-d7cc33bc.th`` (offline use).
         max_batch_size: ``encode`` runs at most this many clips per forward pass (None: the
             whole list). Results do not depend on it; only speed and memory do.
+        seed: seeds the random weights when ``pretrained`` is False (the global torch
+            generator is left untouched), so random-weight runs are reproducible. Note that
+            encodec's fresh codebooks are all zeros, so random weights give code 0 everywhere.
     """
 
     def __init__(self, device: Union[str, torch.device] = "cpu", pretrained: bool = True,
                  bandwidth: float = 12.0, repository: Optional[str] = None,
-                 max_batch_size: Optional[int] = None):
+                 max_batch_size: Optional[int] = None, seed: int = 0):
         from encodec import EncodecModel
         from encodec.modules import conv as encodec_conv
 
@@ -91,9 +94,11 @@ class EncodecEncoder:
         self._extra_padding = encodec_conv.get_extra_padding_for_conv1d
         self._sconv = encodec_conv.SConv1d
         try:
-            model = EncodecModel.encodec_model_24khz(
-                pretrained=pretrained,
-                repository=None if repository is None else pathlib.Path(repository))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = EncodecModel.encodec_model_24khz(
+                    pretrained=pretrained,
+                    repository=None if repository is None else pathlib.Path(repository))
         except (OSError, ValueError, RuntimeError) as err:  # URLError is an OSError
             reason = " ".join(str(err).split())[:200]
             raise ModelLoadError(
@@ -471,7 +476,7 @@ class ClapEncoder:
     def _encode_batch(self, wavs: Sequence[Union[np.ndarray, torch.Tensor]]) -> np.ndarray:
         mels, longer = [], []
         for wav in wavs:
-            quantized = clap_quantize(np.asarray(wav, dtype=np.float32).reshape(-1))  # (N,)
+            quantized = clap_quantize(wav).reshape(-1)  # (N,) float32, any input device
             if quantized.shape[0] == 0:
                 raise AudioError("<array>: an empty clip cannot be embedded")
             rng = np.random.RandomState(self.seed)
