@@ -1,0 +1,22 @@
+#!/bin/sh
+# Train EnCLAP with whatever `accelerate config` set up (one GPU, several GPUs, several nodes).
+#   sh train.sh [CFG.yaml] [key=value ...]      default CFG: cfg/tiny.yaml (CPU quick start)
+# Rerunning the same command resumes from the newest complete checkpoint of its output_dir.
+set -eu
+cd "$(dirname "$0")"
+CFG=cfg/tiny.yaml
+case "${1:-}" in
+  "" | *=*) ;;                       # no recipe given: keep the default, all args are overrides
+  -h | --help) exec python train.py --help ;;
+  *) CFG=$1; shift ;;
+esac
+if [ ! -f "$CFG" ]; then
+  echo "train.sh: error: config file not found: $CFG (use one of: $(ls cfg/*.yaml cfg/*/*.yaml | tr '\n' ' '))" >&2
+  exit 2
+fi
+# The project virtual environment when there is one (make setup), else whatever is on PATH.
+if [ -x .venv/bin/accelerate ]; then PATH="$PWD/.venv/bin:$PATH"; fi
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-0}"
+export TOKENIZERS_PARALLELISM=false
+# --quiet: a failing run shows its own one-line error, not the launcher's traceback on top.
+exec accelerate launch --quiet train.py "$CFG" "$@"
