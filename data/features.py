@@ -32,6 +32,7 @@ import os
 import pathlib
 import sys
 import types
+import warnings
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -94,7 +95,9 @@ class EncodecEncoder:
         self._extra_padding = encodec_conv.get_extra_padding_for_conv1d
         self._sconv = encodec_conv.SConv1d
         try:
-            with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+                # encodec uses the deprecated torch weight_norm: a FutureWarning users can't act on.
+                warnings.simplefilter("ignore", FutureWarning)
                 torch.manual_seed(seed)
                 model = EncodecModel.encodec_model_24khz(
                     pretrained=pretrained,
@@ -267,7 +270,10 @@ class _ClapAudio(nn.Module):
         super().__init__()
         htsat = _clap_htsat_module()
         cfg = types.SimpleNamespace(**_HTSAT_TINY_AUDIO_CFG)
-        self.audio_branch = htsat.create_htsat_model(cfg, enable_fusion=True, fusion_type="aff_2d")
+        with warnings.catch_warnings():  # torch.meshgrid's indexing notice, not actionable
+            warnings.simplefilter("ignore", UserWarning)
+            self.audio_branch = htsat.create_htsat_model(cfg, enable_fusion=True,
+                                                         fusion_type="aff_2d")
         self.audio_projection = nn.Sequential(
             nn.Linear(_HTSAT_EMBED_DIM, _CLAP_DIM), nn.ReLU(), nn.Linear(_CLAP_DIM, _CLAP_DIM))
 
