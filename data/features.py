@@ -228,13 +228,9 @@ _HTSAT_EMBED_DIM = 768  # HTSAT-tiny's pooled embedding, projected to the 512-d 
 _CLAP_DIM = 512
 _CLAP_MAX_LEN = 480000  # 10 s at 48 kHz
 _TEXT_MAX_LENGTH = 77  # laion_clap's tokenizer(padding="max_length", max_length=77)
-# roberta-base's architecture (what laion_clap's text branch is), written out so it can be
-# built without downloading its config.
-_ROBERTA_BASE = dict(
-    vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-    intermediate_size=3072, hidden_act="gelu", max_position_embeddings=514, type_vocab_size=1,
-    layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2,
-)
+# RoBERTa settings the released text branch (roberta-base) uses that its weight shapes don't show.
+_ROBERTA_FIXED = dict(hidden_act="gelu", layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0,
+                      eos_token_id=2)
 _PRIVATE_CLAP_PACKAGE = "_enclap_laion_clap_module"
 
 
@@ -340,6 +336,28 @@ def _load_clap_state_dict(path: str) -> dict:
                              f"{CLAP_CHECKPOINT_NAME}")
     # Multi-GPU training saved every key as "module.<name>".
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+
+
+def _roberta_config_from_state(state: dict, path: str) -> dict:
+    """RoBERTa sizes read off the checkpoint's text-branch weights (roberta-base: 768 x 12).
+
+    Building from shapes needs no download of roberta-base's config.json.
+    """
+    prefix = "text_branch."
+    try:
+        vocab_size, hidden = state[prefix + "embeddings.word_embeddings.weight"].shape
+        max_positions = state[prefix + "embeddings.position_embeddings.weight"].shape[0]
+        type_vocab = state[prefix + "embeddings.token_type_embeddings.weight"].shape[0]
+        intermediate = state[prefix + "encoder.layer.0.intermediate.dense.weight"].shape[0]
+    except KeyError as err:
+        raise ModelLoadError(f"{path}: no RoBERTa text branch ({err.args[0]} missing); "
+                             f"text embeddings need the full {CLAP_CHECKPOINT_NAME}") from None
+    layers = {k.split(".")[3] for k in state if k.startswith(prefix + "encoder.layer.")}
+    return dict(vocab_size=int(vocab_size), hidden_size=int(hidden),
+                num_hidden_layers=len(layers),
+                num_attention_heads=max(1, int(hidden) // 64),  # RoBERTa's 64-d heads
+                intermediate_size=int(intermediate), max_position_embeddings=int(max_positions),
+                type_vocab_size=int(type_vocab), **_ROBERTA_FIXED)
 
 
 def _load_tower(module: nn.Module, state: dict, prefixes: Tuple[str, ...], path: str,
@@ -516,11 +534,12 @@ class ClapEncoder:
             def tokenize(texts):
                 return dict(tokenizer(texts, padding="max_length", truncation=True,
                                       max_length=_TEXT_MAX_LENGTH, return_tensors="pt"))
-            text = _ClapText(_ROBERTA_BASE)
             state = _load_clap_state_dict(self.ckpt_path)
-            # position_ids is a buffer newer transformers no longer store; laion deletes it too.
+            text = _ClapText(_roberta_config_from_state(state, self.ckpt_path))
+            # position_ids / token_type_ids are buffers newer transformers no longer store
+            # (laion deletes position_ids before loading too).
             _load_tower(text, state, ("text_branch.", "text_projection."), self.ckpt_path,
-                        ignore=("position_ids",))
+                        ignore=("position_ids", "token_type_ids"))
         self._text = text.to(self.device).eval()
         self._tokenize = tokenize
 

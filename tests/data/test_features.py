@@ -40,39 +40,74 @@ def clap():
     return ClapEncoder(seed=0)
 
 
+def _roberta_tokenizer_folder(folder):
+    """A byte-level BPE tokenizer saved as a RoBERTa tokenizer folder (roberta-base is offline)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import RobertaTokenizerFast
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>",
+                                                                  "<mask>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(["a dog barks", "rain falls on a roof", "a man speaks"] * 5, trainer)
+    bpe.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    tokenizer = RobertaTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
+                                     sep_token="</s>", cls_token="<s>", unk_token="<unk>",
+                                     pad_token="<pad>", mask_token="<mask>")
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
 @pytest.fixture(scope="module")
 def laion(tmp_path_factory):
-    """laion_clap's own CLAP model (random weights), saved as a release checkpoint is."""
+    """laion_clap's own CLAP model (random weights, small RoBERTa), saved as a release is.
+
+    Returns:
+        (laion CLAP_Module, checkpoint path, tokenizer folder, tokenizer).
+    """
     import transformers
 
-    # `import laion_clap` loads three hub tokenizers at import time; they are not needed for
-    # audio, so they are stubbed only while importing. Its __init__ also appends its folder
-    # to sys.path, which is undone afterwards.
+    folder = tmp_path_factory.mktemp("clap")
+    tokenizer = _roberta_tokenizer_folder(folder / "tokenizer")
+    # A RoBERTa with roberta-base's width (laion hard-codes 768 in its text projection) but
+    # one layer and a small vocabulary, standing in for the roberta-base download.
+    small_roberta = transformers.RobertaConfig(
+        vocab_size=len(tokenizer), hidden_size=768, num_hidden_layers=1, num_attention_heads=12,
+        intermediate_size=64, max_position_embeddings=80, type_vocab_size=1,
+        layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+
+    # `import laion_clap` loads three hub tokenizers at import time; they are not needed
+    # here, so they are stubbed while importing. Its __init__ also appends its folder to
+    # sys.path, which is undone afterwards.
+    torch.manual_seed(1)
     with pytest.MonkeyPatch.context() as patch:
         for name in ("BertTokenizer", "RobertaTokenizer", "BartTokenizer"):
             patch.setattr(getattr(transformers, name), "from_pretrained",
                           classmethod(lambda cls, *args, **kwargs: None))
+        patch.setattr(transformers.RobertaModel, "from_pretrained",
+                      classmethod(lambda cls, *args, **kwargs: cls(small_roberta)))
         patch.setattr(sys, "path", list(sys.path))
         import laion_clap
         from clap_module.model import CLAP
 
-    torch.manual_seed(1)
-    text_cfg = dict(context_length=77, vocab_size=100, width=32, heads=2, layers=1,
-                    model_type="transformer")  # a small text tower: only audio is compared
-    model_cfg = dict(embed_dim=768, audio_cfg=HTSAT_TINY_AUDIO_CFG, text_cfg=text_cfg,
-                     enable_fusion=True, fusion_type="aff_2d")
-    model = CLAP(**model_cfg).eval()
+        text_cfg = dict(context_length=77, vocab_size=len(tokenizer), width=768, heads=12,
+                        layers=1, model_type="roberta")
+        model_cfg = dict(embed_dim=768, audio_cfg=HTSAT_TINY_AUDIO_CFG, text_cfg=text_cfg,
+                         enable_fusion=True, fusion_type="aff_2d")
+        model = CLAP(**model_cfg).eval()
     state = {"module." + k: v for k, v in model.state_dict().items()}
     # Release checkpoints carry roberta's position_ids, which laion's loader deletes.
-    state["module.text_branch.embeddings.position_ids"] = torch.arange(514)[None]
-    path = tmp_path_factory.mktemp("clap") / "630k-audioset-fusion-best.pt"
+    state["module.text_branch.embeddings.position_ids"] = torch.arange(80)[None]
+    path = folder / "630k-audioset-fusion-best.pt"
     torch.save({"epoch": 45, "state_dict": state}, path)
 
     module = laion_clap.CLAP_Module.__new__(laion_clap.CLAP_Module)
     torch.nn.Module.__init__(module)
     module.model, module.model_cfg, module.enable_fusion = model, model_cfg, True
     module.load_ckpt(str(path), verbose=False)  # laion's own loader, strict
-    return module, path
+    return module, path, folder / "tokenizer", tokenizer
 
 
 # ------------------------------------------------------------------------------- EnCodec
@@ -130,7 +165,7 @@ def test_encodec_missing_weights_is_one_line_error(tmp_path):
 
 
 def test_clap_matches_laion_get_audio_embedding_from_data(laion):
-    module, path = laion
+    module, path, _, _ = laion
     rng = np.random.default_rng(5)
     wavs = [
         (0.4 * rng.standard_normal(48000 * 2)).astype(np.float32),  # repeat-padded to 10 s
@@ -173,7 +208,7 @@ def test_clap_fusion_is_seeded_and_batch_invariant(clap):
 
 
 def test_clap_checkpoint_errors(tmp_path, laion):
-    _, path = laion
+    _, path, _, _ = laion
     with pytest.raises(ModelLoadError, match="not found"):
         ClapEncoder(str(tmp_path / "missing.pt"))
     state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
@@ -187,6 +222,17 @@ def test_clap_checkpoint_errors(tmp_path, laion):
     encoder.text_tokenizer_name = str(tmp_path / "no_tokenizer_here")
     with pytest.raises(ModelLoadError, match="tokenizer"):
         encoder.embed_text(["a dog barks"])
+
+
+def test_clap_text_embeddings_match_laion(laion):
+    module, path, tokenizer_folder, tokenizer = laion
+    texts = ["a dog barks", "rain falls on a roof while a man speaks"]
+    tokens = dict(tokenizer(texts, padding="max_length", truncation=True, max_length=77,
+                            return_tensors="pt"))  # laion's CLAP_Module.tokenizer settings
+    with torch.no_grad():
+        reference = module.model.get_text_embedding(tokens).numpy()
+    ours = ClapEncoder(str(path), text_tokenizer=str(tokenizer_folder)).embed_text(texts)
+    np.testing.assert_allclose(ours, reference, atol=2e-6, rtol=0)
 
 
 def test_clap_text_embeddings_random_mode(clap):
