@@ -5,8 +5,8 @@ inference, the demo) goes through these functions, so one clip gives the same fe
 whichever door it came in by (SPEC §1, §2, §9):
 
 * ``load_audio`` decodes a file with libsndfile (wav incl. 8-bit/MS-ADPCM, flac incl. 24-bit,
-  ogg/vorbis, opus, mp3, aiff, ...) or accepts a numpy/torch array, and returns float32
-  ``(channels, samples)`` plus the sample rate. Integer samples are scaled by their full
+  ogg/vorbis, opus, mp3, aiff, ...) or accepts a numpy/torch array ((N,), (C, N) or (N, C)),
+  and returns float32 ``(channels, samples)`` plus the sample rate. Integer samples are scaled by their full
   scale (int16 / 32768, ...), as libsndfile does for files.
 * ``to_mono`` averages the channels (the original inference kept channel 0; preprocessing
   averaged: we always average).
@@ -68,7 +68,7 @@ def _int_to_float(samples: np.ndarray) -> np.ndarray:
 
 
 def _array_to_channels_first(samples: Union[np.ndarray, torch.Tensor],
-                             channels_axis: int) -> np.ndarray:
+                             channels_axis: Optional[int]) -> np.ndarray:
     """Turns an array of any supported layout into float32 (channels, samples)."""
     if isinstance(samples, torch.Tensor):
         samples = samples.detach().cpu().numpy()
@@ -79,8 +79,11 @@ def _array_to_channels_first(samples: Union[np.ndarray, torch.Tensor],
     if samples.ndim == 1:
         samples = samples[None, :]  # (1, N)
     elif samples.ndim == 2:
+        if channels_axis is None:
+            # A clip has more samples than channels: the shorter axis holds the channels.
+            channels_axis = 0 if samples.shape[0] <= samples.shape[1] else 1
         if channels_axis not in (0, 1, -1):
-            raise ValueError(f"channels_axis must be 0 or -1, got {channels_axis}")
+            raise ValueError(f"channels_axis must be None, 0 or -1, got {channels_axis}")
         if channels_axis != 0:
             samples = samples.T  # (N, C) -> (C, N)
     else:
@@ -108,18 +111,21 @@ def _read_file(path: str) -> Tuple[np.ndarray, int]:
 
 
 def load_audio(source: AudioSource, sample_rate: Optional[int] = None,
-               channels_axis: int = 0) -> Tuple[np.ndarray, int]:
+               channels_axis: Optional[int] = None) -> Tuple[np.ndarray, int]:
     """Decodes a file or accepts an array, returning float32 (channels, samples) and its rate.
 
     Args:
         source: a path to any file libsndfile reads, or a numpy/torch array of shape
-            ``(samples,)`` or ``(channels, samples)`` (channels on axis 0 by default, like
-            torchaudio; see ``channels_axis``). Integer arrays are scaled by their full scale
-            (int16 / 32768, int32 / 2**31, uint8 around 128); float arrays are taken as is.
+            ``(samples,)``, ``(channels, samples)`` (torchaudio's layout) or
+            ``(samples, channels)`` (soundfile's and gradio's layout); see ``channels_axis``.
+            Integer arrays are scaled by their full scale (int16 / 32768, int32 / 2**31,
+            uint8 around 128); float arrays are taken as they are.
         sample_rate: the sample rate of an array source (required for arrays). For a path it
             must be None (the file header gives the rate).
-        channels_axis: for 2-D arrays, the axis that holds channels: 0 for ``(C, N)``,
-            -1 (or 1) for ``(N, C)`` as soundfile and gradio return.
+        channels_axis: for 2-D arrays, the axis that holds channels: 0 for ``(C, N)``, -1 (or
+            1) for ``(N, C)``; None (default) takes the shorter axis as channels (a square
+            array counts as ``(C, N)``), which is right for any clip longer than its channel
+            count.
 
     Returns:
         ``(wav, sr)`` with ``wav`` float32 of shape (channels, samples), samples >= 1.

@@ -574,7 +574,8 @@ def decode(source: AudioInput) -> Tuple[np.ndarray, int]:
 
     Args:
         source: a file path, or ``(array, sr)`` with the array laid out as
-            ``data.audio.load_audio`` documents ((N,) or (channels, N)).
+            ``data.audio.load_audio`` documents ((N,), (C, N) or (N, C); the shorter axis of
+            a 2-D array is taken as channels).
 
     Returns:
         ``(mono (N,) float32, sr)``.

@@ -146,9 +146,15 @@ def test_array_sources_and_layouts():
     wav, sr = load_audio(ints, sample_rate=16000)
     np.testing.assert_allclose(wav, [[0.5, -1.0, 0.0], [0.25, 32767 / 32768, -0.5]], atol=1e-7)
     assert sr == 16000
-    # (N, C) layout, as soundfile and gradio return it.
+    # (N, C) layout, as soundfile and gradio return it: explicit, or found as the longer axis.
     wav_nc, _ = load_audio(ints.T, sample_rate=16000, channels_axis=-1)
     np.testing.assert_array_equal(wav_nc, wav)
+    long_nc = np.zeros((1000, 2), dtype=np.float32)
+    long_nc[:, 1] = 0.5
+    auto, _ = load_audio(long_nc, sample_rate=16000)
+    assert auto.shape == (2, 1000) and auto[1].min() == 0.5
+    assert load_audio(long_nc.T, sample_rate=16000)[0].shape == (2, 1000)
+    assert load_audio(long_nc.T[:, :2], sample_rate=16000, channels_axis=0)[0].shape == (2, 2)
     # 8-bit PCM is unsigned around 128; torch tensors and 1-D arrays work too.
     wav_u8, _ = load_audio(np.array([128, 255, 0], dtype=np.uint8), sample_rate=8000)
     np.testing.assert_allclose(wav_u8, [[0.0, 127 / 128, -1.0]])
