@@ -543,7 +543,6 @@ class ClapEncoder:
         self._text = text.to(self.device).eval()
         self._tokenize = tokenize
 
-    @torch.inference_mode()
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
         """Embeds captions into the joint space (for CLAP re-ranking of N-best captions).
 
@@ -555,10 +554,11 @@ class ClapEncoder:
             rows is a plain dot product.
         """
         if self._text is None:
-            self._build_text()
+            self._build_text()  # outside inference mode: its weights stay ordinary tensors
         tokens = self._tokenize(list(texts))
-        out = self._text(tokens["input_ids"].to(self.device),
-                         tokens["attention_mask"].to(self.device))
+        with torch.inference_mode():
+            out = self._text(tokens["input_ids"].to(self.device),
+                             tokens["attention_mask"].to(self.device))  # (B, 512)
         return out.float().cpu().numpy().astype(np.float32)
 
 
