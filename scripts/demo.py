@@ -135,6 +135,26 @@ def describe_features(encodec_root: Path, clap_root: Path, split_csv: Path) -> s
             f"CLAP embeddings: pairwise cosine {off.min():.3f} .. {off.max():.3f} (mean {off.mean():.3f})")
 
 
+_STAMP = "demo_train_args.json"
+
+
+def training_done(run_dir: Path, overrides: Sequence[str]) -> bool:
+    """Whether ``run_dir`` holds a finished demo training with exactly these overrides."""
+    stamp = run_dir / _STAMP
+    try:
+        same = json.loads(stamp.read_text(encoding="utf-8")) == list(overrides)
+    except (OSError, ValueError):
+        return False
+    return same and (run_dir / "best" / "config.json").is_file()
+
+
+def mark_training_done(run_dir: Path, overrides: Sequence[str]) -> None:
+    """Records a finished training (atomically) so that a rerun of the demo reuses it."""
+    tmp = run_dir / (_STAMP + ".tmp")
+    tmp.write_text(json.dumps(list(overrides)), encoding="utf-8")
+    os.replace(tmp, run_dir / _STAMP)
+
+
 def score_line(label: str, scores: dict, note: str) -> str:
     """``label: CIDEr-D x  SPIDEr y  METEOR z  (note)`` with CIDEr-D first (the comparison)."""
     names = {"cider_d": "CIDEr-D", "spider": "SPIDEr", "spice": "SPICE", "meteor": "METEOR"}
@@ -230,14 +250,14 @@ def run_demo(args: argparse.Namespace) -> int:
                  f"data.val_csv={corpus / 'csv' / 'valid.csv'}", f"data.encodec_base_path={features / 'encodec'}",
                  f"data.clap_base_path={features / 'clap'}", "eval.metrics=[cider_d]", "eval.select_metric=cider_d",
                  *TRAIN_OVERRIDES, *args.train_overrides]
-    stamp = run_dir / "demo_train_args.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) == overrides and (ckpt / "config.json").is_file():
+    if training_done(run_dir, overrides):
         print(f"reusing the finished run in {_display(run_dir)} (delete it to train again)", flush=True)
     else:
+        # An interrupted run is resumed by train.py itself from its newest checkpoint.
         steps.run("train", ["sh", "train.sh", "cfg/tiny.yaml", *overrides])
         if not (ckpt / "config.json").is_file():
             raise DemoError(f"training finished without a best model folder {ckpt}")
-        stamp.write_text(json.dumps(overrides))
+        mark_training_done(run_dir, overrides)
 
     steps.header("evaluate on the held-out test split")
     predictions = out / f"test_predictions_{kind}.csv"
