@@ -103,9 +103,9 @@ def build_model_and_tokenizer(cfg, accelerator, train_captions: Sequence[str], r
         return EnClapBartForConditionalGeneration.from_bart(m.name_or_path, **fields), tokenizer
     if m.init == "enclap":
         model = EnClapBartForConditionalGeneration.from_pretrained(m.name_or_path, **fields)
-        default_tok = m.name_or_path if os.path.isfile(os.path.join(str(m.name_or_path), "tokenizer.json")) \
-            else "facebook/bart-base"
-        return model, _load_tokenizer(m.tokenizer or default_tok)
+        # Our checkpoints carry their tokenizer; the released ones do not (they use BART's).
+        own = os.path.isfile(os.path.join(str(m.name_or_path), "tokenizer_config.json"))
+        return model, _load_tokenizer(m.tokenizer or (m.name_or_path if own else "facebook/bart-base"))
     # scratch: a tokenizer trained from the training captions on the main process, then shared.
     tok_dir = os.path.join(cfg.output_dir, "tokenizer")
     if accelerator.is_main_process:
@@ -183,7 +183,7 @@ def train(cfg) -> int:
     import numpy as np
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, broadcast_object_list
+    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, broadcast_object_list
     from omegaconf import OmegaConf
     from torch.utils.data import DataLoader, Subset
     from tqdm.auto import tqdm
@@ -195,11 +195,25 @@ def train(cfg) -> int:
     from modeling.training import (CheckpointManager, ConfigError, GlobalBatchSampler, atomic_write_text,
                                    build_optimizer, build_scheduler, flat_config, step_seed, write_predictions_csv)
 
+    # User-fixable data problems are found before anything heavy starts.
+    for key in ("train_csv", "val_csv"):
+        if not os.path.isfile(cfg.data[key]):
+            raise ConfigError(f"data.{key} file not found: {cfg.data[key]} (set data.{key}=PATH)")
+    for key in ("encodec_base_path", "clap_base_path"):
+        if not os.path.isdir(cfg.data[key]):
+            raise ConfigError(f"data.{key} folder not found: {cfg.data[key]} (set data.{key}=PATH)")
+    roots = (cfg.data.encodec_base_path, cfg.data.clap_base_path)
+    probe = CaptionDataset(cfg.data.train_csv, *roots, train=True)  # checks every feature file exists
+    CaptionDataset(cfg.data.val_csv, *roots, train=False)
+
     accelerator = Accelerator(
         mixed_precision=cfg.optim.mixed_precision,
         # split_batches: the configured batch is global, and a prepared scheduler steps once
         # per optimizer step whatever the number of processes.
         dataloader_config=DataLoaderConfiguration(split_batches=True),
+        # A batch whose clips are too short for an MCM span leaves that codebook's head
+        # without a target (it is skipped, SPEC §3): DDP must tolerate unused parameters.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         log_with=list(cfg.log.trackers) or None,
         project_dir=cfg.output_dir,
     )
@@ -219,14 +233,6 @@ def train(cfg) -> int:
     resume_dir = manager.latest()
 
     # ---------------------------------------------------------------- data
-    for key in ("train_csv", "val_csv"):
-        if not os.path.isfile(cfg.data[key]):
-            raise ConfigError(f"data.{key} file not found: {cfg.data[key]} (set data.{key}=PATH)")
-    for key in ("encodec_base_path", "clap_base_path"):
-        if not os.path.isdir(cfg.data[key]):
-            raise ConfigError(f"data.{key} folder not found: {cfg.data[key]} (set data.{key}=PATH)")
-    probe = CaptionDataset(cfg.data.train_csv, cfg.data.encodec_base_path, cfg.data.clap_base_path, train=True,
-                           check_files=False)
     model, tokenizer = build_model_and_tokenizer(cfg, accelerator, probe.captions, resume_dir)
     mconf = model.config
     max_frames = cfg.data.max_frames or mconf.max_frames
@@ -235,11 +241,10 @@ def train(cfg) -> int:
                           f"positions allow ({mconf.max_frames}); lower data.max_frames")
     common = dict(max_frames=max_frames, seed=cfg.seed, num_rvq=mconf.num_rvq,
                   codebook_size=mconf.encodec_vocab_size, clap_dim=mconf.d_clap)
-    train_set = CaptionDataset(cfg.data.train_csv, cfg.data.encodec_base_path, cfg.data.clap_base_path, train=True,
+    train_set = CaptionDataset(cfg.data.train_csv, *roots, train=True,
                                masking_prob=cfg.data.encodec_masking_prob, mask_span=cfg.data.encodec_masking_span,
-                               static_masks=cfg.data.static_masks, **common)
-    val_set = CaptionDataset(cfg.data.val_csv, cfg.data.encodec_base_path, cfg.data.clap_base_path, train=False,
-                             **common)
+                               static_masks=cfg.data.static_masks, check_files=False, **common)
+    val_set = CaptionDataset(cfg.data.val_csv, *roots, train=False, check_files=False, **common)
     if cfg.eval.max_samples is not None:
         val_set = Subset(val_set, range(min(cfg.eval.max_samples, len(val_set))))
     collator = EnClapCollator(tokenizer, max_target_length=cfg.data.max_target_length, num_rvq=mconf.num_rvq,
@@ -273,6 +278,8 @@ def train(cfg) -> int:
     generation_config = GenerationOptions().to_generation_config(mconf)
 
     # ---------------------------------------------------------------- optimisation
+    if cfg.data.encodec_masking_prob == 0:
+        model.mcm_heads.requires_grad_(False)  # MCM off: the heads never get a gradient
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim.lr_scheduler, cfg.optim.warmup_steps, total_steps,
                                 cfg.optim.time_scale)
