@@ -1,0 +1,564 @@
+"""Offline feature extraction: audio tree -> EnCodec codes tree + CLAP embedding tree.
+
+    python data/preprocess.py --data_path WAVS --encodec_path OUT/encodec \\
+        --clap_path OUT/clap --clap_ckpt 630k-audioset-fusion-best.pt
+
+Every audio file under ``--data_path`` (recursively) gives ``OUT/encodec/<rel>.npy`` with the
+codes (T, 16) int64 and ``OUT/clap/<rel>.npy`` with the CLAP embedding (512,) float32, where
+``<rel>`` is the file's path relative to ``--data_path`` without its extension (SPEC §1, §2).
+
+How it works (one place per concern):
+
+* decoding and resampling (``data.features.decode`` + ``prepare_branches``) run in
+  DataLoader worker processes while the main process encodes the previous batch;
+* features come from ``data.features.FeatureExtractor`` -- the same front end that
+  evaluation, inference and the demo use -- in batches of clips of similar length;
+* outputs are written to ``NAME.npy.partial`` then renamed, so a killed run never leaves a
+  truncated ``.npy``; a rerun skips every clip whose outputs all exist (resume);
+* a clip that fails (undecodable, not audio, ...) is written to the failures file as
+  ``path<TAB>reason``; all other clips are still processed and the exit status is 1;
+* ``--shard i/N`` (or ``accelerate launch``/``torchrun``: RANK and WORLD_SIZE) gives each
+  process a disjoint share of the sorted file list.
+
+Codes are stored whole; the model crops to 1021 frames (13.6 s) at load time (SPEC §3). The
+summary line says how many clips are longer than that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+if __package__ in (None, ""):
+    # Run as `python data/preprocess.py`: import from the repository root instead of data/,
+    # whose module names (audio, features, dataset) must not shadow installed packages.
+    _here = str(Path(__file__).resolve().parent)
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import soundfile as sf
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from data.audio import AUDIO_EXTENSIONS, ENCODEC_SAMPLE_RATE, AudioError
+from data.features import decode, prepare_branches
+
+logger = logging.getLogger("preprocess")
+
+MAX_FRAMES = 1021  # SPEC §3: 1021 codec frames + 3 special positions = 1024
+ENCODEC_FRAME_RATE = 75  # frames per second at 24 kHz, hop 320
+PARTIAL_SUFFIX = ".partial"  # temporary outputs: never end in .npy, so never taken for outputs
+CKPT_URL = "https://huggingface.co/lukewys/laion_clap/resolve/main/630k-audioset-fusion-best.pt"
+
+# Defaults per device, chosen by measurement (README, "Preprocessing benchmark"): on CPU,
+# EnCodec is slower per clip in batches than one at a time, so CPU encodes clip by clip and
+# gains only from decoding in a worker process; on a GPU, batching is what makes it fast.
+DEFAULT_BATCH_SIZE = {"cpu": 1, "cuda": 32}
+# On a GPU, long clips are batched with a cap on padded audio seconds to bound memory.
+DEFAULT_MAX_BATCH_SECONDS = 320.0
+
+
+class UsageError(Exception):
+    """A problem with the command line or the trees that the user must fix; one line."""
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def normalize_extensions(extensions: Sequence[str]) -> Tuple[str, ...]:
+    """Lower-cases extensions and adds the leading dot (``WAV`` -> ``.wav``)."""
+    out = []
+    for ext in extensions:
+        for part in str(ext).split(","):
+            part = part.strip().lower()
+            if part:
+                out.append(part if part.startswith(".") else "." + part)
+    if not out:
+        raise UsageError("--extensions is empty; give e.g. --extensions wav flac")
+    return tuple(dict.fromkeys(out))
+
+
+def discover(data_path: Path, extensions: Sequence[str]) -> List[str]:
+    """Lists audio files under ``data_path`` recursively, as sorted POSIX paths relative to it.
+
+    Symbolic links to folders are followed (datasets are often assembled from links), each
+    real folder once, so a link loop cannot recurse forever. Hidden files (``.name``) are
+    skipped.
+
+    Args:
+        data_path: a folder, or a single audio file.
+        extensions: lower-case extensions with dot, matched case-insensitively.
+
+    Returns:
+        Relative paths such as ``train/abc.wav``.
+    """
+    if data_path.is_file():
+        return [data_path.name]
+    if not data_path.is_dir():
+        raise UsageError(f"--data_path not found: {data_path}")
+    found, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(data_path, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel_dir = Path(dirpath).relative_to(data_path)
+        for name in filenames:
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions:
+                found.append((rel_dir / name).as_posix())
+    return sorted(found)
+
+
+def output_path(root: Path, rel: str) -> Path:
+    """The ``.npy`` path of an input under an output root, refusing any that escapes it.
+
+    Args:
+        root: output root (``--encodec_path`` or ``--clap_path``).
+        rel: input path relative to ``--data_path``.
+
+    Returns:
+        ``root / rel`` with the extension replaced by ``.npy``.
+
+    Raises:
+        UsageError: the path would land outside ``root`` (``..`` components, an absolute
+            name, or a symbolic link inside the output tree pointing elsewhere).
+    """
+    out = root / Path(rel).with_suffix(".npy")
+    real_root = os.path.realpath(root)
+    real_out = os.path.realpath(out)
+    if Path(rel).is_absolute() or ".." in Path(rel).parts or os.path.commonpath([real_root, real_out]) != real_root:
+        raise UsageError(f"refusing to write {out}: it resolves to {real_out}, outside the output root "
+                         f"{real_root} (remove the symbolic link or choose another output folder)")
+    return out
+
+
+def parse_shard(text: Optional[str]) -> Tuple[int, int]:
+    """Parses ``--shard i/N``; without it, takes RANK/WORLD_SIZE from ``accelerate launch``.
+
+    Args:
+        text: ``"i/N"`` with 0 <= i < N, or None.
+
+    Returns:
+        ``(index, count)``; ``(0, 1)`` when not sharded.
+    """
+    if text is None:
+        # accelerate launch and torchrun export these for every process.
+        index = int(os.environ.get("RANK", "0"))
+        count = int(os.environ.get("WORLD_SIZE", "1"))
+    else:
+        try:
+            index_text, count_text = text.split("/")
+            index, count = int(index_text), int(count_text)
+        except ValueError:
+            raise UsageError(f"--shard must look like i/N (e.g. 0/4), got {text!r}") from None
+    if not (count >= 1 and 0 <= index < count):
+        raise UsageError(f"--shard {index}/{count}: need 0 <= i < N")
+    return index, count
+
+
+def select_shard(items: Sequence[str], index: int, count: int) -> List[str]:
+    """Every ``count``-th item starting at ``index``: shards are disjoint and cover all items."""
+    return list(items[index::count])
+
+
+def plan_batches(durations: Sequence[float], batch_size: int, max_batch_seconds: float) -> List[List[int]]:
+    """Groups clip indices into batches of similar length, longest first.
+
+    Sorting by duration keeps padding small; longest first makes an out-of-memory batch show
+    up at the start rather than hours in. A batch closes when it has ``batch_size`` clips or
+    when its padded length (clips x longest clip) would exceed ``max_batch_seconds``; a clip
+    longer than that forms a batch by itself.
+
+    Args:
+        durations: seconds per clip (0 when unknown).
+        batch_size: maximum clips per batch.
+        max_batch_seconds: maximum padded audio seconds per batch.
+
+    Returns:
+        Lists of indices into ``durations``.
+    """
+    order = sorted(range(len(durations)), key=lambda i: (-durations[i], i))
+    batches: List[List[int]] = []
+    current: List[int] = []
+    for i in order:
+        longest = durations[current[0]] if current else durations[i]
+        if current and (len(current) >= batch_size or (len(current) + 1) * longest > max_batch_seconds):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def probe_duration(path: Path) -> float:
+    """Duration in seconds from the file header (no decoding); 0.0 when the header is unreadable.
+
+    An unreadable header is not reported here: the clip then fails in decoding, which writes
+    the reason to the failures file.
+    """
+    try:
+        info = sf.info(str(path))
+        return float(info.frames) / float(info.samplerate) if info.samplerate else 0.0
+    except Exception:  # noqa: BLE001 -- any header problem is reported later by decode
+        return 0.0
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+class DecodeDataset(Dataset):
+    """Decodes and resamples clips in DataLoader workers; errors become values, not exceptions.
+
+    Uses the front end's ``decode`` (libsndfile, mean downmix) and ``prepare_branches``
+    (24 kHz for EnCodec, 48 kHz for CLAP), so the main process only runs the encoders. An
+    exception raised inside a worker would stop the whole DataLoader, so a failing clip is
+    returned as ``(index, None, reason)`` and recorded by the main process.
+    """
+
+    def __init__(self, paths: Sequence[Path]):
+        """Args:
+            paths: audio files, in the order the batch sampler's indices refer to.
+        """
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        try:
+            mono, sr = decode(str(self.paths[index]))  # (N,)
+            return index, prepare_branches(mono, sr), None  # (wav24 (N24,), wav48 (N48,))
+        except AudioError as err:
+            return index, None, str(err)
+        except Exception as err:  # noqa: BLE001 -- one bad file must not stop a 50 000-clip run
+            return index, None, f"{self.paths[index]}: {type(err).__name__}: {err}"
+
+
+def _collate_list(items):
+    return items
+
+
+def _worker_init(_worker_id: int) -> None:
+    # Decoding is single-threaded; keep workers from competing with the encoders' threads.
+    torch.set_num_threads(1)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def atomic_save(path: Path, array: np.ndarray) -> None:
+    """Writes ``array`` to ``path`` (.npy) via a ``.partial`` file and an atomic rename.
+
+    A process killed mid-write leaves only the ``.partial`` file, which a resume ignores and
+    overwrites. No fsync: this protects against killed processes, not power loss, and an
+    fsync per file would dominate the cost of small embeddings.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + PARTIAL_SUFFIX)
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def write_failures(path: Path, failures: List[Tuple[str, str]]) -> None:
+    """Writes ``path<TAB>reason`` lines atomically; removes a stale file when nothing failed."""
+    if not failures:
+        if path.exists():
+            path.unlink()
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + PARTIAL_SUFFIX)
+    with open(tmp, "w", encoding="utf-8") as f:
+        for clip, reason in failures:
+            f.write(f"{clip}\t{_one_line(reason)}\n")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- running
+
+
+@dataclasses.dataclass
+class Summary:
+    """Counts of one run (this shard)."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    long_clips: int = 0  # clips with more than MAX_FRAMES EnCodec frames (done + skipped)
+    audio_seconds: float = 0.0  # audio encoded in this run
+    failures_file: Optional[Path] = None
+
+    def line(self) -> str:
+        """The final one-line summary."""
+        text = f"done {self.done}, skipped {self.skipped} (already present), failed {self.failed}"
+        if self.failed:
+            text += f" (listed in {self.failures_file})"
+        text += (f"; {self.long_clips} clip(s) exceed {MAX_FRAMES} EnCodec frames "
+                 f"({MAX_FRAMES / ENCODEC_FRAME_RATE:.1f} s): stored whole, cropped at load time")
+        return text
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` (this process's GPU under accelerate/torchrun) if available, else ``cpu``."""
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return "cpu"
+
+
+def check_weights_args(args: argparse.Namespace) -> Optional[str]:
+    """Validates the weight flags before any model is built; returns the CLAP checkpoint path.
+
+    Raises:
+        UsageError: no ``--clap_ckpt`` (and no ``--random_weights``), or the file is missing.
+    """
+    if args.skip_clap or args.random_weights:
+        return None
+    if args.clap_ckpt is None:
+        raise UsageError(f"--clap_ckpt is required: download 630k-audioset-fusion-best.pt from {CKPT_URL} "
+                         "(or pass --random_weights for a test run)")
+    if not Path(args.clap_ckpt).is_file():
+        raise UsageError(f"--clap_ckpt not found: {args.clap_ckpt} (download it from {CKPT_URL})")
+    return str(args.clap_ckpt)
+
+
+def build_extractor(args: argparse.Namespace, device: str):
+    """Builds the shared FeatureExtractor, turning weight problems into one-line UsageErrors."""
+    from data.features import ClapEncoder, EncodecEncoder, FeatureExtractor, ModelLoadError
+
+    ckpt = check_weights_args(args)
+    if args.random_weights:
+        # Random EnCodec weights come from torch's default initialisers: seed them so that
+        # separate runs (a resumed run, another shard) produce the same features.
+        torch.manual_seed(0)
+    encodec = clap = None
+    try:
+        if not args.skip_encodec:
+            encodec = EncodecEncoder(device=device, pretrained=not args.random_weights)
+        if not args.skip_clap:
+            clap = ClapEncoder(ckpt_path=ckpt, device=device)
+    except (ModelLoadError, OSError) as err:  # weights missing or unreadable: one line, no traceback
+        raise UsageError(_one_line(err)) from None
+    return FeatureExtractor(encodec, clap)
+
+
+def _encode(extractor, prepared: list) -> list:
+    """``extract_prepared``, or the one encoder left when a branch is skipped (None)."""
+    if extractor.encodec is not None and extractor.clap is not None:
+        return extractor.extract_prepared(prepared)
+    if extractor.encodec is not None:
+        return [(codes, None) for codes in extractor.encodec.encode([wav24 for wav24, _ in prepared])]
+    return [(None, emb) for emb in extractor.clap.encode([wav48 for _, wav48 in prepared])]
+
+
+def _extract_batch(extractor, clips: List[Tuple[int, tuple]]) -> dict:
+    """Encodes a batch; if it fails, retries clip by clip so that one bad clip fails alone.
+
+    Args:
+        extractor: the FeatureExtractor.
+        clips: ``(index, prepare_branches output)`` pairs.
+
+    Returns:
+        ``{index: (codes, clap_embedding) or a one-line error string}``.
+    """
+    try:
+        feats = _encode(extractor, [prepared for _, prepared in clips])
+        return {index: feat for (index, _), feat in zip(clips, feats)}
+    except Exception as err:  # noqa: BLE001 -- isolate the culprit below
+        if len(clips) == 1:
+            return {clips[0][0]: f"{type(err).__name__}: {err}"}
+        out = {}
+        for clip in clips:
+            out.update(_extract_batch(extractor, [clip]))
+        return out
+
+
+def _codes_frames(path: Path) -> int:
+    try:
+        return int(np.load(path, mmap_mode="r").shape[0])
+    except Exception:  # noqa: BLE001 -- a foreign file there is not ours to judge
+        return 0
+
+
+def run(args: argparse.Namespace) -> Summary:
+    """Runs preprocessing for the parsed command line; see :func:`build_parser`.
+
+    Raises:
+        UsageError: bad arguments, an output escaping its root, clashing outputs, missing
+            weights. Raised before any clip is encoded.
+    """
+    data_path = Path(args.data_path)
+    if args.skip_encodec and args.skip_clap:
+        raise UsageError("--skip_encodec and --skip_clap together leave nothing to do")
+    roots: Dict[str, Path] = {}
+    if not args.skip_encodec:
+        if args.encodec_path is None:
+            raise UsageError("--encodec_path is required (or pass --skip_encodec)")
+        roots["encodec"] = Path(args.encodec_path)
+    if not args.skip_clap:
+        if args.clap_path is None:
+            raise UsageError("--clap_path is required (or pass --skip_clap)")
+        roots["clap"] = Path(args.clap_path)
+
+    extensions = normalize_extensions(args.extensions)
+    if ".npy" in extensions:
+        raise UsageError("--extensions must not include .npy (that is what this writes)")
+    shard_index, shard_count = parse_shard(args.shard)
+    check_weights_args(args)
+    all_files = discover(data_path, extensions)
+    files = select_shard(all_files, shard_index, shard_count)
+    shard_tag = f" (shard {shard_index}/{shard_count})" if shard_count > 1 else ""
+    first_root = next(iter(roots.values()))
+    failures_file = Path(args.failures) if args.failures else first_root / (
+        "preprocess_failures.tsv" if shard_count == 1 else f"preprocess_failures.{shard_index}-of-{shard_count}.tsv")
+
+    # Check every output path before touching a model: escapes and clashes are refused whole.
+    outputs: Dict[str, Dict[str, Path]] = {}
+    owner: Dict[Path, str] = {}
+    for rel in files:
+        outputs[rel] = {}
+        for name, root in roots.items():
+            out = output_path(root, rel)
+            if out in owner:
+                raise UsageError(f"{owner[out]} and {rel} would both write {out}; rename one or limit --extensions")
+            owner[out] = rel
+            outputs[rel][name] = out
+
+    summary = Summary(failures_file=failures_file)
+    pending = []
+    for rel in files:
+        if all(p.is_file() for p in outputs[rel].values()):
+            summary.skipped += 1
+            if "encodec" in outputs[rel] and _codes_frames(outputs[rel]["encodec"]) > MAX_FRAMES:
+                summary.long_clips += 1
+        else:
+            pending.append(rel)
+    print(f"{len(all_files)} audio file(s) under {data_path}{shard_tag}: {len(files)} in this share, "
+          f"{summary.skipped} already done, {len(pending)} to process", file=sys.stderr)
+
+    failures: List[Tuple[str, str]] = []
+    if pending:
+        device = resolve_device(args.device)
+        kind = "cuda" if device.startswith("cuda") else "cpu"
+        batch_size = args.batch_size or DEFAULT_BATCH_SIZE[kind]
+        num_workers = args.num_workers if args.num_workers is not None else (
+            1 if kind == "cpu" else min(8, os.cpu_count() or 1))
+        if args.random_weights:
+            logger.warning("using RANDOM-WEIGHT encoders (--random_weights): the features are meaningless, "
+                           "for tests and demos only")
+        extractor = build_extractor(args, device)
+
+        paths = [data_path / rel if data_path.is_dir() else data_path for rel in pending]
+        durations = [probe_duration(p) for p in tqdm(paths, desc="reading headers", unit="file",
+                                                     disable=len(paths) < 1000 or args.quiet)]
+        batches = plan_batches(durations, batch_size, args.max_batch_seconds)
+        loader = DataLoader(DecodeDataset(paths), batch_sampler=batches, num_workers=num_workers,
+                            collate_fn=_collate_list, worker_init_fn=_worker_init if num_workers else None,
+                            prefetch_factor=2 if num_workers else None)
+        progress = tqdm(total=len(pending), desc=f"preprocess{shard_tag}", unit="clip", dynamic_ncols=True,
+                        disable=args.quiet)
+        for batch in loader:
+            clips = []
+            for index, prepared, error in batch:
+                if error is not None:
+                    failures.append((str(paths[index]), error))
+                else:
+                    clips.append((index, prepared))
+            results = _extract_batch(extractor, clips) if clips else {}
+            for index, (wav24, _) in clips:
+                result = results[index]
+                if isinstance(result, str):
+                    failures.append((str(paths[index]), result))
+                    continue
+                codes, clap_embedding = result
+                outs = outputs[pending[index]]
+                if "encodec" in outs:
+                    atomic_save(outs["encodec"], np.asarray(codes, dtype=np.int64))  # (T, 16)
+                    summary.long_clips += int(codes.shape[0] > MAX_FRAMES)
+                if "clap" in outs:
+                    atomic_save(outs["clap"], np.asarray(clap_embedding, dtype=np.float32))  # (512,)
+                summary.done += 1
+                summary.audio_seconds += len(wav24) / ENCODEC_SAMPLE_RATE
+            progress.update(len(batch))
+            progress.set_postfix(failed=len(failures), refresh=False)
+        progress.close()
+
+    summary.failed = len(failures)
+    write_failures(failures_file, failures)
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of ``data/preprocess.py``."""
+    p = argparse.ArgumentParser(
+        description="Extract EnCodec codes (T, 16) and CLAP embeddings (512,) for every audio file under "
+                    "--data_path, mirroring its tree as .npy files. Resumable; see data/README.md.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data_path", required=True, help="folder of audio files (searched recursively), or one file")
+    p.add_argument("--encodec_path", help="output root of the EnCodec codes tree")
+    p.add_argument("--clap_path", help="output root of the CLAP embeddings tree")
+    p.add_argument("--clap_ckpt", help="LAION-CLAP checkpoint 630k-audioset-fusion-best.pt")
+    p.add_argument("--extensions", nargs="+", default=list(AUDIO_EXTENSIONS),
+                   help="audio file extensions to include (case-insensitive)")
+    p.add_argument("--batch_size", type=int, default=None,
+                   help=f"clips per batch; default by device: {DEFAULT_BATCH_SIZE}")
+    p.add_argument("--max_batch_seconds", type=float, default=DEFAULT_MAX_BATCH_SECONDS,
+                   help="cap on a batch's padded audio (clips x longest clip, in seconds)")
+    p.add_argument("--num_workers", type=int, default=None,
+                   help="decoding worker processes; default 1 on CPU, min(8, cores) on GPU; 0 decodes inline")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--shard", default=None,
+                   help="i/N: process only the i-th of N disjoint shares (default under accelerate launch "
+                        "or torchrun: RANK/WORLD_SIZE)")
+    p.add_argument("--failures", default=None,
+                   help="failures file (path<TAB>reason); default preprocess_failures.tsv in the first output root")
+    p.add_argument("--random_weights", action="store_true",
+                   help="use random-weight encoders (no downloads, meaningless features): tests and demos only")
+    p.add_argument("--skip_encodec", action="store_true", help="do not compute EnCodec codes")
+    p.add_argument("--skip_clap", action="store_true", help="do not compute CLAP embeddings")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point; returns 0 when every clip has its features, 1 when some failed, 2 on usage errors."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    if args.batch_size is not None and args.batch_size < 1:
+        print("error: --batch_size must be >= 1", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    try:
+        summary = run(args)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished clips are saved; rerun the same command to resume", file=sys.stderr)
+        return 130
+    elapsed = time.perf_counter() - start
+    print(summary.line())
+    if summary.audio_seconds:
+        print(f"{summary.audio_seconds:.1f} s of audio in {elapsed:.1f} s "
+              f"({summary.audio_seconds / elapsed:.1f} audio-seconds per second)", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

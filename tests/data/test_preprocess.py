@@ -1,0 +1,303 @@
+"""Tests of the preprocessing CLI (data/preprocess.py) and its two original-style wrappers.
+
+Random-weight encoders (``--random_weights``) and a few short generated clips keep these
+fast on CPU. The kill/resume test runs the CLI as a subprocess and SIGKILLs it mid-run.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from data import infer_clap, infer_encodec, preprocess
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+
+
+def _write_clip(path: Path, seconds: float, sr: int, channels: int = 1, seed: int = 0, fmt: str = None):
+    """Writes a noisy chord so that every clip differs."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(max(1, int(seconds * sr))) / sr
+    tone = sum(0.2 * np.sin(2 * np.pi * f * t) for f in rng.uniform(100, 3000, size=3))
+    wav = np.stack([tone + 0.05 * rng.standard_normal(t.shape) for _ in range(channels)], axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), wav.astype(np.float32), sr, format=fmt)
+
+
+def _npy_tree(root: Path):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*.npy"))}
+
+
+def _run_cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "data/preprocess.py", *map(str, args)], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def small_tree(tmp_path_factory):
+    """Five clips of different lengths, rates, channel counts and formats, in two folders."""
+    root = tmp_path_factory.mktemp("wavs")
+    _write_clip(root / "train" / "a.wav", 1.0, 44100, channels=2, seed=1)
+    _write_clip(root / "train" / "b.flac", 0.4, 16000, seed=2)
+    _write_clip(root / "train" / "sub" / "c.WAV", 1.3, 22050, seed=3)
+    _write_clip(root / "test" / "d.ogg", 0.7, 48000, seed=4, fmt="OGG")
+    _write_clip(root / "test" / "e.wav", 0.02, 8000, seed=5)  # 0.02 s: fewer frames than a CLAP window
+    (root / "notes.txt").write_text("not audio, not an audio extension: ignored")
+    return root
+
+
+EXPECTED = ["test/d.npy", "test/e.npy", "train/a.npy", "train/b.npy", "train/sub/c.npy"]
+
+
+def test_outputs_match_front_end_and_are_batch_invariant(small_tree, tmp_path):
+    """One clip at a time and batches of five agree, and equal FeatureExtractor on each file alone."""
+    outs = {}
+    for batch_size, workers in ((1, 1), (5, 0)):
+        out = tmp_path / f"bs{batch_size}"
+        args = ["--data_path", small_tree, "--encodec_path", out / "enc", "--clap_path", out / "clap",
+                "--random_weights", "--batch_size", batch_size, "--num_workers", workers, "--quiet"]
+        rc = preprocess.main([str(a) for a in args])
+        assert rc == 0
+        outs[batch_size] = (_npy_tree(out / "enc"), _npy_tree(out / "clap"))
+        assert sorted(outs[batch_size][0]) == EXPECTED and sorted(outs[batch_size][1]) == EXPECTED
+        assert not list(out.rglob("*.partial"))
+    # Codes are exact whatever the batch; a CLAP embedding computed inside a batch differs
+    # from the clip-alone one only by float rounding (batched matrix products).
+    assert outs[1][0] == outs[5][0]
+    for rel in EXPECTED:
+        alone = np.load(tmp_path / "bs1" / "clap" / rel)
+        batched = np.load(tmp_path / "bs5" / "clap" / rel)
+        np.testing.assert_allclose(batched, alone, rtol=0, atol=1e-6)
+
+    # The same features as the shared front end gives for each file on its own (the path that
+    # inference and the demo take), with the shapes and dtypes of SPEC §2.
+    import torch
+
+    from data.features import ClapEncoder, EncodecEncoder, FeatureExtractor
+
+    torch.manual_seed(0)
+    extractor = FeatureExtractor(EncodecEncoder(pretrained=False), ClapEncoder(ckpt_path=None))
+    src = {"test/d.npy": "test/d.ogg", "test/e.npy": "test/e.wav", "train/a.npy": "train/a.wav",
+           "train/b.npy": "train/b.flac", "train/sub/c.npy": "train/sub/c.WAV"}
+    out = tmp_path / "bs1"
+    for rel, audio in src.items():
+        codes, clap = extractor.extract([str(small_tree / audio)])[0]
+        saved_codes = np.load(out / "enc" / rel)
+        saved_clap = np.load(out / "clap" / rel)
+        assert saved_codes.dtype == np.int64 and saved_codes.shape[1] == 16
+        info = sf.info(str(small_tree / audio))
+        assert saved_codes.shape[0] == int(np.ceil(np.ceil(info.frames * 24000 / info.samplerate) / 320))
+        assert saved_clap.dtype == np.float32 and saved_clap.shape == (512,)
+        assert abs(float(np.linalg.norm(saved_clap)) - 1.0) < 1e-4
+        np.testing.assert_array_equal(saved_codes, codes)
+        np.testing.assert_array_equal(saved_clap, clap)
+
+
+def _assert_same_trees(got: Path, want: Path, atol: float = 0.0):
+    """Same files; byte-identical when ``atol`` is 0, else equal values within ``atol``."""
+    got_tree, want_tree = _npy_tree(got), _npy_tree(want)
+    assert sorted(got_tree) == sorted(want_tree)
+    for rel in want_tree:
+        a, b = np.load(got / rel), np.load(want / rel)
+        assert a.dtype == b.dtype and a.shape == b.shape, rel
+        if atol == 0.0:
+            assert got_tree[rel] == want_tree[rel], f"{rel} differs"
+        else:
+            np.testing.assert_allclose(a, b, rtol=0, atol=atol, err_msg=rel)
+
+
+def test_kill_then_resume_equals_uninterrupted_run(tmp_path):
+    """SIGKILL mid-run, rerun: every output complete and equal to an uninterrupted run.
+
+    Codes are byte-identical. CLAP embeddings are equal to float rounding only: CPU BLAS
+    may split a sum over threads differently from one process to the next under load
+    (seen here as 6e-8 differences), so bytes cannot be promised for floats.
+    """
+    wavs = tmp_path / "wavs"
+    for i in range(7):
+        _write_clip(wavs / f"part{i % 2}" / f"clip{i}.wav", 0.2 + 0.1 * i, (16000, 44100, 32000)[i % 3],
+                    channels=1 + i % 2, seed=i)
+    # Longer than 10 s: CLAP takes random fusion chunks, which must not depend on run order.
+    _write_clip(wavs / "long.wav", 10.5, 8000, seed=99)
+    expected = 8
+
+    # The uninterrupted reference run, in this process (the others are separate processes).
+    ref = tmp_path / "ref"
+    assert preprocess.main([str(a) for a in ["--data_path", wavs, "--encodec_path", ref / "enc", "--clap_path",
+                                             ref / "clap", "--random_weights", "--quiet"]]) == 0
+    assert len(_npy_tree(ref / "enc")) == expected and len(_npy_tree(ref / "clap")) == expected
+
+    out = tmp_path / "out"
+    args = [sys.executable, "data/preprocess.py", "--data_path", str(wavs), "--encodec_path", str(out / "enc"),
+            "--clap_path", str(out / "clap"), "--random_weights", "--quiet"]
+    victim = subprocess.Popen(args, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and victim.poll() is None and len(list((out / "clap").rglob("*.npy"))) < 2:
+        time.sleep(0.005)
+    assert victim.poll() is None, "the run finished before it could be killed"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    done_before = len(list((out / "clap").rglob("*.npy")))
+    assert 2 <= done_before < expected
+
+    # A truncated temporary file, as a kill during a write leaves it, must not count as output.
+    pending = next(p for p in sorted((ref / "enc").rglob("*.npy"))
+                   if not (out / "clap" / p.relative_to(ref / "enc")).exists())
+    stale = out / "enc" / (pending.relative_to(ref / "enc").as_posix() + ".partial")
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(pending.read_bytes()[:40])
+
+    proc = _run_cli("--data_path", wavs, "--encodec_path", out / "enc", "--clap_path", out / "clap",
+                    "--random_weights", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    skipped = int(proc.stdout.split("skipped ")[1].split()[0])
+    assert skipped >= done_before - 1  # a clip killed between its two writes is redone
+    _assert_same_trees(out / "enc", ref / "enc")
+    _assert_same_trees(out / "clap", ref / "clap", atol=1e-6)
+    assert not list(out.rglob("*.partial"))
+    assert "0 clip(s) exceed 1021 EnCodec frames" in proc.stdout  # 10.5 s = 788 frames
+
+
+def test_bad_files_are_listed_and_the_rest_is_done(tmp_path, capsys):
+    wavs = tmp_path / "wavs"
+    _write_clip(wavs / "good1.wav", 0.5, 16000, seed=1)
+    _write_clip(wavs / "dir" / "good2.flac", 0.3, 22050, channels=2, seed=2)
+    _write_clip(wavs / "corrupt.wav", 0.5, 16000, seed=3)
+    data = (wavs / "corrupt.wav").read_bytes()
+    (wavs / "corrupt.wav").write_bytes(data[:12] + b"\x00garbage" * 8)  # RIFF header, then junk
+    (wavs / "text.wav").write_text("this is a text file with a .wav name\n")
+    out = tmp_path / "out"
+    rc = preprocess.main(["--data_path", str(wavs), "--encodec_path", str(out / "enc"), "--clap_path",
+                          str(out / "clap"), "--random_weights", "--quiet", "--num_workers", "1"])
+    assert rc == 1
+    stdout = capsys.readouterr().out
+    assert "done 2, skipped 0 (already present), failed 2" in stdout
+    assert sorted(_npy_tree(out / "enc")) == ["dir/good2.npy", "good1.npy"]
+    assert sorted(_npy_tree(out / "clap")) == ["dir/good2.npy", "good1.npy"]
+    lines = (out / "enc" / "preprocess_failures.tsv").read_text().splitlines()
+    assert sorted(line.split("\t")[0] for line in lines) == [str(wavs / "corrupt.wav"), str(wavs / "text.wav")]
+    assert all(len(line.split("\t")) == 2 and line.split("\t")[1].strip() for line in lines)
+
+    # Fixing the bad files and rerunning processes only them and removes the stale failures file.
+    _write_clip(wavs / "corrupt.wav", 0.5, 16000, seed=3)
+    _write_clip(wavs / "text.wav", 0.2, 16000, seed=4)
+    rc = preprocess.main(["--data_path", str(wavs), "--encodec_path", str(out / "enc"), "--clap_path",
+                          str(out / "clap"), "--random_weights", "--quiet"])
+    assert rc == 0
+    assert "done 2, skipped 2 (already present), failed 0" in capsys.readouterr().out
+    assert not (out / "enc" / "preprocess_failures.tsv").exists()
+
+
+def test_output_escaping_the_root_is_refused(tmp_path, capsys):
+    wavs, outside, out = tmp_path / "wavs", tmp_path / "outside", tmp_path / "out"
+    _write_clip(wavs / "train" / "a.wav", 0.2, 16000)
+    outside.mkdir()
+    (out / "enc").mkdir(parents=True)
+    (out / "enc" / "train").symlink_to(outside, target_is_directory=True)
+    rc = preprocess.main(["--data_path", str(wavs), "--encodec_path", str(out / "enc"), "--clap_path",
+                          str(out / "clap"), "--random_weights", "--quiet"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "outside the output root" in err[0] and "train/a.npy" in err[0]
+    assert list(outside.iterdir()) == [] and not (out / "clap").exists()
+    with pytest.raises(preprocess.UsageError):
+        preprocess.output_path(out / "clap", "../escape.wav")
+
+
+def test_two_inputs_with_one_output_are_refused(tmp_path, capsys):
+    wavs = tmp_path / "wavs"
+    _write_clip(wavs / "x.wav", 0.2, 16000)
+    _write_clip(wavs / "x.flac", 0.2, 16000)
+    rc = preprocess.main(["--data_path", str(wavs), "--encodec_path", str(tmp_path / "e"), "--clap_path",
+                          str(tmp_path / "c"), "--random_weights"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "x.flac" in err[0] and "x.wav" in err[0]
+
+
+def test_missing_checkpoint_is_one_line_error(tmp_path, capsys):
+    wavs = tmp_path / "wavs"
+    _write_clip(wavs / "x.wav", 0.2, 16000)
+    args = ["--data_path", str(wavs), "--encodec_path", str(tmp_path / "e"), "--clap_path", str(tmp_path / "c")]
+    assert preprocess.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--clap_ckpt is required" in err[0]
+    assert preprocess.main(args + ["--clap_ckpt", str(tmp_path / "nope.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nope.pt" in err[0]
+
+
+def test_shards_are_disjoint_and_cover_everything(tmp_path, monkeypatch):
+    names = [f"f{i:02d}.wav" for i in range(10)]
+    shares = [preprocess.select_shard(names, i, 3) for i in range(3)]
+    assert sorted(sum(shares, [])) == names
+    assert all(not set(a) & set(b) for a in shares for b in shares if a is not b)
+
+    assert preprocess.parse_shard("2/4") == (2, 4)
+    for bad in ("4/4", "-1/2", "1", "a/b"):
+        with pytest.raises(preprocess.UsageError):
+            preprocess.parse_shard(bad)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as set by `accelerate launch`
+    assert preprocess.parse_shard(None) == (1, 2)
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert preprocess.parse_shard(None) == (0, 1)
+
+    wavs = tmp_path / "wavs"
+    for i in range(5):
+        _write_clip(wavs / f"c{i}.wav", 0.2, 16000, seed=i)
+    written = []
+    for shard in ("0/2", "1/2"):
+        enc = tmp_path / "enc"
+        before = set(_npy_tree(enc)) if enc.exists() else set()
+        rc = preprocess.main(["--data_path", str(wavs), "--encodec_path", str(enc), "--skip_clap",
+                              "--random_weights", "--quiet", "--num_workers", "0", "--shard", shard])
+        assert rc == 0
+        written.append(set(_npy_tree(enc)) - before)
+    assert written[0] == {"c0.npy", "c2.npy", "c4.npy"} and written[1] == {"c1.npy", "c3.npy"}
+
+
+def test_plan_batches_groups_similar_lengths():
+    durations = [1.0, 30.0, 2.0, 29.0, 10.0, 0.0]
+    batches = preprocess.plan_batches(durations, batch_size=2, max_batch_seconds=1000)
+    assert batches == [[1, 3], [4, 2], [0, 5]]
+    # The padded-seconds cap closes batches early; a clip above the cap goes alone.
+    assert preprocess.plan_batches(durations, batch_size=8, max_batch_seconds=40) == [[1], [3], [4, 2, 0, 5]]
+    assert sorted(sum(preprocess.plan_batches(durations, 3, 50), [])) == list(range(6))
+
+
+def test_discover_is_recursive_case_insensitive_and_filtered(tmp_path):
+    for rel in ["a/b/x.WAV", "a/y.flac", "z.mp3", "a/skip.txt", "a/.hidden.wav"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    exts = preprocess.normalize_extensions([".wav", "FLAC,mp3"])
+    assert preprocess.discover(tmp_path, exts) == ["a/b/x.WAV", "a/y.flac", "z.mp3"]
+    assert preprocess.discover(tmp_path, preprocess.normalize_extensions(["flac"])) == ["a/y.flac"]
+
+
+def test_original_wrappers(tmp_path, capsys):
+    wavs = tmp_path / "wavs"
+    _write_clip(wavs / "s" / "x.wav", 0.3, 16000)
+    assert infer_encodec.main(["--data_path", str(wavs), "--save_path", str(tmp_path / "enc"), "--device", "cpu",
+                               "--random_weights", "--quiet"]) == 0
+    assert sorted(_npy_tree(tmp_path / "enc")) == ["s/x.npy"]
+    assert infer_clap.main(["--data_path", str(wavs), "--save_path", str(tmp_path / "clap"),
+                            "--enable_fusion", "True", "--random_weights", "--quiet"]) == 0
+    assert sorted(_npy_tree(tmp_path / "clap")) == ["s/x.npy"]
+    assert np.load(tmp_path / "clap" / "s/x.npy").shape == (512,)
+    capsys.readouterr()
+
+    # The original parsed `--enable_fusion False` as True; here it is False, and refused.
+    assert infer_clap.parse_bool("False") is False and infer_clap.parse_bool("true") is True
+    assert infer_clap.main(["-d", str(wavs), "-s", str(tmp_path / "c2"), "--enable_fusion", "False"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--enable_fusion False is not supported" in err[0]
+    assert not (tmp_path / "c2").exists()
