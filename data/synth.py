@@ -27,6 +27,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import os
 import sys
 import tempfile
@@ -192,6 +193,21 @@ def _ramp(n: int, sr: int, seconds: float = 0.01) -> np.ndarray:
     return env
 
 
+def _harmonics(phase: np.ndarray, top_hz: float, sr: int, odd: bool = False, max_harmonics: int = 8) -> np.ndarray:
+    """A harmonic tone on ``phase`` (radians of the fundamental) with 1/k amplitudes.
+
+    Real beeps, sirens and hums are rarely pure sines, and the harmonics spread each event over
+    more of the spectrum, which makes the kinds easier to tell apart. Harmonics whose highest
+    frequency (``k * top_hz``) would pass 0.45 * ``sr`` are left out (no aliasing).
+    """
+    out = np.zeros_like(phase)
+    for k in range(1, max_harmonics + 1):
+        if (odd and k % 2 == 0) or (k > 1 and k * top_hz > 0.45 * sr):
+            continue
+        out += np.sin(k * phase) / k
+    return out
+
+
 def _render_event(event: Event, sr: int, rng: np.random.Generator) -> np.ndarray:
     """The samples of one event, peak ``event.gain``, starting at its own time 0."""
     total = int(round((event.end - event.start) * sr))
@@ -210,11 +226,12 @@ def _render_event(event: Event, sr: int, rng: np.random.Generator) -> np.ndarray
             # Exponential sweep from f0 to f1 = 5 f0 (rising) or f0 / 5 (falling).
             rate = np.log(5.0 if event.direction == "rising" else 0.2) / piece
             phase = 2 * np.pi * event.frequency * (np.exp(rate * t) - 1) / rate
+            top_hz = event.frequency * (5.0 if event.direction == "rising" else 1.0)
         for k in range(event.count):
             if event.kind == "beep":
-                sound = np.sin(2 * np.pi * event.frequency * t) * _ramp(n, sr)
+                sound = _harmonics(2 * np.pi * event.frequency * t, event.frequency, sr, odd=True) * _ramp(n, sr)
             elif event.kind == "chirp":
-                sound = np.sin(phase) * _ramp(n, sr)
+                sound = _harmonics(phase, top_hz, sr) * _ramp(n, sr)
             elif event.kind == "burst":
                 sound = rng.standard_normal(n) * _ramp(n, sr, 0.005)
             else:  # click: a 2 ms decaying noise impulse
@@ -225,11 +242,10 @@ def _render_event(event: Event, sr: int, rng: np.random.Generator) -> np.ndarray
         if event.kind == "siren":
             # A wail: the frequency swings +-25 % about its centre twice a second.
             inst = event.frequency * (1.0 + 0.25 * np.sin(2 * np.pi * 2.0 * t))
-            sound = np.sin(2 * np.pi * np.cumsum(inst) / sr)
+            sound = _harmonics(2 * np.pi * np.cumsum(inst) / sr, 1.25 * event.frequency, sr)
         elif event.kind == "hum":
             f = event.frequency
-            sound = (np.sin(2 * np.pi * f * t) + 0.5 * np.sin(2 * np.pi * 2 * f * t)
-                     + 0.3 * np.sin(2 * np.pi * 3 * f * t))
+            sound = _harmonics(2 * np.pi * f * t, f, sr, max_harmonics=16)  # a buzzing mains hum
         else:  # static
             sound = rng.standard_normal(total) * 0.3
         env = _ramp(total, sr, 0.02)
@@ -379,7 +395,7 @@ class CorpusSettings:
 
     num_clips: int = 400
     seed: int = 0
-    sample_rate: int = 16000
+    sample_rate: int = 24000
     valid_fraction: float = 0.1
     test_fraction: float = 0.1
 
@@ -395,14 +411,21 @@ class CorpusSettings:
                 raise SynthError(f"--{name} must be in (0, 0.5), got {value}")
 
 
+def _every(index: int, fraction: float) -> bool:
+    # True for an evenly spread `fraction` of all indices, decided by the index alone.
+    return math.floor((index + 1) * fraction + 1e-9) > math.floor(index * fraction + 1e-9)
+
+
 def split_of(index: int, settings: CorpusSettings) -> str:
-    """Split of clip ``index``: the last clips are test, those before them valid."""
-    n = settings.num_clips
-    n_test = max(1, round(n * settings.test_fraction))
-    n_valid = max(1, round(n * settings.valid_fraction))
-    if index >= n - n_test:
+    """Split of clip ``index``, a function of the index and the fractions only.
+
+    Test and validation clips are spread evenly (with the default 0.1 / 0.1: indices ending
+    in 9 are test, in 4 valid), so a bigger corpus keeps every clip of a smaller one where it
+    was, and its features can be reused.
+    """
+    if _every(index, settings.test_fraction):
         return "test"
-    if index >= n - n_test - n_valid:
+    if _every(index, settings.test_fraction + settings.valid_fraction):
         return "valid"
     return "train"
 
@@ -473,9 +496,17 @@ def generate(out: os.PathLike, settings: CorpusSettings, progress: bool = True) 
     out = Path(out)
     manifest = out / "corpus.json"
     wanted = json.dumps(asdict(settings), indent=2, sort_keys=True) + "\n"
-    if manifest.is_file() and manifest.read_text(encoding="utf-8") != wanted:
-        raise SynthError(f"{out} holds a corpus made with other settings ({manifest}); "
-                         "pass another --out or delete that folder first")
+    if manifest.is_file():
+        old = json.loads(manifest.read_text(encoding="utf-8"))
+        # Clip i depends on (seed, rate, fractions, i) only: another num_clips reuses the clips.
+        changed = [k for k, v in asdict(settings).items() if k != "num_clips" and old.get(k) != v]
+        if changed:
+            raise SynthError(f"{out} holds a corpus made with other settings ({', '.join(changed)} differ, see "
+                             f"{manifest}); pass another --out or delete that folder first")
+        for index in range(settings.num_clips, int(old.get("num_clips", 0))):  # a smaller corpus: drop the rest
+            wav = out / "audio" / split_of(index, settings) / f"clip_{index:05d}.wav"
+            if wav.is_file():
+                wav.unlink()
     clips: Dict[str, List[Clip]] = {split: [] for split in SPLITS}
     metadata = []
     for index in tqdm(range(settings.num_clips), desc="synthesizing clips", unit="clip", disable=not progress):

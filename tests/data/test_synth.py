@@ -61,7 +61,7 @@ def test_clip_does_not_depend_on_corpus_size():
     small, big = synth.CorpusSettings(num_clips=20, seed=1), synth.CorpusSettings(num_clips=200, seed=1)
     clip_a, wav_a = synth.make_clip(5, small)
     clip_b, wav_b = synth.make_clip(5, big)
-    assert clip_a.captions == clip_b.captions
+    assert clip_a.captions == clip_b.captions and clip_a.split == clip_b.split
     np.testing.assert_array_equal(wav_a, wav_b)
 
 
@@ -73,6 +73,26 @@ def test_rerun_in_place_is_a_no_op_and_other_settings_are_refused(corpus, capsys
     assert synth.main(["--out", str(corpus), "--num_clips", str(NUM_CLIPS), "--seed", "9", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "other settings" in err and str(corpus) in err
+
+
+def test_growing_then_shrinking_the_corpus_keeps_the_clips(tmp_path):
+    folder = tmp_path / "c"
+    synth.generate(folder, synth.CorpusSettings(num_clips=20, seed=2), progress=False)
+    small = _files(folder)
+    synth.generate(folder, synth.CorpusSettings(num_clips=30, seed=2), progress=False)
+    big = _files(folder)
+    wavs = [name for name in small if name.endswith(".wav")]
+    assert len(wavs) == 20 and all(big[name] == small[name] for name in wavs)
+    assert sum(name.endswith(".wav") for name in big) == 30
+    synth.generate(folder, synth.CorpusSettings(num_clips=20, seed=2), progress=False)
+    assert _files(folder) == small
+
+
+def test_splits_are_spread_evenly():
+    settings = synth.CorpusSettings(num_clips=10)
+    assert [synth.split_of(i, settings) for i in range(10)] == ["train"] * 4 + ["valid"] + ["train"] * 4 + ["test"]
+    splits = [synth.split_of(i, synth.CorpusSettings(num_clips=300)) for i in range(300)]
+    assert (splits.count("train"), splits.count("valid"), splits.count("test")) == (240, 30, 30)
 
 
 def test_bad_settings_are_one_line_errors(tmp_path, capsys):
@@ -106,7 +126,7 @@ def test_csv_format(corpus):
             assert rel.startswith(f"{split}/") and rel.endswith(".npy")
             wav = corpus / "audio" / (rel[: -len(".npy")] + ".wav")
             info = sf.info(str(wav))
-            assert info.samplerate == 16000 and info.channels == 1 and info.subtype == "PCM_16"
+            assert info.samplerate == synth.CorpusSettings().sample_rate and info.channels == 1 and info.subtype == "PCM_16"
             assert 0.5 <= info.duration <= 3.0
     # No clip is in two splits.
     names = [c.name for c in clips]
