@@ -64,6 +64,15 @@ class ModelLoadError(RuntimeError):
     """Encoder weights that cannot be found or loaded; the message is one line with the fix."""
 
 
+def _resolve_batch_size(max_batch_size: Optional[int], device: torch.device) -> Optional[int]:
+    """None -> 1 on CPU, unlimited (None) elsewhere; an explicit positive value is kept."""
+    if max_batch_size is None:
+        return 1 if device.type == "cpu" else None
+    if int(max_batch_size) < 1:
+        raise ValueError(f"max_batch_size must be >= 1 or None, got {max_batch_size}")
+    return int(max_batch_size)
+
+
 # --------------------------------------------------------------------------------------------
 # EnCodec
 # --------------------------------------------------------------------------------------------
@@ -78,8 +87,10 @@ class EncodecEncoder:
             use); False builds random weights (tests, benchmarks).
         bandwidth: target bandwidth in kbps; 12.0 gives the 16 codebooks EnCLAP uses.
         repository: optional local folder holding ``encodec_24khz-d7cc33bc.th`` (offline use).
-        max_batch_size: ``encode`` runs at most this many clips per forward pass (None: the
-            whole list). Results do not depend on it; only speed and memory do.
+        max_batch_size: ``encode`` runs at most this many clips per forward pass. None
+            (default) means 1 on CPU, where batching is no faster and one clip per pass makes
+            results bit-identical however clips are grouped, and the whole list on a GPU.
+            Codes do not depend on it beyond float rounding; only speed and memory do.
         seed: seeds the random weights when ``pretrained`` is False (the global torch
             generator is left untouched), so random-weight runs are reproducible. Note that
             encodec's fresh codebooks are all zeros, so random weights give code 0 everywhere.
@@ -113,7 +124,7 @@ class EncodecEncoder:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.bandwidth = float(bandwidth)
-        self.max_batch_size = max_batch_size
+        self.max_batch_size = _resolve_batch_size(max_batch_size, self.device)
         self.sample_rate = int(model.sample_rate)  # 24000
         self.frame_rate = int(model.frame_rate)  # 75
         self.hop_length = int(np.prod(model.encoder.ratios))  # 320
@@ -448,8 +459,10 @@ class ClapEncoder:
             a checkpoint, the random weights.
         text_tokenizer: name or folder of roberta's tokenizer for ``embed_text`` with a
             checkpoint (loaded on first use; offline it must be in the local HF cache).
-        max_batch_size: ``encode`` runs at most this many clips per forward pass (None: the
-            whole list).
+        max_batch_size: ``encode`` runs at most this many clips per forward pass. None
+            (default) means 1 on CPU (no slower than batching there, and embeddings become
+            bit-identical however clips are grouped; batched rows agree to ~1e-7 only) and
+            the whole list on a GPU.
     """
 
     def __init__(self, ckpt_path: Optional[str] = None, device: Union[str, torch.device] = "cpu",
@@ -459,7 +472,7 @@ class ClapEncoder:
         self.seed = int(seed)
         self.ckpt_path = None if ckpt_path is None else os.fspath(ckpt_path)
         self.text_tokenizer_name = text_tokenizer
-        self.max_batch_size = max_batch_size
+        self.max_batch_size = _resolve_batch_size(max_batch_size, self.device)
         self.sample_rate = CLAP_SAMPLE_RATE
         self.dim = _CLAP_DIM
         if self.ckpt_path is None:

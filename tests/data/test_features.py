@@ -26,7 +26,7 @@ HTSAT_TINY_AUDIO_CFG = dict(  # laion_clap/clap_module/model_configs/HTSAT-tiny.
 @pytest.fixture(scope="module")
 def encodec():
     """Random-weight EnCodec whose codes vary (fresh codebooks are all zeros -> code 0)."""
-    encoder = EncodecEncoder(pretrained=False)
+    encoder = EncodecEncoder(pretrained=False, max_batch_size=64)  # really batch on CPU too
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for layer in encoder.model.quantizer.vq.layers:
@@ -37,7 +37,7 @@ def encodec():
 
 @pytest.fixture(scope="module")
 def clap():
-    return ClapEncoder(seed=0)
+    return ClapEncoder(seed=0, max_batch_size=64)  # really batch on CPU too
 
 
 def _roberta_tokenizer_folder(folder):
@@ -115,6 +115,8 @@ def laion(tmp_path_factory):
 
 def test_encodec_interface(encodec):
     assert (encodec.sample_rate, encodec.frame_rate, encodec.num_codebooks) == (24000, 75, 16)
+    # On CPU the default is one clip per forward pass: bit-identical however clips are grouped.
+    assert EncodecEncoder(pretrained=False).max_batch_size == 1
 
 
 def test_encodec_batch_equals_each_clip_alone(encodec):
@@ -134,7 +136,7 @@ def test_encodec_batch_equals_each_clip_alone(encodec):
         for codes, again in zip(batch, encodec.encode(wavs)):
             np.testing.assert_array_equal(codes, again)
     finally:
-        encodec.max_batch_size = None
+        encodec.max_batch_size = 64
 
 
 def test_encodec_latents_exact_and_zero_padding_would_not_be(encodec):
@@ -172,7 +174,7 @@ def test_clap_matches_laion_get_audio_embedding_from_data(laion):
         (1.5 * rng.standard_normal(int(48000 * 10.6))).astype(np.float32),  # > 10 s, clips
         (0.3 * rng.standard_normal(36)).astype(np.float32),  # 6 samples at 8 kHz, resampled
     ]
-    ours = ClapEncoder(str(path), seed=7).encode(wavs)  # one batch
+    ours = ClapEncoder(str(path), seed=7, max_batch_size=8).encode(wavs)  # one batch
     for wav, row in zip(wavs, ours):
         np.random.seed(7)  # laion draws the fusion chunks from numpy's global generator
         reference = module.get_audio_embedding_from_data(x=[wav])[0]
@@ -192,11 +194,13 @@ def test_clap_fusion_is_seeded_and_batch_invariant(clap):
     np.testing.assert_array_equal(again[0], clap.encode([long_clip])[0])  # same file twice
     np.testing.assert_allclose(again[0], batch[1], atol=1e-6, rtol=0)  # alone == in a batch
     np.testing.assert_allclose(clap.encode([short_clip])[0], batch[0], atol=1e-6, rtol=0)
-    clap.max_batch_size = 1
+    clap.max_batch_size = 1  # the CPU default: each clip alone, so exactly equal
     try:
-        np.testing.assert_allclose(clap.encode([short_clip, long_clip]), batch, atol=1e-6, rtol=0)
+        one_by_one = clap.encode([short_clip, long_clip])
+        np.testing.assert_array_equal(one_by_one[1], again[0])
+        np.testing.assert_allclose(one_by_one, batch, atol=1e-6, rtol=0)
     finally:
-        clap.max_batch_size = None
+        clap.max_batch_size = 64
     # The seed picks the chunks of a long clip (and nothing for a short one).
     clap.seed = 1
     try:
