@@ -232,7 +232,7 @@ def train(cfg) -> int:
     manager = CheckpointManager(cfg.output_dir, keep_best=cfg.eval.keep_best)
     resume_dir = manager.latest()
 
-    # ---------------------------------------------------------------- data
+    # ---------------------------------------------------------------- model and data
     model, tokenizer = build_model_and_tokenizer(cfg, accelerator, probe.captions, resume_dir)
     mconf = model.config
     max_frames = cfg.data.max_frames or mconf.max_frames
