@@ -42,7 +42,6 @@ from torch import nn
 
 from data.audio import (
     CLAP_SAMPLE_RATE,
-    ENCODEC_SAMPLE_RATE,
     AudioError,
     clap_quantize,
     load_audio,
