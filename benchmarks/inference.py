@@ -61,7 +61,7 @@ def build_checkpoint(folder: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clips", type=int, default=16, help="number of 10 s clips (default: 16)")
+    parser.add_argument("--clips", type=int, default=8, help="number of 10 s clips (default: 8)")
     parser.add_argument("--batch_size", type=int, default=8, help="clips per generate call (default: 8)")
     parser.add_argument("--max_length", type=int, default=13, help="caption length cap in tokens (default: 13)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")

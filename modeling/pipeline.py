@@ -14,7 +14,6 @@ long-audio policy (truncate with a warning, or caption consecutive windows).
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -448,7 +447,8 @@ class EnClap:
 
     def _split(self, res: CaptionResult, mono: np.ndarray, sr: int) -> Iterable[tuple[float, float, np.ndarray]]:
         """Apply the long-audio policy: yields (start s, end s, waveform) pieces to caption."""
-        frames = math.ceil(res.duration * self.encodec.frame_rate)
+        # EnCodec frames of the clip after resampling to 24 kHz (integer arithmetic, no float drift).
+        frames = self.encodec.num_frames(-(-len(mono) * self.encodec.sample_rate // sr))
         if frames <= self.max_frames:
             return [(0.0, res.duration, mono)]
         if self.long_audio == "truncate":
