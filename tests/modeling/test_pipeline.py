@@ -179,3 +179,31 @@ def test_user_errors_are_one_line(tiny_ckpt, tmp_path):
         EnClap(tiny_ckpt, clap_ckpt=tmp_path / "clap.pt", device="cpu")
     with pytest.raises(PipelineError, match="long_audio"):
         EnClap(tiny_ckpt, device="cpu", random_encoders=True, long_audio="split")
+
+
+def test_checkpoint_without_tokenizer_falls_back_to_bart_base(tiny_ckpt, tmp_path, monkeypatch):
+    import shutil
+
+    import modeling.pipeline
+
+    # A name no cache holds, so the fallback fails the same way everywhere (offline, uncached).
+    monkeypatch.setattr(modeling.pipeline, "DEFAULT_TOKENIZER", "facebook/bart-base-uncached-test")
+
+    released_like = tmp_path / "released"
+    released_like.mkdir()
+    for name in ("config.json", "model.safetensors", "generation_config.json"):
+        if (tiny_ckpt / name).exists():
+            shutil.copy(tiny_ckpt / name, released_like / name)
+    with pytest.raises(PipelineError) as err:
+        EnClap(released_like, device="cpu", random_encoders=True)
+    assert "facebook/bart-base-uncached-test" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_device_choice():
+    from modeling.pipeline import resolve_device
+
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(PipelineError, match="--device cpu"):
+            resolve_device("cuda")
