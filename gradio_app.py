@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     except (PipelineError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    build_demo(pipeline, defaults).queue().launch(**launch_kwargs(args))
+    # allowed_paths: the example clip may be served whatever the working directory is.
+    build_demo(pipeline, defaults).queue().launch(**launch_kwargs(args), allowed_paths=[os.path.dirname(EXAMPLE_CLIP)])
     return 0
 
 
