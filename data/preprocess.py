@@ -396,8 +396,13 @@ def _codes_frames(path: Path) -> int:
         return 0
 
 
-def run(args: argparse.Namespace) -> Summary:
+def run(args: argparse.Namespace, extractor=None) -> Summary:
     """Runs preprocessing for the parsed command line; see :func:`build_parser`.
+
+    Args:
+        args: parsed flags.
+        extractor: an already built ``FeatureExtractor`` to use instead of building one from
+            the flags (benchmarks reuse one across runs); None builds it when needed.
 
     Raises:
         UsageError: bad arguments, an output escaping its root, clashing outputs, missing
@@ -462,7 +467,8 @@ def run(args: argparse.Namespace) -> Summary:
         if args.random_weights:
             logger.warning("using RANDOM-WEIGHT encoders (--random_weights): the features are meaningless, "
                            "for tests and demos only")
-        extractor = build_extractor(args, device)
+        if extractor is None:
+            extractor = build_extractor(args, device)
 
         paths = [data_path / rel if data_path.is_dir() else data_path for rel in pending]
         durations = [probe_duration(p) for p in tqdm(paths, desc="reading headers", unit="file",
