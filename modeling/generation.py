@@ -48,10 +48,12 @@ class GenerationOptions:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.num_return_sequences < 1:
             raise ValueError(f"num_return_sequences must be >= 1, got {self.num_return_sequences}")
-        if not self.do_sample and self.num_return_sequences > self.num_beams:
+        # Beam search (with or without sampling) returns at most num_beams hypotheses per input;
+        # only pure sampling (num_beams 1) can draw any number of candidates.
+        if (not self.do_sample or self.num_beams > 1) and self.num_return_sequences > self.num_beams:
             raise ValueError(
                 f"num_return_sequences ({self.num_return_sequences}) cannot exceed num_beams ({self.num_beams}) "
-                "without sampling"
+                "unless sampling with num_beams 1"
             )
 
     @classmethod

@@ -390,6 +390,10 @@ class EnClapBartForConditionalGeneration(BartForConditionalGeneration):
                 clap_embedding=clap_embedding,
                 return_dict=True,
             )
+        if kwargs.get("generation_config") is not None:
+            # transformers otherwise replaces every option of a passed config that equals the
+            # library default (e.g. num_beams=1) with this model's default (4 beams).
+            kwargs.setdefault("use_model_defaults", False)
         config = kwargs.get("generation_config") or self.generation_config
         use_cache = kwargs.get("use_cache", config.use_cache)
         if share_cross_attention and use_cache and kwargs.get("past_key_values") is None:

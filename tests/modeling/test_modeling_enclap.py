@@ -329,3 +329,24 @@ def test_shared_cross_attention_gives_the_same_tokens(tiny_model, options):
     fast = tiny_model.generate(**batch, **options)
     stock = tiny_model.generate(**batch, share_cross_attention=False, **options)
     assert fast.tolist() == stock.tolist()
+
+
+def test_passed_generation_config_is_used_as_given(tiny_model):
+    from modeling import GenerationOptions
+
+    codes, clap = random_clips(2, [12, 30], seed=6)
+    batch = make_batch(codes, clap)
+    greedy = GenerationOptions(num_beams=1, no_repeat_ngram_size=0, max_length=12).to_generation_config(tiny_model.config)
+    out = tiny_model.generate(**batch, generation_config=greedy, output_scores=True, return_dict_in_generate=True)
+    assert out.sequences.shape[1] <= 12
+    assert out.get("beam_indices") is None  # greedy, not the model's default 4-beam search
+
+
+def test_generation_options_validation():
+    from modeling import GenerationOptions
+
+    with pytest.raises(ValueError, match="num_return_sequences"):
+        GenerationOptions(do_sample=True, num_beams=2, num_return_sequences=3)
+    assert GenerationOptions(do_sample=True, num_beams=1, num_return_sequences=5).num_return_sequences == 5
+    with pytest.raises(ValueError, match="top_p"):
+        GenerationOptions(top_p=0)
