@@ -396,7 +396,9 @@ class EnClapBartForConditionalGeneration(BartForConditionalGeneration):
             kwargs.setdefault("use_model_defaults", False)
         config = kwargs.get("generation_config") or self.generation_config
         use_cache = kwargs.get("use_cache", config.use_cache)
-        if share_cross_attention and use_cache and kwargs.get("past_key_values") is None:
+        # With merged defaults the beam count is only known inside generate(): share nothing then.
+        merged = kwargs.get("generation_config") is not None and kwargs.get("use_model_defaults")
+        if share_cross_attention and use_cache and not merged and kwargs.get("past_key_values") is None:
             # generate() repeats each clip max(num_beams, num_return_sequences) times.
             copies = max(kwargs.get("num_beams", config.num_beams), kwargs.get("num_return_sequences", config.num_return_sequences) or 1)
             kwargs["past_key_values"] = self._shared_cross_attention_cache(encoder_outputs.last_hidden_state, copies)
