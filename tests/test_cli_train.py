@@ -134,7 +134,8 @@ def test_two_process_data_parallel_validation_equals_single_process(tmp_path):
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "train.py"]
     result = run_train(data + [f"output_dir={out}", "optim.epochs=3", "optim.batch_size=4", "optim.lr=5e-3",
-                               "eval.batch_size=1", "eval.every_steps=4"], launcher=launcher)
+                               "eval.batch_size=1", "eval.every_steps=4", "data.group_by_length=true"],
+                       launcher=launcher)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 processes" in (out / "train.log").read_text()
     ckpt = out / "checkpoints" / "step_00000006"  # 3 epochs x 2 global batches of 4
@@ -167,9 +168,9 @@ KILLER = textwrap.dedent("""
 def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path):
     data = write_split(tmp_path / "data", 12, 3)
     # 12 examples / (batch 2 x accumulation 2) = 3 optimizer steps per epoch; checkpoints every
-    # 2 steps fall mid-epoch; dropout and MCM masking on.
+    # 2 steps fall mid-epoch; dropout, MCM masking and a loader worker on.
     common = data + ["optim.epochs=2", "optim.batch_size=2", "optim.gradient_accumulation_steps=2",
-                     "model.dropout=0.1", "eval.every_steps=2", "eval.keep_best=1"]
+                     "model.dropout=0.1", "eval.every_steps=2", "eval.keep_best=1", "data.num_workers=1"]
     full = run_train(common + [f"output_dir={tmp_path / 'full'}"])
     assert full.returncode == 0, full.stderr[-3000:]
 
