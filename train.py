@@ -195,7 +195,12 @@ def train(cfg) -> int:
     from modeling.training import (CheckpointManager, ConfigError, GlobalBatchSampler, atomic_write_text,
                                    build_optimizer, build_scheduler, flat_config, step_seed, write_predictions_csv)
 
-    # User-fixable data problems are found before anything heavy starts.
+    # User-fixable problems are found before anything heavy starts.
+    try:
+        wanted = normalize_metrics(list(cfg.eval.metrics))
+        select_metric = normalize_metrics([cfg.eval.select_metric])[0]
+    except ValueError as error:
+        raise ConfigError(f"eval.metrics / eval.select_metric: {error}") from None
     for key in ("train_csv", "val_csv"):
         if not os.path.isfile(cfg.data[key]):
             raise ConfigError(f"data.{key} file not found: {cfg.data[key]} (set data.{key}=PATH)")
@@ -261,7 +266,6 @@ def train(cfg) -> int:
     total_steps = steps_per_epoch * cfg.optim.epochs
 
     # ---------------------------------------------------------------- metrics
-    wanted = normalize_metrics(list(cfg.eval.metrics))
     metrics = available_metrics(wanted)
     if not metrics:
         from modeling.metrics import preflight
@@ -269,7 +273,6 @@ def train(cfg) -> int:
     if set(wanted) - set(metrics):
         logger.warning("metrics %s cannot run on this machine and are skipped (run `python -m modeling.metrics "
                        "check` for the reason)", ", ".join(m for m in wanted if m not in metrics))
-    select_metric = normalize_metrics([cfg.eval.select_metric])[0]
     if select_metric not in metrics:
         fallback = "cider_d" if "cider_d" in metrics else metrics[0]
         logger.warning("selection metric %s is unavailable here; selecting checkpoints by %s instead",

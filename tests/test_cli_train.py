@@ -196,7 +196,7 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path):
     assert resumed_state["history"] == full_state["history"]
 
 
-@pytest.mark.parametrize("case", ["unknown_key", "bad_value", "missing_csv", "missing_feature"])
+@pytest.mark.parametrize("case", ["unknown_key", "bad_value", "unknown_metric", "missing_csv", "missing_feature"])
 def test_config_errors_are_one_line(tmp_path, case, capsys):
     import train
 
@@ -208,6 +208,9 @@ def test_config_errors_are_one_line(tmp_path, case, capsys):
     elif case == "bad_value":
         args.append("optim.lr_scheduler=exponential")
         expected = ["optim.lr_scheduler", "exponential", "inverse_sqrt"]
+    elif case == "unknown_metric":
+        args.append("eval.metrics=[cider_d,bleurt]")
+        expected = ["eval.metrics", "bleurt", "meteor"]
     elif case == "missing_csv":
         args.append(f"data.val_csv={tmp_path / 'nope.csv'}")
         expected = ["data.val_csv", "nope.csv"]
@@ -226,7 +229,7 @@ def test_config_errors_are_one_line(tmp_path, case, capsys):
     assert len(lines) == 1 and lines[0].startswith("train.py: error: "), err
     for text in expected:
         assert text in lines[0], lines[0]
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made
 
 
 def test_train_sh_reports_unknown_key_without_launcher_traceback(tmp_path):
