@@ -135,6 +135,12 @@ def describe_features(encodec_root: Path, clap_root: Path, split_csv: Path) -> s
             f"CLAP embeddings: pairwise cosine {off.min():.3f} .. {off.max():.3f} (mean {off.mean():.3f})")
 
 
+def count_distinct(predictions_csv: Path) -> int:
+    """How many different captions evaluate.py's predictions CSV holds."""
+    with open(predictions_csv, newline="", encoding="utf-8") as f:
+        return len({row["prediction"] for row in csv.DictReader(f)})
+
+
 _STAMP = "demo_train_args.json"
 
 
@@ -292,8 +298,9 @@ def run_demo(args: argparse.Namespace) -> int:
           f"{'pretrained' if args.clap_ckpt else 'random-weight'} encoders)")
     print(score_line("model:", model_scores, "tiny EnCLAP trained here"))
     print(score_line("trivial:", trivial_scores, f"always \"{trivial_caption}\""))
-    print(f"CIDEr-D ratio model/trivial: {ratio:.1f}x" + (f"; not computed here: {', '.join(skipped)}" if skipped
-                                                            else ""))
+    print(f"CIDEr-D ratio model/trivial: {ratio:.1f}x; the model wrote {count_distinct(predictions)} different "
+          f"captions for the {len(references)} test clips (1 would mean it ignores the audio)"
+          + (f"; not computed here: {', '.join(skipped)}" if skipped else ""))
     print(f"one test clip: {_display(wav)}\n  caption:    {caption}\n  references: {' | '.join(first[k] for k in first if k.startswith('caption_'))}")
     print(f"checkpoint:  {_display(ckpt)}  (evaluate.py / inference.py --ckpt)")
     print(f"predictions: {_display(predictions)}")

@@ -82,6 +82,13 @@ def test_describe_features_reports_constant_codes(tmp_path):
     assert "0.000 .. 0.000" in line
 
 
+def test_count_distinct_predictions(tmp_path):
+    preds = _write(tmp_path / "p.csv", ["file_path", "prediction", "caption_1"], [
+        ["a.npy", "a siren wails", "r"], ["b.npy", "two clicks", "r"], ["c.npy", "a siren wails", "r"],
+    ])
+    assert demo.count_distinct(preds) == 2
+
+
 def test_training_stamp_needs_same_overrides_and_a_model(tmp_path):
     run = tmp_path / "run"
     (run / "best").mkdir(parents=True)
@@ -127,6 +134,8 @@ def test_reduced_end_to_end_run(tmp_path):
         assert len(rows) == len(list(csv.DictReader(f))) >= 1
     scores = json.loads((out / "test_predictions_random_scores.json").read_text())["scores"]
     assert f"CIDEr-D {scores['cider_d']:.3f}" in text
+    distinct = len({row["prediction"] for row in rows})
+    assert f"wrote {distinct} different captions for the {len(rows)} test clips" in text
     assert "gradio_app.py --ckpt" in text and "--random_encoders" in text
     assert demo.training_done(out / "run_random", demo.TRAIN_OVERRIDES) is False  # stamp holds the full list
     stamp = json.loads((out / "run_random" / "demo_train_args.json").read_text())
