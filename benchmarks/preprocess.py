@@ -76,9 +76,9 @@ def ours(extractor, data_root: Path, enc_root: Path, clap_root: Path, device: st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clips", type=int, default=10, help="number of clips")
+    parser.add_argument("--clips", type=int, default=6, help="number of clips")
     parser.add_argument("--seconds", type=float, default=10.0, help="clip length")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating timed rounds per method")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating timed rounds per method")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                         help="further data/preprocess.py flags for 'ours' (e.g. --batch_size 4)")
