@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "with a note. CIDEr-D is always computed (the model/trivial comparison)")
     p.add_argument("--require_gain", type=float, default=1.5,
                    help="exit 1 unless the model's test CIDEr-D is at least this many times the trivial "
-                        "system's (0 disables the check)")
+                        "system's and its captions differ between clips (0 disables the check)")
     p.add_argument("--device", default="cpu", help="device for evaluation and captioning (training: accelerate "
                                                      "config)")
     p.add_argument("train_overrides", nargs="*", metavar="key=value",
@@ -298,7 +298,8 @@ def run_demo(args: argparse.Namespace) -> int:
           f"{'pretrained' if args.clap_ckpt else 'random-weight'} encoders)")
     print(score_line("model:", model_scores, "tiny EnCLAP trained here"))
     print(score_line("trivial:", trivial_scores, f"always \"{trivial_caption}\""))
-    print(f"CIDEr-D ratio model/trivial: {ratio:.1f}x; the model wrote {count_distinct(predictions)} different "
+    distinct = count_distinct(predictions)
+    print(f"CIDEr-D ratio model/trivial: {ratio:.1f}x; the model wrote {distinct} different "
           f"captions for the {len(references)} test clips (1 would mean it ignores the audio)"
           + (f"; not computed here: {', '.join(skipped)}" if skipped else ""))
     print(f"one test clip: {_display(wav)}\n  caption:    {caption}\n  references: {' | '.join(first[k] for k in first if k.startswith('caption_'))}")
@@ -306,9 +307,11 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"predictions: {_display(predictions)}")
     print(f"demo page:   {gradio}   -> http://127.0.0.1:7860")
     print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in steps.seconds.items()) + f"; total {total:.0f} s")
-    if args.require_gain and ratio < args.require_gain:
-        print(f"demo: the model's CIDEr-D is not {args.require_gain}x the trivial system's: it did not learn enough "
-              "(more epochs: add optim.epochs=N)", file=sys.stderr)
+    if args.require_gain and (ratio < args.require_gain or distinct < 2):
+        why = (f"its CIDEr-D is not {args.require_gain}x the trivial system's" if ratio < args.require_gain
+               else "it writes the same caption for every clip")
+        print(f"demo: the model did not learn enough: {why} (train longer: add optim.epochs=N, or more clips: "
+              "--num_clips N)", file=sys.stderr)
         return 1
     return 0
 
