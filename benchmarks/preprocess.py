@@ -11,8 +11,8 @@ the two ``.npy`` trees with those same encoders:
 * ours: ``data.preprocess.run`` with its defaults for the device (decoding in a DataLoader
   worker while the main process encodes; on a GPU, batches of similar length).
 
-Each is run ``--rounds`` times alternately, on fresh output folders, and the best time of
-each counts (the least disturbed by other load on the machine). The codes of both must be
+Each is run ``--rounds`` times, alternating which goes first, on fresh output folders, and
+the best time of each counts (the least disturbed by other load on the machine). The codes of both must be
 identical (asserted). Prints audio-seconds per second of both and, last, ``speedup: N.NN``
 (ours / baseline).
 """
@@ -76,9 +76,9 @@ def ours(extractor, data_root: Path, enc_root: Path, clap_root: Path, device: st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clips", type=int, default=6, help="number of clips")
+    parser.add_argument("--clips", type=int, default=5, help="number of clips")
     parser.add_argument("--seconds", type=float, default=10.0, help="clip length")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating timed rounds per method")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating timed rounds per method")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                         help="further data/preprocess.py flags for 'ours' (e.g. --batch_size 4)")
@@ -100,8 +100,13 @@ def main() -> None:
 
         times = {"baseline": [], "ours": []}
         for r in range(args.rounds):
-            times["baseline"].append(baseline(extractor, paths, data_root, tmp / f"b{r}/enc", tmp / f"b{r}/clap"))
-            times["ours"].append(ours(extractor, data_root, tmp / f"o{r}/enc", tmp / f"o{r}/clap", device, args.extra))
+            runs = {
+                "baseline": lambda: baseline(extractor, paths, data_root, tmp / f"b{r}/enc", tmp / f"b{r}/clap"),
+                "ours": lambda: ours(extractor, data_root, tmp / f"o{r}/enc", tmp / f"o{r}/clap", device, args.extra),
+            }
+            # Alternate which goes first, so neither always runs right after the other.
+            for name in (("baseline", "ours") if r % 2 == 0 else ("ours", "baseline")):
+                times[name].append(runs[name]())
             print(f"round {r}: baseline {times['baseline'][-1]:.2f} s, ours {times['ours'][-1]:.2f} s", flush=True)
 
         for path in paths:  # same front end, same encoders: the same codes

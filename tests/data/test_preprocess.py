@@ -173,14 +173,18 @@ def test_bad_files_are_listed_and_the_rest_is_done(tmp_path, capsys):
     data = (wavs / "corrupt.wav").read_bytes()
     (wavs / "corrupt.wav").write_bytes(data[:12] + b"\x00garbage" * 8)  # RIFF header, then junk
     (wavs / "text.wav").write_text("this is a text file with a .wav name\n")
+    # Edge cases that are valid audio and must be processed: 6 samples, digital silence.
+    sf.write(str(wavs / "six.wav"), np.array([0.1, -0.2, 0.3, 0.0, 0.5, -1.0], np.float32), 16000)
+    sf.write(str(wavs / "silence.wav"), np.zeros(8000, np.float32), 8000)
+    good = ["dir/good2.npy", "good1.npy", "silence.npy", "six.npy"]
     out = tmp_path / "out"
     rc = preprocess.main(["--data_path", str(wavs), "--encodec_path", str(out / "enc"), "--clap_path",
                           str(out / "clap"), "--random_weights", "--quiet", "--num_workers", "1"])
     assert rc == 1
     stdout = capsys.readouterr().out
-    assert "done 2, skipped 0 (already present), failed 2" in stdout
-    assert sorted(_npy_tree(out / "enc")) == ["dir/good2.npy", "good1.npy"]
-    assert sorted(_npy_tree(out / "clap")) == ["dir/good2.npy", "good1.npy"]
+    assert "done 4, skipped 0 (already present), failed 2" in stdout
+    assert sorted(_npy_tree(out / "enc")) == good and sorted(_npy_tree(out / "clap")) == good
+    assert np.load(out / "enc" / "six.npy").shape == (1, 16)  # ceil(ceil(6 * 24000 / 16000) / 320)
     lines = (out / "enc" / "preprocess_failures.tsv").read_text().splitlines()
     assert sorted(line.split("\t")[0] for line in lines) == [str(wavs / "corrupt.wav"), str(wavs / "text.wav")]
     assert all(len(line.split("\t")) == 2 and line.split("\t")[1].strip() for line in lines)
@@ -191,7 +195,7 @@ def test_bad_files_are_listed_and_the_rest_is_done(tmp_path, capsys):
     rc = preprocess.main(["--data_path", str(wavs), "--encodec_path", str(out / "enc"), "--clap_path",
                           str(out / "clap"), "--random_weights", "--quiet"])
     assert rc == 0
-    assert "done 2, skipped 2 (already present), failed 0" in capsys.readouterr().out
+    assert "done 2, skipped 4 (already present), failed 0" in capsys.readouterr().out
     assert not (out / "enc" / "preprocess_failures.tsv").exists()
 
 
