@@ -17,8 +17,6 @@ the scores to ``<save_path without .csv>_scores.json`` beside it.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import logging
 import os
@@ -56,17 +54,6 @@ def scores_path(save_path: str) -> str:
     """Where the scores JSON of ``--save_path`` goes: beside it, ``<stem>_scores.json``."""
     stem = save_path[:-4] if save_path.lower().endswith(".csv") else save_path
     return stem + "_scores.json"
-
-
-def predictions_csv(file_paths: list[str], predictions: list[str], references: list[list[str]]) -> str:
-    """Per-clip ``file_path, prediction, caption_1 .. caption_N`` rows as CSV text."""
-    width = max(len(refs) for refs in references)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["file_path", "prediction", *[f"caption_{i + 1}" for i in range(width)]])
-    for path, pred, refs in zip(file_paths, predictions, references):
-        writer.writerow([path, pred, *refs, *[""] * (width - len(refs))])
-    return buffer.getvalue()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     from data.dataset import CaptionDataset, DataError
     from modeling.generation import GenerationOptions
     from modeling.metrics import MetricsUnavailable, compute_scores, format_scores, preflight
-    from modeling.pipeline import PipelineError, atomic_write_text, pipeline_from_args, rerank_from_args
+    from data.io import atomic_write_text, write_predictions_csv
+    from modeling.pipeline import PipelineError, pipeline_from_args, rerank_from_args
 
     if args.from_preprocessed:
         if not (args.encodec_path and args.clap_path):
@@ -168,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(format_scores(scores, title=f"{args.test_csv}: {len(predictions)} clips, {seconds:.1f} s of generation"))
     if args.save_path:
-        atomic_write_text(args.save_path, predictions_csv(dataset.file_paths, predictions, dataset.references))
+        write_predictions_csv(args.save_path, dataset.file_paths, predictions, dataset.references)
         report = {
             "scores": scores,
             "num_clips": len(predictions),

@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from data.audio import AudioError
     from modeling.generation import GenerationOptions
-    from modeling.pipeline import PipelineError, atomic_write_text, pipeline_from_args, rerank_from_args
+    from data.io import atomic_write_text
+    from modeling.pipeline import PipelineError, pipeline_from_args, rerank_from_args
 
     files, problems = expand_inputs(args.input)
     for problem in problems:

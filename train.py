@@ -180,7 +180,6 @@ def generate_validation(model, dataset, collator, tokenizer, accelerator, batch_
 
 def train(cfg) -> int:
     """Runs (or resumes) the recipe ``cfg``; returns the exit status."""
-    import numpy as np
     import torch
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, broadcast_object_list
@@ -192,8 +191,9 @@ def train(cfg) -> int:
     from data.dataset import CaptionDataset
     from modeling.generation import GenerationOptions
     from modeling.metrics import available_metrics, compute_scores, format_scores, normalize_metrics
-    from modeling.training import (CheckpointManager, ConfigError, GlobalBatchSampler, atomic_write_text,
-                                   build_optimizer, build_scheduler, flat_config, step_seed, write_predictions_csv)
+    from data.io import atomic_write_text, write_predictions_csv
+    from modeling.training import (CheckpointManager, ConfigError, GlobalBatchSampler, build_optimizer,
+                                   build_scheduler, flat_config, step_seed)
 
     # User-fixable problems are found before anything heavy starts.
     try:

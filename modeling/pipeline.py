@@ -643,21 +643,3 @@ def pipeline_from_args(args, long_audio: str | None = None) -> EnClap:
         long_audio=long_audio or getattr(args, "long_audio", "truncate"),
         seed=args.seed,
     )
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    import tempfile
-
-    path = os.path.abspath(os.fspath(path))
-    folder = os.path.dirname(path)  # never '' because the path is absolute
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

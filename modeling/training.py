@@ -17,20 +17,20 @@ Everything here is plain Python / PyTorch and takes plain arguments, so the trai
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from data.io import atomic_write_text
 
 # --------------------------------------------------------------------------------------------
 # Config schema
@@ -514,35 +514,6 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
 
 _CKPT_NAME = re.compile(r"^step_(\d+)$")
 TRAINER_STATE = "trainer_state.json"
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Writes a text file through a temporary file and ``os.replace`` (never half-written)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def write_predictions_csv(path: str, file_paths: Sequence[str], predictions: Sequence[str],
-                          references: Sequence[Sequence[str]]) -> None:
-    """Writes ``file_path, prediction, caption_1 .. caption_N`` atomically (N = most references)."""
-    import io
-
-    width = max((len(r) for r in references), default=0)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["file_path", "prediction"] + [f"caption_{i + 1}" for i in range(width)])
-    for file_path, prediction, refs in zip(file_paths, predictions, references):
-        writer.writerow([file_path, prediction] + list(refs) + [""] * (width - len(refs)))
-    atomic_write_text(path, buffer.getvalue())
 
 
 class CheckpointManager:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 import torch
 
 from modeling.training import (CheckpointManager, ConfigError, GlobalBatchSampler, build_optimizer,
-                               build_scheduler, load_config, param_groups, step_seed, write_predictions_csv)
+                               build_scheduler, load_config, param_groups, step_seed)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -246,14 +245,3 @@ def test_checkpoint_rotation_keeps_best_k_and_newest(tmp_path):
     manager.update_best(str(Path(manager.path(4)) / "model"))
     assert (tmp_path / "best" / "weights.txt").read_text() == "4"
     assert not (tmp_path / "best.tmp").exists() and not (tmp_path / "best.old").exists()
-
-
-def test_predictions_csv(tmp_path):
-    path = tmp_path / "p" / "preds.csv"
-    write_predictions_csv(str(path), ["a.npy", "b.npy"], ["x, y", "z"], [["r1", "r2"], ["s1"]])
-    import csv
-
-    rows = list(csv.reader(open(path, newline="")))
-    assert rows == [["file_path", "prediction", "caption_1", "caption_2"], ["a.npy", "x, y", "r1", "r2"],
-                    ["b.npy", "z", "s1", ""]]
-    assert json.dumps(rows)  # plain strings only

@@ -1,0 +1,66 @@
+"""Atomic writes for every file the tools produce (predictions, scores, CSVs, configs).
+
+A file is written to a temporary sibling and renamed over its destination, so a killed or
+failed run leaves either the old file or the complete new one, never a truncated one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+from contextlib import contextmanager
+from typing import IO, Iterator, Sequence
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on a clean exit it replaces ``path``.
+
+    Args:
+        path: destination; its folder is created when missing.
+        mode: ``"w"`` (text) or ``"wb"`` (binary).
+        **open_kwargs: passed to :func:`os.fdopen` (e.g. ``encoding``, ``newline``).
+    """
+    path = os.path.abspath(os.fspath(path))  # absolute: dirname is never ''
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, mode, **open_kwargs) as handle:
+            yield handle
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
+        handle.write(text)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)
+
+
+def predictions_csv(file_paths: Sequence[str], predictions: Sequence[str], references: Sequence[Sequence[str]]) -> str:
+    """``file_path, prediction, caption_1 .. caption_N`` rows as CSV text (N = most references)."""
+    width = max((len(refs) for refs in references), default=0)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["file_path", "prediction", *[f"caption_{i + 1}" for i in range(width)]])
+    for path, prediction, refs in zip(file_paths, predictions, references):
+        writer.writerow([path, prediction, *refs, *[""] * (width - len(refs))])
+    return buffer.getvalue()
+
+
+def write_predictions_csv(path: str | os.PathLike, file_paths: Sequence[str], predictions: Sequence[str],
+                          references: Sequence[Sequence[str]]) -> None:
+    """Write the predictions CSV of evaluation and training validation atomically."""
+    atomic_write_text(path, predictions_csv(file_paths, predictions, references))

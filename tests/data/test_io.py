@@ -1,0 +1,35 @@
+"""Atomic writes and the predictions CSV."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from data.io import atomic_open, atomic_write_text, write_predictions_csv
+
+
+def test_predictions_csv(tmp_path):
+    path = tmp_path / "p" / "preds.csv"
+    write_predictions_csv(path, ["a.npy", "b.npy"], ["x, y", "z"], [["r1", "r2"], ["s1"]])
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows == [["file_path", "prediction", "caption_1", "caption_2"], ["a.npy", "x, y", "r1", "r2"],
+                    ["b.npy", "z", "s1", ""]]
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "out.txt"
+    atomic_write_text(path, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_open(path, "w") as handle:
+            handle.write("half")
+            raise RuntimeError("killed")
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_relative_path_in_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    atomic_write_text("preds.csv", "x\n")
+    assert (tmp_path / "preds.csv").read_text() == "x\n"
