@@ -209,6 +209,9 @@ def run_demo(args: argparse.Namespace) -> int:
     """Runs every step; returns the exit status (DemoError for a failed step)."""
     from modeling.metrics import MetricsUnavailable, available_metrics, compute_scores, normalize_metrics, preflight
 
+    if args.num_clips < 20:
+        # 10 % each for valid and test: CIDEr-D needs at least two clips per split.
+        raise DemoError(f"--num_clips must be at least 20 (got {args.num_clips}): validation and test need 2+ clips")
     out = Path(args.out).resolve()
     corpus = out / "corpus"
     kind = "pretrained" if args.clap_ckpt else "random"

@@ -1,7 +1,7 @@
 """The quick-start driver (scripts/demo.py): its summary helpers, and one reduced end-to-end run.
 
 The end-to-end run uses the real entry points (corpus, preprocessing with random-weight
-encoders, ``sh train.sh`` with the tiny recipe, evaluate.py, inference.py) on a 10-clip corpus
+encoders, ``sh train.sh`` with the tiny recipe, evaluate.py, inference.py) on a 20-clip corpus
 and one training epoch, so it checks the wiring, not the learning (the full ``make demo`` does
 that: it exits 1 unless the model beats the trivial system).
 """
@@ -101,6 +101,13 @@ def test_training_stamp_needs_same_overrides_and_a_model(tmp_path):
     assert not demo.training_done(run, ["optim.epochs=4", "output_dir=x"])
 
 
+def test_too_small_corpus_is_refused(tmp_path, capsys):
+    assert demo.main(["--out", str(tmp_path / "d"), "--num_clips", "10"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--num_clips" in err
+    assert not (tmp_path / "d").exists()
+
+
 def test_missing_clap_checkpoint_is_one_line(tmp_path, capsys):
     assert demo.main(["--out", str(tmp_path / "d"), "--clap_ckpt", str(tmp_path / "nope.pt")]) == 1
     err = capsys.readouterr().err.strip()
@@ -108,10 +115,10 @@ def test_missing_clap_checkpoint_is_one_line(tmp_path, capsys):
 
 
 def test_reduced_end_to_end_run(tmp_path):
-    """10 clips, one epoch: every step runs and the summary names real scores and files."""
+    """20 clips (16 train, 2 valid, 2 test), one epoch: every step runs; the summary names real scores and files."""
     out = tmp_path / "demo"
     env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
-    cmd = [sys.executable, str(ROOT / "scripts" / "demo.py"), "--out", str(out), "--num_clips", "10",
+    cmd = [sys.executable, str(ROOT / "scripts" / "demo.py"), "--out", str(out), "--num_clips", "20",
            "--metrics", "cider_d", "--require_gain", "0",
            "optim.epochs=1", "optim.batch_size=8", "eval.batch_size=8", "log.trackers=[]"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, text=True, capture_output=True, timeout=900)
