@@ -58,11 +58,14 @@ ENCODEC_FRAME_RATE = 75  # frames per second at 24 kHz, hop 320
 PARTIAL_SUFFIX = ".partial"  # temporary outputs: never end in .npy, so never taken for outputs
 CKPT_URL = "https://huggingface.co/lukewys/laion_clap/resolve/main/630k-audioset-fusion-best.pt"
 
-# Defaults per device, chosen by measurement (README, "Preprocessing benchmark"): on CPU,
-# EnCodec is slower per clip in batches than one at a time, so CPU encodes clip by clip and
-# gains only from decoding in a worker process; on a GPU, batching is what makes it fast.
+# Defaults per device, chosen by measurement (README, "Benchmarks"): on CPU, EnCodec is
+# slower per clip in batches than one at a time (2-core CPU, 10 s clips: 0.63 s alone vs
+# 1.00 s in batches of 8), so CPU encodes clip by clip; on a GPU batching makes it fast.
 DEFAULT_BATCH_SIZE = {"cpu": 1, "cuda": 32}
-DEFAULT_CPU_WORKERS = 1  # decoding + resampling is ~0.1 s of a 10 s clip's ~1 s on 2 cores
+# On CPU the encoders already use every core; decoding + resampling a 10 s clip (~0.1 s, a few
+# per cent of its cost) inline was as fast as or faster than a worker process competing for
+# the same cores (5 of 6 paired rounds on the 2-core test machine). Workers pay off on a GPU.
+DEFAULT_CPU_WORKERS = 0
 # On a GPU, long clips are batched with a cap on padded audio seconds to bound memory.
 DEFAULT_MAX_BATCH_SECONDS = 320.0
 
@@ -535,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_batch_seconds", type=float, default=DEFAULT_MAX_BATCH_SECONDS,
                    help="cap on a batch's padded audio (clips x longest clip, in seconds)")
     p.add_argument("--num_workers", type=int, default=None,
-                   help="decoding worker processes; default 1 on CPU, min(8, cores) on GPU; 0 decodes inline")
+                   help="decoding worker processes; default 0 (inline) on CPU, min(8, cores) on GPU")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--shard", default=None,
                    help="i/N: process only the i-th of N disjoint shares (default under accelerate launch "
