@@ -100,22 +100,22 @@ class EnClapBartEncoder(BartEncoder):
     def forward(
         self,
         input_ids: torch.LongTensor = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        encodec_mask: Optional[torch.Tensor] = None,
         clap_embedding: Optional[torch.Tensor] = None,
+        encodec_mask: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
         head_mask: Optional[torch.Tensor] = None,
         inputs_embeds: Optional[torch.Tensor] = None,
         output_attentions: Optional[bool] = None,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
     ) -> BaseModelOutput:
-        """Encode a padded batch of clips.
+        """Encode a padded batch of clips (argument order as the authors' code, for positional calls).
 
         Args:
             input_ids: (B, L, num_rvq) LongTensor, laid out as SPEC §3.
-            attention_mask: (B, L), 1 for real rows, 0 for padding.
-            encodec_mask: (B, L), 1 at codec rows.
             clap_embedding: (B, d_clap) CLAP audio embeddings.
+            encodec_mask: (B, L), 1 at codec rows.
+            attention_mask: (B, L), 1 for real rows, 0 for padding.
             head_mask, output_attentions, output_hidden_states, return_dict: as in BART.
             inputs_embeds: precomputed output of :meth:`embed` (skips the lookups).
         """
@@ -181,6 +181,65 @@ class EnClapBartModel(BartModel):
         self.decoder = BartDecoder(config, self.shared)
         self.post_init()
 
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        clap_embedding: Optional[torch.Tensor] = None,
+        encodec_mask: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        decoder_input_ids: Optional[torch.LongTensor] = None,
+        decoder_attention_mask: Optional[torch.LongTensor] = None,
+        head_mask: Optional[torch.Tensor] = None,
+        decoder_head_mask: Optional[torch.Tensor] = None,
+        cross_attn_head_mask: Optional[torch.Tensor] = None,
+        encoder_outputs=None,
+        past_key_values=None,
+        inputs_embeds: Optional[torch.FloatTensor] = None,
+        decoder_inputs_embeds: Optional[torch.FloatTensor] = None,
+        use_cache: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        cache_position: Optional[torch.LongTensor] = None,
+    ):
+        """Encoder (when ``encoder_outputs`` is not given) then BART's decoder.
+
+        Args:
+            input_ids, clap_embedding, encodec_mask, attention_mask: the encoder batch (SPEC §3).
+            decoder_input_ids: (B, S) decoder input; required (a 3-D codec input cannot be shifted
+                into a caption).
+            Other arguments: as in :class:`~transformers.BartModel`.
+        """
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(
+                input_ids=input_ids,
+                clap_embedding=clap_embedding,
+                encodec_mask=encodec_mask,
+                attention_mask=attention_mask,
+                head_mask=head_mask,
+                inputs_embeds=inputs_embeds,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+                return_dict=True,
+            )
+        if decoder_input_ids is None and decoder_inputs_embeds is None:
+            raise ValueError("EnClapBartModel needs decoder_input_ids (or decoder_inputs_embeds)")
+        return super().forward(
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            decoder_head_mask=decoder_head_mask,
+            cross_attn_head_mask=cross_attn_head_mask,
+            encoder_outputs=encoder_outputs,
+            past_key_values=past_key_values,
+            decoder_inputs_embeds=decoder_inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=return_dict,
+            cache_position=cache_position,
+        )
+
 
 class BeamSharedCrossAttentionCache(EncoderDecoderCache):
     """Decoder cache whose cross-attention part is never reordered between beam-search steps.
@@ -228,9 +287,9 @@ class EnClapBartForConditionalGeneration(BartForConditionalGeneration):
     def forward(
         self,
         input_ids: Optional[torch.LongTensor] = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        encodec_mask: Optional[torch.Tensor] = None,
         clap_embedding: Optional[torch.Tensor] = None,
+        encodec_mask: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
         decoder_input_ids: Optional[torch.LongTensor] = None,
         decoder_attention_mask: Optional[torch.LongTensor] = None,
         head_mask: Optional[torch.Tensor] = None,
@@ -251,11 +310,14 @@ class EnClapBartForConditionalGeneration(BartForConditionalGeneration):
     ) -> EnClapBartOutput:
         """Run encoder and decoder; compute the losses when labels are given.
 
+        Arguments come in the authors' order (``input_ids, clap_embedding, encodec_mask,
+        attention_mask, ...``) so that positional calls written for their code keep working.
+
         Args:
             input_ids: (B, L, num_rvq) encoder input (SPEC §3).
-            attention_mask: (B, L) encoder attention mask.
-            encodec_mask: (B, L) codec-row mask.
             clap_embedding: (B, d_clap).
+            encodec_mask: (B, L) codec-row mask.
+            attention_mask: (B, L) encoder attention mask.
             labels: (B, S) caption ids ``<s> ... </s>``, -100 at padding. The decoder input is
                 ``labels`` shifted right with ``decoder_start_token_id``.
             mcm_labels: (B, L, num_rvq) original codes where masked, -100 elsewhere.
@@ -364,9 +426,9 @@ class EnClapBartForConditionalGeneration(BartForConditionalGeneration):
     def generate(
         self,
         input_ids: Optional[torch.LongTensor] = None,
+        clap_embedding: Optional[torch.Tensor] = None,
         encodec_mask: Optional[torch.Tensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
-        clap_embedding: Optional[torch.Tensor] = None,
         encoder_outputs: Optional[BaseModelOutput] = None,
         share_cross_attention: bool = True,
         **kwargs,
@@ -374,7 +436,7 @@ class EnClapBartForConditionalGeneration(BartForConditionalGeneration):
         """Caption a padded batch with beam search (defaults: SPEC §7, ``self.generation_config``).
 
         Args:
-            input_ids, encodec_mask, attention_mask, clap_embedding: the encoder batch (SPEC §3).
+            input_ids, clap_embedding, encodec_mask, attention_mask: the encoder batch (SPEC §3).
             encoder_outputs: precomputed encoder output (then the encoder inputs may be omitted).
             share_cross_attention: compute the decoder's cross-attention keys and values once per
                 clip instead of once per beam, and never reorder them between steps (all beams of a

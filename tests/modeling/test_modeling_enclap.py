@@ -350,3 +350,20 @@ def test_generation_options_validation():
     assert GenerationOptions(do_sample=True, num_beams=1, num_return_sequences=5).num_return_sequences == 5
     with pytest.raises(ValueError, match="top_p"):
         GenerationOptions(top_p=0)
+
+
+def test_positional_calls_in_the_authors_argument_order(tiny_model):
+    codes, clap = random_clips(2, [9, 4], seed=8)
+    batch = make_batch(codes, clap)
+    labels = torch.tensor([[0, 7, 9, 2], [0, 5, 2, -100]])
+    args = (batch["input_ids"], batch["clap_embedding"], batch["encodec_mask"], batch["attention_mask"])
+    with torch.no_grad():
+        by_name = tiny_model(**batch, labels=labels)
+        by_position = tiny_model(*args, labels=labels)
+        encoder = tiny_model.model.encoder(*args).last_hidden_state
+        decoder_ids = torch.tensor([[2, 0, 7, 9]] * 2)
+        base = tiny_model.model(*args, decoder_input_ids=decoder_ids)
+    assert torch.equal(by_name.logits, by_position.logits)
+    assert torch.equal(encoder, by_name.encoder_last_hidden_state)
+    assert torch.allclose(base.encoder_last_hidden_state, encoder)
+    assert tiny_model.generate(*args).tolist() == tiny_model.generate(**batch).tolist()
