@@ -91,8 +91,11 @@ class EncodecEncoder:
             results bit-identical however clips are grouped, and the whole list on a GPU.
             Codes do not depend on it beyond float rounding; only speed and memory do.
         seed: seeds the random weights when ``pretrained`` is False (the global torch
-            generator is left untouched), so random-weight runs are reproducible. Note that
-            encodec's fresh codebooks are all zeros, so random weights give code 0 everywhere.
+            generator is left untouched), so random-weight runs are reproducible. Encodec's
+            fresh codebooks are all zeros (they wait for k-means on training data), which would
+            give code 0 everywhere; random-weight encoders therefore fill each codebook with
+            latents of a seeded calibration signal (see :meth:`_calibrate_random_codebooks`),
+            so codes depend on the audio as they do with trained weights.
     """
 
     def __init__(self, device: Union[str, torch.device] = "cpu", pretrained: bool = True,
@@ -129,6 +132,41 @@ class EncodecEncoder:
         self.hop_length = int(np.prod(model.encoder.ratios))  # 320
         self.num_codebooks = int(
             model.quantizer.get_num_quantizers_for_bandwidth(model.frame_rate, bandwidth))  # 16
+        if not pretrained:
+            self._calibrate_random_codebooks(seed)
+
+    @torch.inference_mode()
+    def _calibrate_random_codebooks(self, seed: int, seconds: float = 4.0) -> None:
+        """Fill the random model's codebooks with residual latents of a seeded calibration signal.
+
+        Like encodec's own data-driven codebook initialisation (one k-means step), each
+        codebook's entries are residual latent vectors sampled at random: of a fixed signal of
+        tones, sweeps and noise bursts at varied levels, so that any process building the same
+        seed gets the same codebooks without seeing any dataset.
+        """
+        rng = np.random.default_rng(seed)
+        part = self.sample_rate // 3
+        t = np.arange(part) / self.sample_rate
+        pieces = []
+        for k in range(int(seconds * 3)):
+            level = 10 ** rng.uniform(-2, 0)
+            if k % 3 == 0:
+                piece = np.sin(2 * np.pi * rng.uniform(50, 8000) * t)
+            elif k % 3 == 1:
+                f0, f1 = rng.uniform(50, 8000, 2)
+                piece = np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t ** 2 / (2 * t[-1])))
+            else:
+                piece = rng.standard_normal(part)
+            pieces.append(level * piece)
+        signal = torch.from_numpy(np.concatenate(pieces).astype(np.float32))
+        residual = torch.from_numpy(self.latents([signal])[0]).to(self.device)  # (frames, 128)
+        generator = torch.Generator().manual_seed(seed)
+        for layer in self.model.quantizer.vq.layers:
+            codebook = layer._codebook
+            rows = torch.randint(0, residual.shape[0], (codebook.embed.shape[0],), generator=generator)
+            codebook.embed.copy_(residual[rows.to(self.device)])
+            codebook.inited.fill_(1)
+            residual = residual - codebook.dequantize(codebook.quantize(residual))
 
     def num_frames(self, num_samples: int) -> int:
         """Frames EnCodec produces for a 24 kHz clip: ceil(samples / 320)."""

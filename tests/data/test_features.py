@@ -285,3 +285,16 @@ def test_feature_extractor_on_awkward_files(tmp_path, encodec, clap):
     not_audio.write_text("hello")
     with pytest.raises(AudioError, match="notes.wav"):
         extractor.extract([paths[0], not_audio])
+
+
+def test_random_weight_encodec_codes_depend_on_the_audio():
+    """Fresh encodec codebooks are zeros; ours are calibrated so random-weight codes carry information."""
+    t = np.arange(24000, dtype=np.float32) / 24000
+    tone = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    noise = (0.3 * np.random.default_rng(1).standard_normal(24000)).astype(np.float32)
+    first = EncodecEncoder(pretrained=False, seed=3)
+    codes_tone, codes_noise = first.encode([torch.from_numpy(tone), torch.from_numpy(noise)])
+    assert len(np.unique(codes_tone[:, 0])) > 1 or len(np.unique(codes_noise[:, 0])) > 1
+    assert set(codes_tone[:, 0]) != set(codes_noise[:, 0])
+    again = EncodecEncoder(pretrained=False, seed=3).encode([torch.from_numpy(tone)])[0]
+    assert np.array_equal(again, codes_tone)
