@@ -319,8 +319,8 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.require_gain and (ratio < args.require_gain or distinct < 2):
         why = (f"its CIDEr-D is not {args.require_gain}x the trivial system's" if ratio < args.require_gain
                else "it writes the same caption for every clip")
-        print(f"demo: the model did not learn enough: {why} (train longer: add optim.epochs=N, or more clips: "
-              "--num_clips N)", file=sys.stderr)
+        print(f"demo: the model did not learn enough: {why} (with random-weight encoders the features are weak; "
+              "more clips (--num_clips N) or pretrained encoders (CLAP_CKPT=...) help, see README)", file=sys.stderr)
         return 1
     return 0
 
