@@ -37,11 +37,12 @@ if str(ROOT) not in sys.path:  # run as `python scripts/demo.py`: make the packa
 
 #: Overrides of cfg/tiny.yaml that fit the demo in a few CPU minutes (measured in the README).
 TRAIN_OVERRIDES = (
-    "optim.epochs=20",  # validation CIDEr-D peaked near epoch 17 and fell after 20 (overfitting 240 clips)
+    # Measured on the 300-clip corpus with random encoders: validation CIDEr-D rises to about
+    # 1.0-1.16 (2x the trivial caption) between epochs 13 and 21; the best epoch is kept.
+    "optim.epochs=25",
     "optim.batch_size=32",
     "optim.lr=2e-3",
     "optim.warmup_steps=20",
-    "data.encodec_masking_prob=0",  # random-weight codes are constant: nothing to reconstruct
     "eval.batch_size=64",
 )
 
