@@ -30,13 +30,14 @@ import json
 import math
 import os
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import soundfile as sf
+
+from data.io import atomic_write_bytes
 
 #: Event kinds. Repeated ones come ``count`` times; sustained ones last and may fade.
 REPEATED_KINDS = ("beep", "chirp", "burst", "click")
@@ -440,25 +441,12 @@ def make_clip(index: int, settings: CorpusSettings) -> tuple[Clip, np.ndarray]:
     return clip, render_clip(clip, settings.sample_rate, rng)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _write_if_changed(path: Path, data: bytes) -> None:
     # Leaves identical files untouched (mtimes too), so a rerun is cheap and tools keyed on
     # file times see nothing new.
     if path.is_file() and path.read_bytes() == data:
         return
-    _atomic_write_bytes(path, data)
+    atomic_write_bytes(path, data)
 
 
 def _csv_bytes(header: Sequence[str], rows: Sequence[Sequence[str]]) -> bytes:
