@@ -19,4 +19,11 @@ if [ -x .venv/bin/accelerate ]; then PATH="$PWD/.venv/bin:$PATH"; fi
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-0}"
 export TOKENIZERS_PARALLELISM=false
 # --quiet: a failing run shows its own one-line error, not the launcher's traceback on top.
-exec accelerate launch --quiet train.py "$CFG" "$@"
+# Without an `accelerate config` file, say what accelerate would assume anyway (one process),
+# so it does not warn about every unset launcher option.
+ACCELERATE_CFG="${HF_HOME:-$HOME/.cache/huggingface}/accelerate/default_config.yaml"
+if [ -f "$ACCELERATE_CFG" ]; then
+  exec accelerate launch --quiet train.py "$CFG" "$@"
+fi
+exec accelerate launch --quiet --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+  train.py "$CFG" "$@"
