@@ -7,15 +7,17 @@ cd "$(dirname "$0")"
 CFG=cfg/tiny.yaml
 case "${1:-}" in
   "" | *=*) ;;                       # no recipe given: keep the default, all args are overrides
-  -h | --help) exec python train.py --help ;;
+  -h | --help) exec "$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)" train.py --help ;;
   *) CFG=$1; shift ;;
 esac
 if [ ! -f "$CFG" ]; then
   echo "train.sh: error: config file not found: $CFG (use one of: $(ls cfg/*.yaml cfg/*/*.yaml | tr '\n' ' '))" >&2
   exit 2
 fi
-# The project virtual environment when there is one (make setup), else whatever is on PATH.
-if [ -x .venv/bin/accelerate ]; then PATH="$PWD/.venv/bin:$PATH"; fi
+# The project virtual environment when there is one (make setup), else the python on PATH.
+# The launcher runs as a module of that python, so no console-script shebang is involved.
+PYTHON=python3
+if [ -x .venv/bin/python ]; then PYTHON="$PWD/.venv/bin/python"; fi
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-0}"
 export TOKENIZERS_PARALLELISM=false
 # --quiet: a failing run shows its own one-line error, not the launcher's traceback on top.
@@ -23,7 +25,7 @@ export TOKENIZERS_PARALLELISM=false
 # so it does not warn about every unset launcher option.
 ACCELERATE_CFG="${HF_HOME:-$HOME/.cache/huggingface}/accelerate/default_config.yaml"
 if [ -f "$ACCELERATE_CFG" ]; then
-  exec accelerate launch --quiet train.py "$CFG" "$@"
+  exec "$PYTHON" -m accelerate.commands.launch --quiet train.py "$CFG" "$@"
 fi
-exec accelerate launch --quiet --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+exec "$PYTHON" -m accelerate.commands.launch --quiet --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
   train.py "$CFG" "$@"
