@@ -17,23 +17,10 @@ import torch
 
 from modeling import EnClapBartForConditionalGeneration
 from modeling.tokenizer import train_tokenizer
-from tests.helpers import make_tiny_config
+from tests.helpers import CAPTIONS, make_tiny_config
 
 # Tiny models run fastest single-threaded, and CI's two cores are shared with subprocess tests.
 torch.set_num_threads(1)
-
-CAPTIONS = [
-    "a dog barks while a man speaks",
-    "rain falls on a metal roof",
-    "a high pitched beep repeats three times",
-    "static noise fades in followed by a low hum",
-    "birds chirp in the distance as wind blows",
-    "a car engine revs and then idles",
-    "water runs from a tap into a sink",
-    "a siren wails and fades away",
-    "people talk and laugh in a crowded room",
-    "a door creaks open and slams shut",
-]
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,20 @@ import torch
 
 from modeling import EnClapBartConfig
 
+# Captions for test tokenizers and tiny training runs.
+CAPTIONS = [
+    "a dog barks while a man speaks",
+    "rain falls on a metal roof",
+    "a high pitched beep repeats three times",
+    "static noise fades in followed by a low hum",
+    "birds chirp in the distance as wind blows",
+    "a car engine revs and then idles",
+    "water runs from a tap into a sink",
+    "a siren wails and fades away",
+    "people talk and laugh in a crowded room",
+    "a door creaks open and slams shut",
+]
+
 def make_tiny_config(vocab_size: int, **overrides) -> EnClapBartConfig:
     """A tiny EnCLAP config: d_model 32, 2 + 2 layers, at most 61 frames per clip."""
     fields = dict(

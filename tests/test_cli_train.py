@@ -21,18 +21,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.helpers import CAPTIONS as ALL_CAPTIONS
+
 REPO = Path(__file__).resolve().parents[1]
 
-CAPTIONS = [
-    "a dog barks while a man speaks",
-    "rain falls on a metal roof",
-    "a high pitched beep repeats three times",
-    "static noise fades in followed by a low hum",
-    "birds chirp in the distance as wind blows",
-    "a car engine revs and then idles",
-    "water runs from a tap into a sink",
-    "a siren wails and fades away",
-]
+CAPTIONS = ALL_CAPTIONS[:8]
 
 
 def _env() -> dict:
