@@ -54,9 +54,9 @@ logger = logging.getLogger(__name__)
 
 ENCODEC_CHECKPOINT = "encodec_24khz-d7cc33bc.th"
 ENCODEC_URL = "https://dl.fbaipublicfiles.com/encodec/v0/" + ENCODEC_CHECKPOINT
+CLAP_HUB_REPO = "lukewys/laion_clap"  # where laion_clap itself fetches its checkpoints
 CLAP_CHECKPOINT_NAME = "630k-audioset-fusion-best.pt"
-CLAP_CHECKPOINT_URL = ("https://huggingface.co/lukewys/laion_clap/resolve/main/"
-                       + CLAP_CHECKPOINT_NAME)
+CLAP_CHECKPOINT_URL = f"https://huggingface.co/{CLAP_HUB_REPO}/resolve/main/{CLAP_CHECKPOINT_NAME}"
 
 
 class ModelLoadError(RuntimeError):

@@ -49,14 +49,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from data.audio import AUDIO_EXTENSIONS, ENCODEC_SAMPLE_RATE, AudioError
-from data.features import decode, prepare_branches
+from data.features import CLAP_CHECKPOINT_URL, decode, prepare_branches
 
 logger = logging.getLogger("preprocess")
 
 MAX_FRAMES = 1021  # SPEC §3: 1021 codec frames + 3 special positions = 1024
 ENCODEC_FRAME_RATE = 75  # frames per second at 24 kHz, hop 320
 PARTIAL_SUFFIX = ".partial"  # temporary outputs: never end in .npy, so never taken for outputs
-CKPT_URL = "https://huggingface.co/lukewys/laion_clap/resolve/main/630k-audioset-fusion-best.pt"
 
 # Defaults per device, chosen by measurement (README, "Benchmarks"): on CPU, EnCodec is
 # slower per clip in batches than one at a time (2-core CPU, 10 s clips: 0.63 s alone vs
@@ -342,10 +341,10 @@ def check_weights_args(args: argparse.Namespace) -> Optional[str]:
     if args.skip_clap or args.random_weights:
         return None
     if args.clap_ckpt is None:
-        raise UsageError(f"--clap_ckpt is required: download 630k-audioset-fusion-best.pt from {CKPT_URL} "
+        raise UsageError(f"--clap_ckpt is required: download 630k-audioset-fusion-best.pt from {CLAP_CHECKPOINT_URL} "
                          "(or pass --random_weights for a test run)")
     if not Path(args.clap_ckpt).is_file():
-        raise UsageError(f"--clap_ckpt not found: {args.clap_ckpt} (download it from {CKPT_URL})")
+        raise UsageError(f"--clap_ckpt not found: {args.clap_ckpt} (download it from {CLAP_CHECKPOINT_URL})")
     return str(args.clap_ckpt)
 
 

@@ -24,7 +24,8 @@ import torch
 
 from data.audio import AudioError
 from data.collator import EnClapCollator
-from data.features import ClapEncoder, EncodecEncoder, FeatureExtractor, ModelLoadError, decode
+from data.features import (CLAP_CHECKPOINT_NAME, CLAP_CHECKPOINT_URL, CLAP_HUB_REPO, ClapEncoder, EncodecEncoder,
+                           FeatureExtractor, ModelLoadError, decode)
 from data.masking import crop_codes
 from modeling.modeling_enclap import CheckpointError, EnClapBartForConditionalGeneration
 from modeling.generation import GenerationOptions
@@ -33,10 +34,6 @@ logger = logging.getLogger(__name__)
 
 LONG_AUDIO_MODES = ("truncate", "window")
 DEFAULT_TOKENIZER = "facebook/bart-base"
-# Where laion_clap itself fetches the fusion checkpoint from.
-CLAP_HUB_REPO = "lukewys/laion_clap"
-CLAP_CKPT_NAME = "630k-audioset-fusion-best.pt"
-CLAP_CKPT_URL = f"https://huggingface.co/{CLAP_HUB_REPO}/resolve/main/{CLAP_CKPT_NAME}"
 
 
 class PipelineError(Exception):
@@ -133,16 +130,16 @@ def resolve_clap_checkpoint(clap_ckpt: str | os.PathLike | None) -> str:
     if clap_ckpt is not None:
         path = Path(clap_ckpt).expanduser()
         if not path.is_file():
-            raise PipelineError(f"CLAP checkpoint not found: {path} (download {CLAP_CKPT_URL} and pass its path)")
+            raise PipelineError(f"CLAP checkpoint not found: {path} (download {CLAP_CHECKPOINT_URL} and pass its path)")
         return str(path)
     try:
         from huggingface_hub import hf_hub_download
 
-        return hf_hub_download(CLAP_HUB_REPO, CLAP_CKPT_NAME)
+        return hf_hub_download(CLAP_HUB_REPO, CLAP_CHECKPOINT_NAME)
     except Exception as exc:  # offline, hub error: all mean "get the file yourself"
         raise PipelineError(
             f"no CLAP checkpoint given and it could not be downloaded ({type(exc).__name__}): "
-            f"download {CLAP_CKPT_URL} and pass --clap_ckpt PATH"
+            f"download {CLAP_CHECKPOINT_URL} and pass --clap_ckpt PATH"
         ) from exc
 
 
@@ -582,7 +579,7 @@ def add_pipeline_args(parser, long_audio: bool = True) -> None:
     group.add_argument(
         "--clap_ckpt",
         default=None,
-        help=f"LAION-CLAP {CLAP_CKPT_NAME} (default: download it from {CLAP_HUB_REPO} when online)",
+        help=f"LAION-CLAP {CLAP_CHECKPOINT_NAME} (default: download it from {CLAP_HUB_REPO} when online)",
     )
     group.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
     group.add_argument("--fp16", action="store_true", help="half-precision BART on CUDA (default: off)")
