@@ -204,6 +204,8 @@ def run_pipeline(which: str, size: str, root: str) -> dict:
                               activation_dropout=0.0, **SIZES[size])
     torch.manual_seed(0)
     model = EnClapBartForConditionalGeneration(config).to(device).train()
+    if which == "baseline":
+        model.set_efficient_training(False)  # stock BART layers, as the original trained them
     if which == "ours":
         dataset = CaptionDataset(os.path.join(root, "train.csv"), os.path.join(root, "enc"),
                                  os.path.join(root, "clap"), train=True, seed=SEED)

@@ -26,6 +26,7 @@ from transformers.models.bart.modeling_bart import BartDecoder, BartEncoder, Bar
 
 from .configuration_enclap import EnClapBartConfig
 from .generation import GenerationOptions
+from .layers import EnClapBartEncoderLayer, EnClapCrossAttention
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class EnClapBartEncoder(BartEncoder):
 
     def __init__(self, config: EnClapBartConfig, embed_tokens: Optional[nn.Embedding] = None):
         super().__init__(config, embed_tokens)
+        self.layers = nn.ModuleList(EnClapBartEncoderLayer(config, layer_idx=i) for i in range(config.encoder_layers))
         self.embed_encodec = nn.ModuleList(
             nn.Embedding(config.encodec_table_size, config.d_model, padding_idx=config.encodec_pad_token_id)
             for _ in range(config.num_rvq)
@@ -179,6 +181,15 @@ class EnClapBartModel(BartModel):
         )
         self.encoder = EnClapBartEncoder(config, self.shared)
         self.decoder = BartDecoder(config, self.shared)
+        for i, layer in enumerate(self.decoder.layers):
+            layer.encoder_attn = EnClapCrossAttention(
+                config.d_model,
+                config.decoder_attention_heads,
+                dropout=config.attention_dropout,
+                is_decoder=True,
+                config=config,
+                layer_idx=i,
+            )
         self.post_init()
 
     def forward(
@@ -274,6 +285,8 @@ class EnClapBartForConditionalGeneration(BartForConditionalGeneration):
     """
 
     config_class = EnClapBartConfig
+    #: Training shortcuts (see :meth:`set_efficient_training`); False gives stock BART's computation.
+    efficient_training = True
 
     def __init__(self, config: EnClapBartConfig):
         super(BartForConditionalGeneration, self).__init__(config)
@@ -283,6 +296,35 @@ class EnClapBartForConditionalGeneration(BartForConditionalGeneration):
         self.mcm_heads = nn.ModuleList(nn.Linear(config.d_model, config.encodec_vocab_size) for _ in range(config.num_rvq))
         self.post_init()
         self.generation_config = GenerationOptions().to_generation_config(config)
+
+    def set_efficient_training(self, enabled: bool = True) -> None:
+        """Turns the training shortcuts on (default) or off, e.g. to compare with stock BART.
+
+        In a training step with gradients they change no result beyond float rounding:
+
+        * encoder layers keep a third less activation memory (:class:`~modeling.layers.EnClapBartEncoderLayer`);
+        * decoder cross-attention never projects the encoder rows into keys and values
+          (:class:`~modeling.layers.EnClapCrossAttention`);
+        * the decoder's token lookup sends a sparse gradient into the tied word embedding, which
+          the LM head's dense gradient absorbs in place (no second full-vocabulary buffer);
+        * the MCM heads run only on masked rows (:meth:`masked_codec_loss`; this one is always on).
+        """
+        for module in self.modules():
+            if hasattr(module, "efficient_training"):
+                module.efficient_training = enabled
+
+    def _decoder_embeds_sparse_grad(self, decoder_input_ids: torch.LongTensor) -> Optional[torch.Tensor]:
+        """Decoder input embeddings whose weight gradient is sparse, or None where that is unsafe.
+
+        Only when the table is tied to the LM head: the head's dense gradient then makes the
+        summed gradient dense again, so optimizers and DDP see an ordinary dense ``.grad``.
+        """
+        embed = self.model.decoder.embed_tokens
+        if not (self.efficient_training and self.training and torch.is_grad_enabled()):
+            return None
+        if embed.weight is not self.lm_head.weight or embed.max_norm is not None:
+            return None
+        return F.embedding(decoder_input_ids, embed.weight, embed.padding_idx, sparse=True) * embed.embed_scale
 
     def forward(
         self,
@@ -354,6 +396,10 @@ class EnClapBartForConditionalGeneration(BartForConditionalGeneration):
                 encoder_attentions=encoder_outputs.attentions,
             )
             return output if return_dict else output.to_tuple()
+        if decoder_inputs_embeds is None and past_key_values is None:
+            decoder_inputs_embeds = self._decoder_embeds_sparse_grad(decoder_input_ids)
+            if decoder_inputs_embeds is not None:
+                decoder_input_ids = None
         outputs = self.model(
             attention_mask=attention_mask,
             decoder_input_ids=decoder_input_ids,
@@ -410,16 +456,17 @@ class EnClapBartForConditionalGeneration(BartForConditionalGeneration):
             hidden_states: (B, L, D) encoder output.
             mcm_labels: (B, L, num_rvq) targets, -100 where not masked.
         """
-        mcm_labels = mcm_labels.to(hidden_states.device)
+        num_rvq = len(self.mcm_heads)
+        targets = mcm_labels.to(hidden_states.device).reshape(-1, num_rvq).t()  # (num_rvq, B*L)
+        head_ids, rows = (targets != IGNORE_INDEX).nonzero(as_tuple=True)  # grouped by head, rows ascending
+        # One gather and one split for all heads (one scatter and one concatenation in backward).
+        counts = torch.bincount(head_ids, minlength=num_rvq).tolist()
+        selected = hidden_states.reshape(-1, hidden_states.shape[-1]).index_select(0, rows).split(counts)
+        labels = targets[head_ids, rows].split(counts)
         total = hidden_states.new_zeros((), dtype=torch.float32)
-        for j, head in enumerate(self.mcm_heads):
-            targets = mcm_labels[..., j]  # (B, L)
-            selected = targets != IGNORE_INDEX
-            rows = hidden_states[selected]  # (N_j, D)
-            if rows.shape[0] == 0:
-                continue
-            logits = head(rows).float()  # (N_j, encodec_vocab_size)
-            total = total + F.cross_entropy(logits, targets[selected]) / 2 ** (j + 1)
+        for j, (head, h, y) in enumerate(zip(self.mcm_heads, selected, labels)):
+            if len(y):
+                total = total + F.cross_entropy(head(h).float(), y) / 2 ** (j + 1)  # head(h): (N_j, 1024)
         return total
 
     @torch.no_grad()

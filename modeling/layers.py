@@ -1,0 +1,191 @@
+"""Training-time shortcuts inside BART's layers: same weights, same results, less memory and work.
+
+Both classes keep the stock module names (``fc1``, ``fc2``, ``self_attn_layer_norm``, ``q_proj`` ...)
+so state dicts are unchanged, and both run the stock BART code whenever their shortcut does not
+apply: evaluation, no gradient, attention weights or head masks requested, a decoding cache, or
+``efficient_training = False`` (see
+:meth:`~modeling.modeling_enclap.EnClapBartForConditionalGeneration.set_efficient_training`).
+
+* :class:`EnClapBartEncoderLayer` runs the feed-forward half of the layer (layer norm, ``fc1``,
+  activation, dropout, ``fc2``, dropout, residual) as one autograd function that keeps only its
+  input, ``fc1``'s output and the dropout masks for the backward pass. The layer-norm output and
+  the activation output, a (B, L, ffn_dim) tensor, are recomputed there instead of being stored:
+  about a third less activation memory per encoder layer for one extra activation and layer norm.
+* :class:`EnClapCrossAttention`: with teacher forcing a decoder layer has S (caption tokens)
+  queries against L (~750) encoder rows. ``softmax(q K^T) V`` with ``K = E W_k^T + b_k`` and
+  ``V = E W_v^T + b_v`` is computed as ``softmax((q W_k) E^T + q b_k) (P E) W_v^T + b_v``, which
+  never builds the (B, L, D) keys and values: ~L/S times less work than projecting them, and no
+  key/value activations kept per decoder layer. Equal to the stock result up to float rounding.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from transformers.models.bart.modeling_bart import BartAttention, BartEncoderLayer
+
+
+def _dropout_mask(like: torch.Tensor, p: float) -> Optional[torch.Tensor]:
+    """A boolean keep-mask for dropout with probability ``p`` (None when ``p == 0``)."""
+    if p <= 0.0:
+        return None
+    return torch.empty_like(like, dtype=torch.bool).bernoulli_(1.0 - p)
+
+
+def _apply_mask(x: torch.Tensor, mask: Optional[torch.Tensor], p: float) -> torch.Tensor:
+    """Inverted dropout with a given keep-mask (identity when the mask is None)."""
+    return x if mask is None else x * mask * (1.0 / (1.0 - p))
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(-1, x.shape[-1])
+
+
+class _FeedForward(torch.autograd.Function):
+    """``h1 -> ln1 = LN(h1) -> ln1 + drop(fc2(drop(act(fc1(ln1)))))``, storing h1, fc1(ln1) and the masks.
+
+    The weight gradients of ``fc1`` and ``fc2`` are the usual matrix products, computed in the
+    dtype the forward matmul ran in (autocast) and returned in the parameter's dtype; the layer
+    norm and the activation are differentiated by autograd on their recomputed outputs.
+    """
+
+    @staticmethod
+    def forward(ctx, h1, ln_weight, ln_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, layer):
+        ln = layer.self_attn_layer_norm
+        ln1 = F.layer_norm(h1, ln.normalized_shape, ln_weight, ln_bias, ln.eps)
+        pre = F.linear(ln1, fc1_weight, fc1_bias)  # (B, L, ffn_dim), kept for backward
+        act_mask = _dropout_mask(pre, layer.activation_dropout)
+        out = F.linear(_apply_mask(layer.activation_fn(pre), act_mask, layer.activation_dropout), fc2_weight, fc2_bias)
+        out_mask = _dropout_mask(out, layer.dropout)
+        out = _apply_mask(out, out_mask, layer.dropout)
+        ctx.layer, ctx.out_dtype = layer, out.dtype
+        ctx.save_for_backward(h1, pre, act_mask, out_mask, ln_weight, ln_bias, fc1_weight, fc2_weight)
+        return ln1 + out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        h1, pre, act_mask, out_mask, ln_weight, ln_bias, fc1_weight, fc2_weight = ctx.saved_tensors
+        layer = ctx.layer
+        need = ctx.needs_input_grad
+        grad_out = _apply_mask(grad.to(ctx.out_dtype), out_mask, layer.dropout)  # d loss / d fc2 output
+
+        with torch.enable_grad():
+            pre_leaf = pre.detach().requires_grad_()
+            act = _apply_mask(layer.activation_fn(pre_leaf), act_mask, layer.activation_dropout)
+        grad_fc2_w = (_rows(grad_out).t() @ _rows(act.detach()).to(grad_out.dtype)).to(fc2_weight.dtype) if need[5] else None
+        grad_fc2_b = _rows(grad_out).sum(0).to(fc2_weight.dtype) if need[6] else None
+        (grad_pre,) = torch.autograd.grad(act, pre_leaf, grad_out @ fc2_weight.to(grad_out.dtype))
+        del act, pre_leaf, grad_out
+
+        ln = layer.self_attn_layer_norm
+        with torch.enable_grad():
+            inputs = [t.detach().requires_grad_() if n else t for t, n in zip((h1, ln_weight, ln_bias), need[:3])]
+            ln1 = F.layer_norm(inputs[0], ln.normalized_shape, inputs[1], inputs[2], ln.eps)
+        grad_fc1_w = (_rows(grad_pre).t() @ _rows(ln1.detach()).to(grad_pre.dtype)).to(fc1_weight.dtype) if need[3] else None
+        grad_fc1_b = _rows(grad_pre).sum(0).to(fc1_weight.dtype) if need[4] else None
+        grad_ln1 = (grad_pre @ fc1_weight.to(grad_pre.dtype)).to(ln1.dtype) + grad  # + the residual path
+        del grad_pre
+        wanted = [t for t, n in zip(inputs, need[:3]) if n]
+        found = iter(torch.autograd.grad(ln1, wanted, grad_ln1) if wanted else ())
+        grad_h1, grad_ln_w, grad_ln_b = (next(found) if n else None for n in need[:3])
+        return grad_h1, grad_ln_w, grad_ln_b, grad_fc1_w, grad_fc1_b, grad_fc2_w, grad_fc2_b, None
+
+
+class EnClapBartEncoderLayer(BartEncoderLayer):
+    """BART encoder layer whose training step stores less (see the module docstring)."""
+
+    efficient_training = True
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: Optional[torch.Tensor],
+        layer_head_mask: Optional[torch.Tensor],
+        output_attentions: Optional[bool] = False,
+    ) -> tuple[torch.Tensor, ...]:
+        if not (self.efficient_training and self.training and torch.is_grad_enabled()) or self.fc1.bias is None:
+            return super().forward(hidden_states, attention_mask, layer_head_mask, output_attentions)
+        attn, attn_weights = self.self_attn(
+            hidden_states=hidden_states,
+            attention_mask=attention_mask,
+            layer_head_mask=layer_head_mask,
+            output_attentions=output_attentions,
+        )
+        hidden_states = hidden_states + F.dropout(attn, p=self.dropout, training=True)
+        ln = self.self_attn_layer_norm
+        hidden_states = _FeedForward.apply(
+            hidden_states, ln.weight, ln.bias, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, self
+        )
+        hidden_states = self.final_layer_norm(hidden_states)
+        if hidden_states.dtype == torch.float16:  # as stock BART: keep fp16 activations finite
+            limit = torch.finfo(hidden_states.dtype).max - 1000
+            hidden_states = torch.clamp(hidden_states, min=-limit, max=limit)
+        return (hidden_states, attn_weights) if output_attentions else (hidden_states,)
+
+
+class EnClapCrossAttention(BartAttention):
+    """Decoder cross-attention that, with teacher forcing, never projects the encoder rows."""
+
+    efficient_training = True
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        key_value_states: Optional[torch.Tensor] = None,
+        past_key_values=None,
+        attention_mask: Optional[torch.Tensor] = None,
+        layer_head_mask: Optional[torch.Tensor] = None,
+        output_attentions: bool = False,
+        cache_position: Optional[torch.Tensor] = None,
+        **kwargs,
+    ):
+        mask_ok = attention_mask is None or (isinstance(attention_mask, torch.Tensor) and attention_mask.dim() in (2, 4))
+        if (
+            not (self.efficient_training and self.training and torch.is_grad_enabled())
+            or key_value_states is None
+            or past_key_values is not None
+            or output_attentions
+            or layer_head_mask is not None
+            or not mask_ok
+            or self.k_proj.bias is None
+            or self.v_proj.bias is None
+        ):
+            return super().forward(
+                hidden_states,
+                key_value_states=key_value_states,
+                past_key_values=past_key_values,
+                attention_mask=attention_mask,
+                layer_head_mask=layer_head_mask,
+                output_attentions=output_attentions,
+                cache_position=cache_position,
+                **kwargs,
+            )
+        batch, queries, dim = hidden_states.shape
+        heads, head_dim = self.num_heads, self.head_dim
+        enc = key_value_states  # (B, L, D)
+        q = self.q_proj(hidden_states).view(batch, queries, heads, head_dim).permute(2, 0, 1, 3)
+        q = q.reshape(heads, batch * queries, head_dim)
+        # (q W_k) E^T + q b_k: one row of D numbers per query and head instead of L keys.
+        q_wk = torch.bmm(q, self.k_proj.weight.view(heads, head_dim, dim))  # (H, B*S, D)
+        q_bk = (q * self.k_proj.bias.view(heads, 1, head_dim)).sum(-1)  # (H, B*S)
+        q_wk = q_wk.view(heads, batch, queries, dim).transpose(0, 1).reshape(batch, heads * queries, dim)
+        scores = torch.bmm(q_wk, enc.transpose(1, 2)).view(batch, heads, queries, -1)
+        scores = (scores + q_bk.view(heads, batch, queries, 1).transpose(0, 1)) * self.scaling
+        if attention_mask is not None:
+            if attention_mask.dim() == 2:  # (B, L) 1 = keep, as flash-attention configs pass it
+                attention_mask = (1.0 - attention_mask[:, None, None, :].to(scores.dtype)) * torch.finfo(scores.dtype).min
+            scores = scores + attention_mask
+        probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(scores.dtype)
+        probs = F.dropout(probs, p=self.dropout, training=True)
+        # (P E) W_v^T + (row sums of P) b_v
+        mixed = torch.bmm(probs.view(batch, heads * queries, -1), enc)  # (B, H*S, D)
+        mixed = mixed.view(batch, heads, queries, dim).transpose(0, 1).reshape(heads, batch * queries, dim)
+        out = torch.bmm(mixed, self.v_proj.weight.view(heads, head_dim, dim).transpose(1, 2))  # (H, B*S, d)
+        out = out.view(heads, batch, queries, head_dim) + probs.sum(-1).transpose(0, 1)[..., None] * self.v_proj.bias.view(
+            heads, 1, 1, head_dim
+        )
+        out = out.permute(1, 2, 0, 3).reshape(batch, queries, heads * head_dim)
+        return self.out_proj(out), None

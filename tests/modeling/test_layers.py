@@ -1,0 +1,222 @@
+"""The training shortcuts (modeling/layers.py and set_efficient_training) against stock BART.
+
+Each shortcut must give stock BART's loss and gradients: compared on a whole tiny model without
+dropout, and by finite differences (gradcheck, float64) with dropout, where the two paths draw
+different masks and cannot be compared directly.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from modeling import EnClapBartForConditionalGeneration
+from modeling.layers import EnClapBartEncoderLayer, EnClapCrossAttention
+from tests.helpers import make_batch, make_tiny_config, random_clips
+
+
+def _training_batch():
+    codes, clap = random_clips(3, [20, 13, 7], seed=3)
+    batch = make_batch(codes, clap)
+    batch["labels"] = torch.tensor([[0, 5, 6, 7, 2], [0, 8, 9, 2, -100], [0, 11, 2, -100, -100]])
+    mcm = torch.full(batch["input_ids"].shape, -100)
+    mcm[:, 3:9, :5] = batch["input_ids"][:, 3:9, :5]
+    batch["mcm_labels"] = mcm
+    return batch
+
+
+def _loss_and_grads(model, batch, efficient: bool):
+    model.set_efficient_training(efficient)
+    model.zero_grad(set_to_none=True)
+    loss = model(**batch).loss
+    loss.backward()
+    return loss.item(), {name: p.grad for name, p in model.named_parameters()}
+
+
+def test_efficient_training_matches_stock_bart():
+    torch.manual_seed(0)
+    model = EnClapBartForConditionalGeneration(make_tiny_config(100)).train()
+    batch = _training_batch()
+    stock_loss, stock = _loss_and_grads(model, batch, efficient=False)
+    loss, grads = _loss_and_grads(model, batch, efficient=True)
+    assert loss == pytest.approx(stock_loss, rel=1e-6)
+    for name, grad in grads.items():
+        assert (grad is None) == (stock[name] is None), f"{name}: gradient in one path only"
+        if grad is None:  # MCM heads of codebooks without targets in this batch
+            assert name.startswith("mcm_heads."), name
+            continue
+        assert not grad.is_sparse, f"{name}: the optimizer must see a dense gradient"
+        scale = stock[name].abs().max().item()
+        if name.endswith("k_proj.bias"):  # softmax ignores it: its true gradient is 0
+            assert grad.abs().max().item() < 1e-5 and scale < 1e-5, name
+            continue
+        assert scale > 0, name
+        torch.testing.assert_close(grad, stock[name], rtol=0, atol=1e-5 * scale, msg=name)
+
+
+def _saved_activation_bytes(module: torch.nn.Module, run) -> int:
+    """Bytes of the tensors autograd keeps for backward during ``run()``, weights excluded."""
+    weights = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    kept = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()
+    return sum(kept.values())
+
+
+def test_shortcuts_store_less():
+    torch.manual_seed(0)
+    config = make_tiny_config(100, d_model=16, encoder_attention_heads=2, encoder_ffn_dim=64)
+    config._attn_implementation = "sdpa"
+    layer = EnClapBartEncoderLayer(config, layer_idx=0).train()
+    x = torch.randn(2, 40, 16, requires_grad=True)
+    stored = {}
+    for efficient in (False, True):
+        layer.efficient_training = efficient
+        stored[efficient] = _saved_activation_bytes(layer, lambda: layer(x, None, None))
+    # Stock keeps ~15 (B, L, d) tensors (the two (B, L, 4d) ones around the activation among
+    # them); the efficient layer drops the activation output and the layer-norm output.
+    assert stored[True] < 0.75 * stored[False], stored
+
+    attn = _cross_attention(0.0)
+    hidden = torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True)
+    enc = torch.randn(2, 60, 8, dtype=torch.float64, requires_grad=True)
+    for efficient in (False, True):
+        attn.efficient_training = efficient
+        stored[efficient] = _saved_activation_bytes(attn, lambda: attn(hidden, key_value_states=enc))
+    assert stored[True] < 0.75 * stored[False], stored  # no (B, L, D) keys and values
+
+
+def test_evaluation_runs_stock_bart():
+    torch.manual_seed(0)
+    model = EnClapBartForConditionalGeneration(make_tiny_config(100)).eval()
+    assert all(isinstance(layer, EnClapBartEncoderLayer) for layer in model.model.encoder.layers)
+    assert all(isinstance(layer.encoder_attn, EnClapCrossAttention) for layer in model.model.decoder.layers)
+    batch = _training_batch()
+    logits = {}
+    for efficient in (False, True):
+        model.set_efficient_training(efficient)
+        with torch.no_grad():
+            logits[efficient] = model(**batch).logits
+    assert torch.equal(logits[True], logits[False])
+
+
+def _seeded(fn):
+    """Runs ``fn`` with the same RNG state every call, so dropout draws the same masks."""
+
+    def run(*args):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1234)
+            return fn(*args)
+
+    return run
+
+
+def test_feedforward_gradients_with_dropout():
+    config = make_tiny_config(100, d_model=8, encoder_attention_heads=2, encoder_ffn_dim=16, dropout=0.3,
+                              activation_dropout=0.4)
+    config._attn_implementation = "sdpa"
+    layer = EnClapBartEncoderLayer(config, layer_idx=0).double().train()
+    names = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "self_attn_layer_norm.weight",
+             "self_attn_layer_norm.bias", "final_layer_norm.weight"]
+    named = dict(layer.named_parameters())
+    params = {n: named[n].detach().clone().requires_grad_() for n in names}
+    x = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+
+    def f(x, *values):
+        return functional_call(layer, dict(zip(names, values)), (x, None, None))[0]
+
+    f = _seeded(f)
+    out = f(x, *params.values())
+    assert (out != 0).all()
+    assert torch.autograd.gradcheck(f, (x, *params.values()), eps=1e-6, atol=1e-6)
+
+
+def test_feedforward_matches_stock_under_bf16_autocast():
+    torch.manual_seed(0)
+    config = make_tiny_config(100, d_model=16, encoder_attention_heads=2, encoder_ffn_dim=32)
+    config._attn_implementation = "sdpa"
+    layer = EnClapBartEncoderLayer(config, layer_idx=0).train()
+    x = torch.randn(2, 6, 16)
+    results = []
+    for efficient in (False, True):
+        layer.efficient_training = efficient
+        layer.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = layer(xi, None, None)[0]
+        out.float().square().sum().backward()
+        results.append((out.detach().float(), xi.grad, layer.fc1.weight.grad, layer.self_attn_layer_norm.weight.grad))
+    for stock, ours in zip(*results):
+        assert ours.dtype == stock.dtype
+        torch.testing.assert_close(ours, stock, rtol=2e-2, atol=2e-2 * stock.abs().max().item())
+
+
+def _cross_attention(dropout: float, implementation: str = "sdpa"):
+    config = make_tiny_config(100, d_model=8, decoder_attention_heads=2, attention_dropout=dropout)
+    config._attn_implementation = implementation
+    return EnClapCrossAttention(8, 2, dropout=dropout, is_decoder=True, config=config, layer_idx=0).double().train()
+
+
+def _padding_mask(batch: int, queries: int, lengths):
+    keys = max(lengths)
+    keep = torch.arange(keys)[None, :] < torch.tensor(lengths)[:, None]
+    mask = torch.zeros(batch, 1, queries, keys, dtype=torch.float64)
+    return mask.masked_fill(~keep[:, None, None, :], torch.finfo(torch.float64).min)
+
+
+def test_cross_attention_matches_stock_with_padding():
+    torch.manual_seed(0)
+    attn = _cross_attention(0.0)
+    hidden = torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True)
+    enc = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+    mask = _padding_mask(2, 3, [5, 3])
+    results = []
+    for efficient in (False, True):
+        attn.efficient_training = efficient
+        attn.zero_grad(set_to_none=True)
+        hidden.grad = enc.grad = None
+        out = attn(hidden, key_value_states=enc, attention_mask=mask)[0]
+        out.pow(3).sum().backward()
+        results.append([out.detach(), hidden.grad, enc.grad] + [p.grad for p in attn.parameters()])
+    for stock, ours in zip(*results):
+        torch.testing.assert_close(ours, stock, rtol=1e-9, atol=1e-12)
+    assert results[1][2][1, 3:].abs().max() == 0  # padded encoder rows get no gradient
+    # A (B, L) keep-mask, as flash-attention configurations pass it, gives the same result.
+    attn.efficient_training = True
+    flat = attn(hidden, key_value_states=enc, attention_mask=(mask[:, 0, 0] == 0).long())[0]
+    torch.testing.assert_close(flat, results[1][0])
+
+
+def test_cross_attention_gradients_with_dropout():
+    torch.manual_seed(0)
+    attn = _cross_attention(0.3)
+    names = [n for n, _ in attn.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in attn.parameters()]
+    hidden = torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True)
+    enc = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+    mask = _padding_mask(2, 3, [5, 4])
+
+    def f(hidden, enc, *values):
+        return functional_call(attn, dict(zip(names, values)), (hidden,),
+                               {"key_value_states": enc, "attention_mask": mask})[0]
+
+    assert torch.autograd.gradcheck(_seeded(f), (hidden, enc, *params), eps=1e-6, atol=1e-6)
+
+
+def test_stock_path_when_a_cache_or_weights_are_requested():
+    torch.manual_seed(0)
+    attn = _cross_attention(0.0, implementation="eager")
+    hidden = torch.randn(2, 3, 8, dtype=torch.float64)
+    enc = torch.randn(2, 5, 8, dtype=torch.float64)
+    out, weights = attn(hidden, key_value_states=enc, output_attentions=True)[:2]
+    assert weights is not None and weights.shape == (2, 2, 3, 5)
+    attn.efficient_training = False
+    torch.testing.assert_close(attn(hidden, key_value_states=enc)[0], out)
