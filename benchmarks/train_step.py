@@ -1,24 +1,30 @@
-"""Training-step benchmark: our data path + model vs the original's straightforward way.
+"""Training-step benchmark: our data path + model vs the original's way, same model, same batch.
 
-``python benchmarks/train_step.py`` (no arguments, a few minutes on a 2-core CPU) measures,
+``python benchmarks/train_step.py`` (no arguments, about four minutes on a 2-core CPU) measures,
 for the same randomly initialised model and the same batch (8 clips of 750 frames, ~12-token
 captions, MCM masks as SPEC §4), examples per second of loading + collate + forward/backward
-and the peak memory of that step:
+and the peak memory of that step, for three pipelines:
 
 * ours: ``CaptionDataset`` (masks drawn on the fly) -> ``EnClapCollator`` (vectorised) ->
-  ``model(..., mcm_labels=...)`` whose MCM heads run only where their codebook is masked;
-* baseline (the original's way, written here): masks precomputed for every example up front,
-  a collator that makes one ``tokenizer.pad`` call per codebook per example, no workers, and
-  the MCM loss computed with all 16 heads at every encoder position.
+  ``model(..., mcm_labels=...)`` with the training shortcuts of ``modeling/layers.py`` (MCM heads
+  only where their codebook is masked, cross-attention without key/value projections, a lean
+  encoder feed-forward) and transformers' SDPA attention;
+* original (the original's way, written here): masks precomputed for every example up front, a
+  collator that makes one ``tokenizer.pad`` call per codebook per example, no workers, the MCM
+  loss from all 16 heads at every encoder position, stock BART layers with eager attention (the
+  only attention of the transformers 4.29 that the original pins);
+* baseline: the same as original but with stock SDPA attention, i.e. what our model does minus
+  our changes, to show how much of the gain is ours and how much the attention kernel's.
 
-Both runs must give the same loss (asserted) and the same batch (asserted). Each pipeline runs
-in its own fresh subprocess so its peak memory is its own: peak RSS sampled during the step
-minus RSS before it (CPU: the kernel's high-water mark, gradients included), or
-``torch.cuda.max_memory_allocated`` (GPU). Two sizes: bart-base
-(d_model 768, 6+6 layers, vocab 50265) and a small one (d_model 256, 2+2 layers).
+All three must give the same batch and the same loss (asserted, 1e-5 relative: the shortcuts
+change float rounding only). Each figure comes from a fresh subprocess: speed after one warm-up
+step with the default allocator; peak memory in a second process whose allocator returns freed
+blocks at once: peak RSS sampled during the step minus RSS before it (CPU: the kernel's
+high-water mark, gradients included), or ``torch.cuda.max_memory_allocated`` (GPU). Two sizes:
+bart-base (d_model 768, 6+6 layers, vocab 50265) and a small one (d_model 256, 2+2 layers).
 Speed is reported per CPU-second of the process (all its threads) and per wall-second; the
-last line is ``speedup: N.NN`` = ours / baseline examples per CPU-second at bart-base size
-(on a machine shared with other jobs the wall-clock ratio is mostly noise).
+last line is ``speedup: N.NN`` = ours / original examples per CPU-second at bart-base size (on a
+machine shared with other jobs the wall-clock ratio is mostly noise).
 """
 
 from __future__ import annotations
@@ -186,8 +192,15 @@ class PeakRSS:
         self.peak = max(self.peak, self.current())
 
 
-def run_pipeline(which: str, size: str, root: str) -> dict:
-    """Builds the model and runs STEPS[size] steps of one pipeline; returns its figures."""
+PIPELINES = ("original", "baseline", "ours")
+
+
+def run_pipeline(which: str, size: str, root: str, mode: str) -> dict:
+    """Builds the model and runs one pipeline; ``mode`` "time" or "memory" says what to measure.
+
+    "time": one warm-up step, then STEPS[size] timed steps (steady state), default allocator.
+    "memory": one step, peak memory above the step's start (run with MALLOC_MMAP_THRESHOLD_ set).
+    """
     import torch
 
     from data.collator import EnClapCollator
@@ -204,8 +217,11 @@ def run_pipeline(which: str, size: str, root: str) -> dict:
                               activation_dropout=0.0, **SIZES[size])
     torch.manual_seed(0)
     model = EnClapBartForConditionalGeneration(config).to(device).train()
-    if which == "baseline":
+    if which != "ours":
         model.set_efficient_training(False)  # stock BART layers, as the original trained them
+    if which == "original":
+        # The original pins transformers 4.29, whose BART has one attention: the eager one.
+        model.config._attn_implementation = "eager"
     if which == "ours":
         dataset = CaptionDataset(os.path.join(root, "train.csv"), os.path.join(root, "enc"),
                                  os.path.join(root, "clap"), train=True, seed=SEED)
@@ -217,42 +233,65 @@ def run_pipeline(which: str, size: str, root: str) -> dict:
         dataset = BaselineDataset(root, tokenizer)  # masks precomputed up front
         loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, num_workers=0,
                                              collate_fn=lambda f: baseline_collate(f, tokenizer))
-    losses, elapsed, cpu, peaks, batch_dump = [], 0.0, 0.0, [], None
-    for _ in range(STEPS[size]):
+
+    def step():
+        batch = next(iter(loader))
+        batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        loss = model(**batch).loss if which == "ours" else baseline_loss(model, dict(batch))
+        loss.backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return batch, loss
+
+    if mode == "memory":
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base_mem = torch.cuda.memory_allocated()
         with PeakRSS() as rss:
-            start, start_cpu = time.perf_counter(), time.process_time()
-            batch = next(iter(loader))
-            batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-            if batch_dump is None:
-                batch_dump = {k: v.cpu() for k, v in batch.items()}
-            loss = model(**batch).loss if which == "ours" else baseline_loss(model, dict(batch))
-            loss.backward()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            elapsed += time.perf_counter() - start
-            cpu += time.process_time() - start_cpu
-        model.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+            batch, loss = step()
         if device.type == "cuda":
-            peaks.append(torch.cuda.max_memory_allocated() - base_mem)
+            peak = torch.cuda.max_memory_allocated() - base_mem
         else:
             # The kernel's high-water mark is exact where a sampling thread may be starved on a
             # busy machine; the step is this process's largest moment, so it holds the step's peak.
             high_water = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-            peaks.append(max(rss.peak, high_water) - rss.start)
-    torch.save(batch_dump, os.path.join(root, f"batch_{which}_{size}.pt"))
+            peak = max(rss.peak, high_water) - rss.start
+        torch.save({k: v.cpu() for k, v in batch.items()}, os.path.join(root, f"batch_{which}_{size}.pt"))
+        return {"peak_bytes": peak, "loss": loss.item(), "device": str(device)}
+
+    _, loss = step()  # warm-up: first-call costs of the kernels are not a training step's
+    model.zero_grad(set_to_none=True)
+    elapsed = cpu = 0.0
+    for _ in range(STEPS[size]):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        step()
+        elapsed += time.perf_counter() - start
+        cpu += time.process_time() - start_cpu
+        model.zero_grad(set_to_none=True)
     return {"examples_per_s": STEPS[size] * BATCH / elapsed, "seconds_per_step": elapsed / STEPS[size],
             "examples_per_cpu_s": STEPS[size] * BATCH / cpu, "cpu_seconds_per_step": cpu / STEPS[size],
-            "peak_bytes": max(peaks), "loss": losses[0], "device": str(device)}
+            "loss": loss.item(), "device": str(device)}
+
+
+def child(which: str, size: str, root: str, mode: str) -> dict:
+    """Runs one measurement in a fresh process, so that its memory and caches are its own."""
+    env = dict(os.environ)
+    if mode == "memory":
+        # A fixed mmap threshold makes glibc return every large freed block at once, so the
+        # sampled RSS follows the live tensors instead of heap fragmentation. It also makes every
+        # large allocation fault its pages in anew, which is why timing runs without it.
+        env["MALLOC_MMAP_THRESHOLD_"] = "131072"
+    run = subprocess.run([sys.executable, os.path.abspath(__file__), which, size, root, mode],
+                         capture_output=True, text=True, cwd=REPO, env=env)
+    if run.returncode != 0:
+        sys.exit(f"{which} / {size} / {mode} failed:\n{run.stderr[-3000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    if len(sys.argv) == 4 and sys.argv[1] in ("ours", "baseline"):  # child process
-        print(json.dumps(run_pipeline(sys.argv[1], sys.argv[2], sys.argv[3])))
+    if len(sys.argv) == 5 and sys.argv[1] in PIPELINES:  # child process
+        print(json.dumps(run_pipeline(*sys.argv[1:])))
         return
     import torch
 
@@ -264,34 +303,32 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="enclap_bench_") as root:
         write_data(root)
         for size in ("small", "bart-base"):
-            for which in ("baseline", "ours"):
-                # A fixed mmap threshold makes glibc return every large freed block at once, so
-                # the sampled RSS follows the live tensors instead of heap fragmentation.
-                env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
-                child = subprocess.run([sys.executable, os.path.abspath(__file__), which, size, root],
-                                       capture_output=True, text=True, cwd=REPO, env=env)
-                if child.returncode != 0:
-                    sys.exit(f"{which} / {size} failed:\n{child.stderr[-3000:]}")
-                results[which, size] = json.loads(child.stdout.strip().splitlines()[-1])
-            ours_batch = torch.load(os.path.join(root, f"batch_ours_{size}.pt"))
-            base_batch = torch.load(os.path.join(root, f"batch_baseline_{size}.pt"))
-            assert ours_batch.keys() == base_batch.keys(), (ours_batch.keys(), base_batch.keys())
-            for key in ours_batch:
-                assert torch.equal(ours_batch[key], base_batch[key]), f"batches differ in {key}"
-            ours, base = results["ours", size], results["baseline", size]
-            assert abs(ours["loss"] - base["loss"]) <= 1e-4 * abs(base["loss"]), (ours["loss"], base["loss"])
-            for name, fig in (("baseline", base), ("ours", ours)):
-                print(f"{size:9s} {name:8s} {fig['examples_per_cpu_s']:7.3f} examples/CPU-s "
+            for which in PIPELINES:
+                results[which, size] = {**child(which, size, root, "time"), **child(which, size, root, "memory")}
+            batches = {which: torch.load(os.path.join(root, f"batch_{which}_{size}.pt")) for which in PIPELINES}
+            for which in ("original", "baseline"):
+                assert batches["ours"].keys() == batches[which].keys(), (batches["ours"].keys(), batches[which].keys())
+                for key in batches["ours"]:
+                    assert torch.equal(batches["ours"][key], batches[which][key]), f"{which}: batches differ in {key}"
+            losses = {which: results[which, size]["loss"] for which in PIPELINES}
+            assert max(losses.values()) - min(losses.values()) <= 1e-5 * abs(losses["ours"]), losses
+            for which in PIPELINES:
+                fig = results[which, size]
+                print(f"{size:9s} {which:8s} {fig['examples_per_cpu_s']:7.3f} examples/CPU-s "
                       f"({fig['cpu_seconds_per_step']:6.1f} CPU-s/step) {fig['examples_per_s']:7.3f} examples/s "
                       f"({fig['seconds_per_step']:6.1f} s/step) peak {fig['peak_bytes'] / 2**30:5.2f} GiB "
-                      f"loss {fig['loss']:.6f}", flush=True)
-            print(f"{size:9s} ours / baseline: x{ours['examples_per_cpu_s'] / base['examples_per_cpu_s']:.2f} "
-                  f"examples per CPU-second, x{ours['examples_per_s'] / base['examples_per_s']:.2f} examples per "
-                  f"wall-second, {100 * (1 - ours['peak_bytes'] / base['peak_bytes']):.0f}% less peak memory; "
-                  "same batch, same loss", flush=True)
+                      f"loss {fig['loss']:.7f}", flush=True)
+            ours = results["ours", size]
+            for which, what in (("original", "the original's step (eager attention)"),
+                                ("baseline", "the same with stock SDPA attention")):
+                base = results[which, size]
+                print(f"{size:9s} ours / {which}: x{ours['examples_per_cpu_s'] / base['examples_per_cpu_s']:.2f} "
+                      f"examples per CPU-second, x{ours['examples_per_s'] / base['examples_per_s']:.2f} per "
+                      f"wall-second, {100 * (1 - ours['peak_bytes'] / base['peak_bytes']):.0f}% less peak memory "
+                      f"than {what}; same batch, same loss", flush=True)
     # CPU time (all threads of the process) is the headline: on a shared machine wall time
     # mostly measures the other jobs; on an idle one the two ratios agree.
-    ratio = results["ours", "bart-base"]["examples_per_cpu_s"] / results["baseline", "bart-base"]["examples_per_cpu_s"]
+    ratio = results["ours", "bart-base"]["examples_per_cpu_s"] / results["original", "bart-base"]["examples_per_cpu_s"]
     print(f"speedup: {ratio:.2f}")
 
 
