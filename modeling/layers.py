@@ -75,19 +75,21 @@ class _FeedForward(torch.autograd.Function):
         with torch.enable_grad():
             pre_leaf = pre.detach().requires_grad_()
             act = _apply_mask(layer.activation_fn(pre_leaf), act_mask, layer.activation_dropout)
-        grad_fc2_w = (_rows(grad_out).t() @ _rows(act.detach()).to(grad_out.dtype)).to(fc2_weight.dtype) if need[5] else None
-        grad_fc2_b = _rows(grad_out).sum(0).to(fc2_weight.dtype) if need[6] else None
+        rows_out = _rows(grad_out)
+        grad_fc2_w = (rows_out.t() @ _rows(act.detach()).to(rows_out.dtype)).to(fc2_weight.dtype) if need[5] else None
+        grad_fc2_b = rows_out.sum(0).to(fc2_weight.dtype) if need[6] else None
         (grad_pre,) = torch.autograd.grad(act, pre_leaf, grad_out @ fc2_weight.to(grad_out.dtype))
-        del act, pre_leaf, grad_out
+        del act, pre_leaf, grad_out, rows_out
 
         ln = layer.self_attn_layer_norm
         with torch.enable_grad():
             inputs = [t.detach().requires_grad_() if n else t for t, n in zip((h1, ln_weight, ln_bias), need[:3])]
             ln1 = F.layer_norm(inputs[0], ln.normalized_shape, inputs[1], inputs[2], ln.eps)
-        grad_fc1_w = (_rows(grad_pre).t() @ _rows(ln1.detach()).to(grad_pre.dtype)).to(fc1_weight.dtype) if need[3] else None
-        grad_fc1_b = _rows(grad_pre).sum(0).to(fc1_weight.dtype) if need[4] else None
+        rows_pre = _rows(grad_pre)
+        grad_fc1_w = (rows_pre.t() @ _rows(ln1.detach()).to(rows_pre.dtype)).to(fc1_weight.dtype) if need[3] else None
+        grad_fc1_b = rows_pre.sum(0).to(fc1_weight.dtype) if need[4] else None
         grad_ln1 = (grad_pre @ fc1_weight.to(grad_pre.dtype)).to(ln1.dtype) + grad  # + the residual path
-        del grad_pre
+        del grad_pre, rows_pre
         wanted = [t for t, n in zip(inputs, need[:3]) if n]
         found = iter(torch.autograd.grad(ln1, wanted, grad_ln1) if wanted else ())
         grad_h1, grad_ln_w, grad_ln_b = (next(found) if n else None for n in need[:3])

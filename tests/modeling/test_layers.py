@@ -220,3 +220,25 @@ def test_stock_path_when_a_cache_or_weights_are_requested():
     assert weights is not None and weights.shape == (2, 2, 3, 5)
     attn.efficient_training = False
     torch.testing.assert_close(attn(hidden, key_value_states=enc)[0], out)
+
+
+def test_feedforward_with_frozen_parameters_matches_stock():
+    torch.manual_seed(0)
+    config = make_tiny_config(100, d_model=8, encoder_attention_heads=2, encoder_ffn_dim=16)
+    config._attn_implementation = "sdpa"
+    layer = EnClapBartEncoderLayer(config, layer_idx=0).double().train()
+    for p in (layer.self_attn_layer_norm.weight, layer.self_attn_layer_norm.bias, layer.fc1.bias):
+        p.requires_grad_(False)
+    x = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+    results = []
+    for efficient in (False, True):
+        layer.efficient_training = efficient
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        layer(x, None, None)[0].pow(3).sum().backward()
+        results.append([x.grad] + [p.grad for p in layer.parameters()])
+    for stock, ours in zip(*results):
+        assert (stock is None) == (ours is None)
+        if stock is not None:
+            torch.testing.assert_close(ours, stock, rtol=1e-10, atol=1e-12)
+    assert layer.fc1.bias.grad is None and layer.fc1.weight.grad is not None
