@@ -239,6 +239,7 @@ def train(cfg) -> int:
 
     # ---------------------------------------------------------------- model and data
     model, tokenizer = build_model_and_tokenizer(cfg, accelerator, probe.captions, resume_dir)
+    model.set_efficient_training(cfg.model.efficient_training)
     mconf = model.config
     max_frames = cfg.data.max_frames or mconf.max_frames
     if max_frames > mconf.max_frames:
@@ -301,9 +302,10 @@ def train(cfg) -> int:
                     start_batch)
     n_params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
     logger.info("model: %.1f M parameters; %d training examples, %d validation clips; %d processes on %s; "
-                "global batch %d x %d accumulation; %d optimizer steps (%d per epoch); metrics %s, selecting by %s",
-                n_params / 1e6, len(train_set), len(val_set), accelerator.num_processes, accelerator.device,
-                cfg.optim.batch_size, accum, total_steps, steps_per_epoch, ", ".join(metrics), select_metric)
+                "global batch %d x %d accumulation; %d optimizer steps (%d per epoch); metrics %s, selecting by %s; "
+                "training shortcuts %s", n_params / 1e6, len(train_set), len(val_set), accelerator.num_processes,
+                accelerator.device, cfg.optim.batch_size, accum, total_steps, steps_per_epoch, ", ".join(metrics),
+                select_metric, "on" if cfg.model.efficient_training else "off (stock BART layers)")
 
     def best_entry() -> Optional[dict]:
         scored = [h for h in history if h["scores"].get(select_metric) is not None]

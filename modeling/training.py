@@ -64,6 +64,9 @@ class ModelConfig:
         mcm_loss_scale: weight of the MCM loss in the total loss (0.7).
         label_smoothing: label smoothing of the caption loss (0.2).
         dropout: overrides the BART dropout when set.
+        efficient_training: the model's training shortcuts (``set_efficient_training``); false
+            runs stock BART layers, with the same results up to float rounding, slower and
+            with more memory.
         vocab_size: ``scratch`` only: BPE vocabulary size to train.
         d_model, encoder_layers, decoder_layers, attention_heads, ffn_dim,
         max_position_embeddings: ``scratch`` only: model sizes.
@@ -75,6 +78,7 @@ class ModelConfig:
     mcm_loss_scale: float = 0.7
     label_smoothing: float = 0.2
     dropout: Optional[float] = None
+    efficient_training: bool = True
     vocab_size: int = 1000
     d_model: int = 64
     encoder_layers: int = 2

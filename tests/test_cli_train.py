@@ -189,6 +189,22 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path):
     assert resumed_state["history"] == full_state["history"]
 
 
+def test_training_shortcuts_off_gives_the_same_weights(tmp_path):
+    data = write_split(tmp_path / "data", 8, 3)
+    # Dropout and MCM on: both paths must draw the same masks and take the same steps.
+    common = data + ["optim.epochs=2", "optim.batch_size=4", "model.dropout=0.1", "eval.every_steps=4"]
+    runs = {}
+    for flag in ("true", "false"):
+        out = tmp_path / f"efficient_{flag}"
+        result = run_train(common + [f"output_dir={out}", f"model.efficient_training={flag}"])
+        assert result.returncode == 0, result.stderr[-3000:]
+        said = "training shortcuts on" if flag == "true" else "training shortcuts off (stock BART layers)"
+        assert said in (out / "train.log").read_text()
+        runs[flag] = load_file(out / "checkpoints/step_00000004/model/model.safetensors")
+    for key, stock in runs["false"].items():
+        torch.testing.assert_close(runs["true"][key], stock, rtol=1e-4, atol=1e-5, msg=key)
+
+
 @pytest.mark.parametrize("case", ["unknown_key", "bad_value", "unknown_metric", "missing_csv", "missing_feature"])
 def test_config_errors_are_one_line(tmp_path, case, capsys):
     import train
