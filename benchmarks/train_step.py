@@ -13,7 +13,7 @@ and the peak memory of that step, for three pipelines:
   collator that makes one ``tokenizer.pad`` call per codebook per example, no workers, the MCM
   loss from all 16 heads at every encoder position, stock BART layers with eager attention (the
   only attention of the transformers 4.29 that the original pins);
-* baseline: the same as original but with stock SDPA attention, i.e. what our model does minus
+* sdpa: the same as original but with stock SDPA attention, i.e. what our model does minus
   our changes, to show how much of the gain is ours and how much the attention kernel's.
 
 All three must give the same batch and the same loss (asserted, 1e-5 relative: the shortcuts
@@ -192,7 +192,7 @@ class PeakRSS:
         self.peak = max(self.peak, self.current())
 
 
-PIPELINES = ("original", "baseline", "ours")
+PIPELINES = ("original", "sdpa", "ours")
 
 
 def run_pipeline(which: str, size: str, root: str, mode: str) -> dict:
@@ -306,7 +306,7 @@ def main() -> None:
             for which in PIPELINES:
                 results[which, size] = {**child(which, size, root, "time"), **child(which, size, root, "memory")}
             batches = {which: torch.load(os.path.join(root, f"batch_{which}_{size}.pt")) for which in PIPELINES}
-            for which in ("original", "baseline"):
+            for which in ("original", "sdpa"):
                 assert batches["ours"].keys() == batches[which].keys(), (batches["ours"].keys(), batches[which].keys())
                 for key in batches["ours"]:
                     assert torch.equal(batches["ours"][key], batches[which][key]), f"{which}: batches differ in {key}"
@@ -320,7 +320,7 @@ def main() -> None:
                       f"loss {fig['loss']:.7f}", flush=True)
             ours = results["ours", size]
             for which, what in (("original", "the original's step (eager attention)"),
-                                ("baseline", "the same with stock SDPA attention")):
+                                ("sdpa", "the original's step with stock SDPA attention")):
                 base = results[which, size]
                 print(f"{size:9s} ours / {which}: x{ours['examples_per_cpu_s'] / base['examples_per_cpu_s']:.2f} "
                       f"examples per CPU-second, x{ours['examples_per_s'] / base['examples_per_s']:.2f} per "
