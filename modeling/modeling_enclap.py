@@ -22,7 +22,13 @@ from torch import nn
 from transformers import BartForConditionalGeneration, BartModel
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
-from transformers.models.bart.modeling_bart import BartDecoder, BartEncoder, BartScaledWordEmbedding, shift_tokens_right
+from transformers.models.bart.modeling_bart import (
+    BartDecoder,
+    BartEncoder,
+    BartLearnedPositionalEmbedding,
+    BartScaledWordEmbedding,
+    shift_tokens_right,
+)
 
 from .configuration_enclap import EnClapBartConfig
 from .generation import GenerationOptions
@@ -50,8 +56,23 @@ class EnClapBartEncoder(BartEncoder):
     """
 
     def __init__(self, config: EnClapBartConfig, embed_tokens: Optional[nn.Embedding] = None):
-        super().__init__(config, embed_tokens)
+        # Skip BartEncoder.__init__ so its stock layers are never built and thrown away; these
+        # are the attributes it sets, with EnClapBartEncoderLayer in place of BartEncoderLayer.
+        super(BartEncoder, self).__init__(config)
+        self.dropout = config.dropout
+        self.layerdrop = config.encoder_layerdrop
+        self.padding_idx = config.pad_token_id
+        self.max_source_positions = config.max_position_embeddings
+        embed_scale = config.d_model**0.5 if config.scale_embedding else 1.0
+        self.embed_tokens = BartScaledWordEmbedding(
+            config.vocab_size, config.d_model, self.padding_idx, embed_scale=embed_scale
+        )
+        if embed_tokens is not None:
+            self.embed_tokens.weight = embed_tokens.weight
+        self.embed_positions = BartLearnedPositionalEmbedding(config.max_position_embeddings, config.d_model)
         self.layers = nn.ModuleList(EnClapBartEncoderLayer(config, layer_idx=i) for i in range(config.encoder_layers))
+        self.layernorm_embedding = nn.LayerNorm(config.d_model)
+        self.gradient_checkpointing = False
         self.embed_encodec = nn.ModuleList(
             nn.Embedding(config.encodec_table_size, config.d_model, padding_idx=config.encodec_pad_token_id)
             for _ in range(config.num_rvq)
