@@ -217,7 +217,7 @@ def train(cfg) -> int:
         # per optimizer step whatever the number of processes.
         dataloader_config=DataLoaderConfiguration(split_batches=True),
         # A batch whose clips are too short for an MCM span leaves that codebook's head
-        # without a target (it is skipped, SPEC §3): DDP must tolerate unused parameters.
+        # without a target (it is skipped, design §3): DDP must tolerate unused parameters.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         log_with=list(cfg.log.trackers) or None,
         project_dir=cfg.output_dir,

@@ -2,7 +2,7 @@
 
 ``python benchmarks/train_step.py`` (no arguments, about four minutes on a 2-core CPU) measures,
 for the same randomly initialised model and the same batch (8 clips of 750 frames, ~12-token
-captions, MCM masks as SPEC §4), examples per second of loading + collate + forward/backward
+captions, MCM masks as design §4), examples per second of loading + collate + forward/backward
 and the peak memory of that step, for three pipelines:
 
 * ours: ``CaptionDataset`` (masks drawn on the fly) -> ``EnClapCollator`` (vectorised) ->

@@ -2,7 +2,7 @@
 
 Everything that turns raw audio into EnCLAP features (preprocessing, evaluation on raw audio,
 inference, the demo) goes through these functions, so one clip gives the same features
-whichever door it came in by (SPEC §1, §2, §9):
+whichever door it came in by (design §1, §2, §9):
 
 * ``load_audio`` decodes a file with libsndfile (wav incl. 8-bit/MS-ADPCM, flac incl. 24-bit,
   ogg/vorbis, opus, mp3, aiff, ...) or accepts a numpy/torch array ((N,), (C, N) or (N, C)),
@@ -156,7 +156,7 @@ def load_audio(source: AudioSource, sample_rate: Optional[int] = None,
 
 
 def to_mono(wav: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
-    """Downmixes by averaging channels (SPEC §2), for every branch and every caller.
+    """Downmixes by averaging channels (design §2), for every branch and every caller.
 
     Args:
         wav: float array of shape (channels, samples), or (samples,) which is returned as is.
@@ -234,7 +234,7 @@ def resample_for_clap(mono: Union[np.ndarray, torch.Tensor], sr: int) -> np.ndar
 
 
 def clap_quantize(x: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
-    """laion_clap's int16 round trip applied to CLAP input (SPEC §2).
+    """laion_clap's int16 round trip applied to CLAP input (design §2).
 
     Clips to [-1, 1], multiplies by 32767, casts to int16 (truncation toward zero, not
     rounding) and divides by 32767 again, as ``get_audio_embedding_from_data`` does on its

@@ -1,4 +1,4 @@
-"""The one collator that turns examples into EnClap batches (SPEC §3).
+"""The one collator that turns examples into EnClap batches (design §3).
 
 Training, validation, evaluation and inference all build their batches here, so the
 encoder always sees the same layout. For a clip of T frames, row by row (L = max T + 3):
@@ -37,7 +37,7 @@ def _as_numpy(value: Any) -> np.ndarray:
 
 
 class EnClapCollator:
-    """Builds the SPEC §3 batch from a list of examples.
+    """Builds the design §3 batch from a list of examples.
 
     An example is a dict with ``codes`` (T, num_rvq) int (numpy or torch) and
     ``clap_embedding`` (512,), and optionally ``mcm_mask`` (T, num_rvq) bool or None,

@@ -1,4 +1,4 @@
-"""Caption datasets over preprocessed EnCodec / CLAP feature trees (SPEC §5).
+"""Caption datasets over preprocessed EnCodec / CLAP feature trees (design §5).
 
 A split is a CSV file plus two feature roots holding one ``.npy`` per clip under the same
 relative name: ``encodec_root/<file_path>`` with codes (T, 16) int64 and
@@ -94,7 +94,7 @@ class CaptionDataset(Dataset):
     ``file_path`` are grouped into one clip (first-appearance order).
 
     Args:
-        csv_path: Split file (SPEC §5).
+        csv_path: Split file (design §5).
         encodec_root: Folder holding ``<file_path>`` code arrays (T, 16) int64.
         clap_root: Folder holding ``<file_path>`` CLAP embeddings (512,) float32 (a stored
             (1, 512) array is accepted).

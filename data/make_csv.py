@@ -1,4 +1,4 @@
-"""Write the train/valid/test CSVs of SPEC §5 from the official AudioCaps / Clotho metadata.
+"""Write the train/valid/test CSVs of design §5 from the official AudioCaps / Clotho metadata.
 
 Output format (what `data/dataset.py` reads):
 
@@ -36,7 +36,7 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-NUM_REFERENCES = 5  # SPEC §5: caption_1 ... caption_5 in valid/test
+NUM_REFERENCES = 5  # design §5: caption_1 ... caption_5 in valid/test
 
 # Official metadata names -> our split names.
 AUDIOCAPS_FILES = {"train": "train.csv", "valid": "val.csv", "test": "test.csv"}
@@ -197,7 +197,7 @@ def _atomic_write_csv(path: Path, header: List[str], rows: List[List[str]]) -> N
 
 
 def write_tables(tables: Dict[str, list], out_dir: Path) -> Dict[str, Path]:
-    """Writes ``train.csv``, ``valid.csv`` and ``test.csv`` (atomically) in SPEC §5 format.
+    """Writes ``train.csv``, ``valid.csv`` and ``test.csv`` (atomically) in design §5 format.
 
     Args:
         tables: output of :func:`audiocaps_tables` / :func:`clotho_tables`.
@@ -246,7 +246,7 @@ def missing_features(file_paths: Sequence[str], roots: Sequence[Path]) -> List[s
 
 
 def csv_file_paths(path: Path) -> List[str]:
-    """Reads the ``file_path`` column of a SPEC §5 CSV."""
+    """Reads the ``file_path`` column of a design §5 CSV."""
     return [row["file_path"] for row in read_rows(path, ["file_path"])]
 
 
@@ -311,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="check that every file_path of existing CSVs has its feature files",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("csv", type=Path, nargs="+", help="CSV files in SPEC §5 format")
+    p.add_argument("csv", type=Path, nargs="+", help="CSV files in design §5 format")
     add_feature_roots(p)
     return parser
 

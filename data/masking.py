@@ -4,16 +4,16 @@ Everything here works on one example's ``codes`` array of shape (T, num_rvq) and
 by an explicit ``numpy.random.Generator``. :func:`example_rng` derives that generator from
 ``(seed, epoch, example index, stream)`` so that a crop window or a mask depends only on
 those numbers -- not on the number of DataLoader workers, the number of processes, or the
-order in which examples are served -- which makes masks exact across a resume (SPEC §4).
+order in which examples are served -- which makes masks exact across a resume (design §4).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-#: Frames that fit in the encoder: 1024 positions minus CLAP slot, <s> and </s> (SPEC §3).
+#: Frames that fit in the encoder: 1024 positions minus CLAP slot, <s> and </s> (design §3).
 MAX_FRAMES = 1021
-#: Defaults of the paper's MCM objective (SPEC §4).
+#: Defaults of the paper's MCM objective (design §4).
 MASK_PROB = 0.15
 MASK_SPAN = 10
 
@@ -47,7 +47,7 @@ def crop_codes(codes: np.ndarray, max_frames: int = MAX_FRAMES,
 
     Training takes a random window (pass ``rng``); evaluation and inference take the first
     ``max_frames`` frames (``rng=None``). Callers that crop at evaluation or inference time
-    must tell the user, since the end of the clip is not captioned (SPEC §3).
+    must tell the user, since the end of the clip is not captioned (design §3).
 
     Args:
         codes: (T, num_rvq) array (numpy array or memory map).
@@ -91,7 +91,7 @@ def num_masked_spans(num_frames: int, mask_prob: float, span: int, epsilon: floa
 
 def span_mask(num_frames: int, rng: np.random.Generator, num_rvq: int = 16,
               mask_prob: float = MASK_PROB, span: int = MASK_SPAN) -> np.ndarray | None:
-    """Draws one example's MCM mask (SPEC §4).
+    """Draws one example's MCM mask (design §4).
 
     Per codebook, ``num_masked_spans`` starts are drawn uniformly without replacement from
     ``[0, T - span]`` and the ``span`` frames from each start are masked; spans may overlap,

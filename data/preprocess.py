@@ -5,7 +5,7 @@
 
 Every audio file under ``--data_path`` (recursively) gives ``OUT/encodec/<rel>.npy`` with the
 codes (T, 16) int64 and ``OUT/clap/<rel>.npy`` with the CLAP embedding (512,) float32, where
-``<rel>`` is the file's path relative to ``--data_path`` without its extension (SPEC §1, §2).
+``<rel>`` is the file's path relative to ``--data_path`` without its extension (design §1, §2).
 
 How it works (one place per concern):
 
@@ -20,7 +20,7 @@ How it works (one place per concern):
 * ``--shard i/N`` (or ``accelerate launch``/``torchrun``: RANK and WORLD_SIZE) gives each
   process a disjoint share of the sorted file list.
 
-Codes are stored whole; the model crops to 1021 frames (13.6 s) at load time (SPEC §3). The
+Codes are stored whole; the model crops to 1021 frames (13.6 s) at load time (design §3). The
 summary line says how many clips are longer than that.
 """
 
@@ -53,7 +53,7 @@ from data.features import CLAP_CHECKPOINT_URL, decode, prepare_branches
 
 logger = logging.getLogger("preprocess")
 
-MAX_FRAMES = 1021  # SPEC §3: 1021 codec frames + 3 special positions = 1024
+MAX_FRAMES = 1021  # design §3: 1021 codec frames + 3 special positions = 1024
 ENCODEC_FRAME_RATE = 75  # frames per second at 24 kHz, hop 320
 PARTIAL_SUFFIX = ".partial"  # temporary outputs: never end in .npy, so never taken for outputs
 

@@ -11,7 +11,7 @@ in, followed by a low hum"), in the layout the rest of the project reads::
     DIR/metadata.jsonl                             the parameters of every clip
     DIR/corpus.json                                the settings that made the corpus
 
-``file_path`` is ``split/clip_NNNNN.npy`` (SPEC §5), so ``data/preprocess.py --data_path
+``file_path`` is ``split/clip_NNNNN.npy`` (design §5), so ``data/preprocess.py --data_path
 DIR/audio`` writes the feature files that the CSVs name.
 
 Everything is a function of ``(seed, clip index)``: the same settings always give
@@ -108,7 +108,7 @@ class Clip:
 
     @property
     def file_path(self) -> str:
-        """The SPEC §5 ``file_path`` of this clip (``split/name.npy``)."""
+        """The design §5 ``file_path`` of this clip (``split/name.npy``)."""
         return f"{self.split}/{self.name}.npy"
 
 
@@ -530,7 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = CorpusSettings()
     p = argparse.ArgumentParser(
         prog="python -m data.synth",
-        description="Generate the quick start's captioned sound corpus (wavs + SPEC §5 CSVs). "
+        description="Generate the quick start's captioned sound corpus (wavs + design §5 CSVs). "
                     "Deterministic: the same settings give byte-identical files.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", required=True, help="output folder (audio/, csv/, metadata.jsonl, corpus.json)")

@@ -1,4 +1,4 @@
-"""Generation settings shared by training validation, evaluation, inference and the demo (SPEC §7)."""
+"""Generation settings shared by training validation, evaluation, inference and the demo (design §7)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from transformers import GenerationConfig, PretrainedConfig
 
 @dataclass
 class GenerationOptions:
-    """Decoding options; the defaults are the paper's (SPEC §7).
+    """Decoding options; the defaults are the paper's (design §7).
 
     Args:
         num_beams: beam width (4).
@@ -90,7 +90,7 @@ class GenerationOptions:
 
 
 def add_generation_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add one ``--<option>`` flag per :class:`GenerationOptions` field (defaults = SPEC §7)."""
+    """Add one ``--<option>`` flag per :class:`GenerationOptions` field (defaults = design §7)."""
     group = parser.add_argument_group("generation (defaults are the paper's)")
     defaults = GenerationOptions()
     for field in fields(GenerationOptions):

@@ -1,4 +1,4 @@
-"""Corpus-level captioning scores (SPEC §8) through aac-metrics, plus the set-up they need.
+"""Corpus-level captioning scores (design §8) through aac-metrics, plus the set-up they need.
 
 Three things live here:
 
@@ -52,7 +52,7 @@ __all__ = [
     "setup",
 ]
 
-#: The paper's metrics (SPEC §8); SPIDEr is computed from the same CIDEr-D and SPICE runs.
+#: The paper's metrics (design §8); SPIDEr is computed from the same CIDEr-D and SPICE runs.
 DEFAULT_METRICS: tuple[str, ...] = ("meteor", "cider_d", "spice", "spider")
 
 # Canonical name -> how it is printed. Order here is the order of `format_scores` tables.

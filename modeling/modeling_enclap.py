@@ -1,6 +1,6 @@
 """The EnCLAP model: a BART encoder-decoder whose encoder reads a CLAP vector and EnCodec frames.
 
-Reading order: the encoder (embeddings of SPEC §3 → stock BART layers), the encoder-decoder
+Reading order: the encoder (embeddings of design §3 → stock BART layers), the encoder-decoder
 model, the conditional-generation head with the masked-codec-modelling heads, the output
 dataclass, and the checkpoint loading that keeps the authors' released weights usable.
 
@@ -48,7 +48,7 @@ class CheckpointError(RuntimeError):
 
 
 class EnClapBartEncoder(BartEncoder):
-    """BART encoder over ``[CLAP] <s> codec frames </s>`` (SPEC §3).
+    """BART encoder over ``[CLAP] <s> codec frames </s>`` (design §3).
 
     The CLAP embedding is projected into slot 0 and gets no positional embedding; slot ``p >= 1``
     gets BART's learned position row ``(p - 1) + 2``, i.e. ordinary BART positions for
@@ -135,7 +135,7 @@ class EnClapBartEncoder(BartEncoder):
         """Encode a padded batch of clips (argument order as the authors' code, for positional calls).
 
         Args:
-            input_ids: (B, L, num_rvq) LongTensor, laid out as SPEC §3.
+            input_ids: (B, L, num_rvq) LongTensor, laid out as design §3.
             clap_embedding: (B, d_clap) CLAP audio embeddings.
             encodec_mask: (B, L), 1 at codec rows.
             attention_mask: (B, L), 1 for real rows, 0 for padding.
@@ -237,7 +237,7 @@ class EnClapBartModel(BartModel):
         """Encoder (when ``encoder_outputs`` is not given) then BART's decoder.
 
         Args:
-            input_ids, clap_embedding, encodec_mask, attention_mask: the encoder batch (SPEC §3).
+            input_ids, clap_embedding, encodec_mask, attention_mask: the encoder batch (design §3).
             decoder_input_ids: (B, S) decoder input; required (a 3-D codec input cannot be shifted
                 into a caption).
             Other arguments: as in :class:`~transformers.BartModel`.
@@ -377,7 +377,7 @@ class EnClapBartForConditionalGeneration(BartForConditionalGeneration):
         attention_mask, ...``) so that positional calls written for their code keep working.
 
         Args:
-            input_ids: (B, L, num_rvq) encoder input (SPEC §3).
+            input_ids: (B, L, num_rvq) encoder input (design §3).
             clap_embedding: (B, d_clap).
             encodec_mask: (B, L) codec-row mask.
             attention_mask: (B, L) encoder attention mask.
@@ -501,10 +501,10 @@ class EnClapBartForConditionalGeneration(BartForConditionalGeneration):
         share_cross_attention: bool = True,
         **kwargs,
     ):
-        """Caption a padded batch with beam search (defaults: SPEC §7, ``self.generation_config``).
+        """Caption a padded batch with beam search (defaults: design §7, ``self.generation_config``).
 
         Args:
-            input_ids, clap_embedding, encodec_mask, attention_mask: the encoder batch (SPEC §3).
+            input_ids, clap_embedding, encodec_mask, attention_mask: the encoder batch (design §3).
             encoder_outputs: precomputed encoder output (then the encoder inputs may be omitted).
             share_cross_attention: compute the decoder's cross-attention keys and values once per
                 clip instead of once per beam, and never reorder them between steps (all beams of a

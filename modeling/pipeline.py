@@ -3,7 +3,7 @@
 ``EnClap`` hides everything between an audio file and its caption: decoding (the shared front
 end in :mod:`data.audio`), the EnCodec and CLAP encoders (:class:`data.features.FeatureExtractor`,
 the same object preprocessing uses), batching (:class:`data.collator.EnClapCollator`, the same
-collator training uses), the model's beam search with the SPEC §7 defaults
+collator training uses), the model's beam search with the design §7 defaults
 (:class:`modeling.generation.GenerationOptions`) and decoding of the token ids. ``evaluate.py``,
 ``inference.py`` and ``gradio_app.py`` are thin wrappers around it.
 
@@ -313,7 +313,7 @@ class EnClap:
                 Arrays are (samples,) or (channels, samples), numpy or torch, float or int, any
                 rate (see :func:`data.audio.load_audio`).
             batch_size: clips per generate call (default: the pipeline's).
-            options: generation options (default: SPEC §7 beam search).
+            options: generation options (default: design §7 beam search).
             rerank: CLAP re-ranking options (default: off).
 
         Raises:

@@ -13,7 +13,7 @@ from typing import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import BartTokenizerFast
 
-SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+RESERVED_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> BartTokenizerFast:
@@ -32,7 +32,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> BartTokeniz
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=RESERVED_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -48,5 +48,5 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> BartTokeniz
         pad_token="<pad>",
         mask_token="<mask>",
     )
-    assert [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS[:4]] == [0, 1, 2, 3]
+    assert [tokenizer.convert_tokens_to_ids(t) for t in RESERVED_TOKENS[:4]] == [0, 1, 2, 3]
     return tokenizer

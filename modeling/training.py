@@ -6,7 +6,7 @@ Everything here is plain Python / PyTorch and takes plain arguments, so the trai
 * :func:`load_config` -- an OmegaConf recipe (YAML + ``key=value`` overrides) checked against
   the structured schema :class:`TrainConfig`; user mistakes raise :class:`ConfigError` with a
   one-line message.
-* :func:`param_groups` -- AdamW groups with the no-decay rule of SPEC §6.
+* :func:`param_groups` -- AdamW groups with the no-decay rule of design §6.
 * :func:`lr_factor` / :func:`build_scheduler` -- ``inverse_sqrt`` (warmup + time-scale),
   ``linear``, ``cosine`` and ``constant`` schedules.
 * :class:`GlobalBatchSampler` -- deterministic per-epoch global batches split across
@@ -36,7 +36,7 @@ from data.io import atomic_write_text
 # Config schema
 # --------------------------------------------------------------------------------------------
 
-#: Parameters whose names contain one of these get no weight decay (SPEC §6). Note that
+#: Parameters whose names contain one of these get no weight decay (design §6). Note that
 #: BART's ``layernorm_embedding.weight`` matches none of them and IS decayed, as in the original.
 NO_DECAY_PATTERNS = ("bias", "LayerNorm.weight", "layer_norm.weight")
 
@@ -123,7 +123,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """Optimisation (SPEC §6).
+    """Optimisation (design §6).
 
     Args:
         batch_size: GLOBAL batch of one forward pass, split across processes (``split_batches``).
@@ -337,7 +337,7 @@ def flat_config(cfg: DictConfig) -> dict[str, Any]:
 
 def param_groups(model: torch.nn.Module, weight_decay: float,
                  no_decay: Sequence[str] = NO_DECAY_PATTERNS) -> list[dict[str, Any]]:
-    """Two AdamW parameter groups: decayed, and not decayed (SPEC §6).
+    """Two AdamW parameter groups: decayed, and not decayed (design §6).
 
     Tied parameters appear once (``named_parameters`` de-duplicates them), and frozen ones
     (``requires_grad=False``) are left out.
@@ -377,7 +377,7 @@ def lr_factor(step: int, schedule: str, warmup_steps: int, total_steps: int,
     """Multiplier of the peak learning rate at optimizer step ``step`` (0-based).
 
     * ``inverse_sqrt``: ``s / W`` for ``s < W``, else ``1 / sqrt((s + tau - W) / tau)`` with
-      ``tau = time_scale`` or ``W`` (SPEC §6).
+      ``tau = time_scale`` or ``W`` (design §6).
     * ``linear``: warmup then linear decay to 0 at ``total_steps``.
     * ``cosine``: warmup then half a cosine down to 0 at ``total_steps``.
     * ``constant``: warmup then 1.

@@ -1,4 +1,4 @@
-"""Test helpers: tiny EnCLAP configs, SPEC §3 batches written from the SPEC table, random clips.
+"""Test helpers: tiny EnCLAP configs, design §3 batches written from the design document's table, random clips.
 
 Import as ``from tests.helpers import ...`` (pytest.ini puts the repo root on sys.path).
 """
@@ -46,7 +46,7 @@ def make_tiny_config(vocab_size: int, **overrides) -> EnClapBartConfig:
 
 
 def make_batch(codes_list, clap_embeddings, pad_id: int = 1024):
-    """The SPEC §3 encoder batch for clips of (T, 16) codes, written from the SPEC table.
+    """The design §3 encoder batch for clips of (T, 16) codes, written from the design document's table.
 
     Rows: 0 and 1 BOS, 2..T+1 codes, T+2 EOS, then padding (1024, encodec_mask 1, attention 0).
     """

@@ -114,7 +114,7 @@ def test_lossy_overshoot_kept_for_encodec_clipped_for_clap(tmp_path):
 
     mono = to_mono(wav)
     wav24 = resample_for_encodec(mono, sr)
-    assert wav24.abs().max().item() > 1.0  # EnCodec gets the values as they are (SPEC §2)
+    assert wav24.abs().max().item() > 1.0  # EnCodec gets the values as they are (design §2)
     quantized = clap_quantize(resample_for_clap(mono, sr))
     assert np.abs(quantized).max() == pytest.approx(1.0)  # CLAP's round trip clips
 

@@ -1,4 +1,4 @@
-"""Tests of data/collator.py against the SPEC §3 encoder layout and label rules."""
+"""Tests of data/collator.py against the design §3 encoder layout and label rules."""
 
 import copy
 
@@ -21,7 +21,7 @@ def test_two_clip_batch_matches_the_spec_table_cell_by_cell():
     clap = np.stack([np.full(512, 0.5, np.float32), np.full(512, -1.0, np.float32)])
     batch = EnClapCollator()([{"codes": a, "clap_embedding": clap[0]},
                               {"codes": torch.from_numpy(b), "clap_embedding": torch.from_numpy(clap[1])}])
-    # SPEC §3, row by row: (input_ids row, encodec_mask, attention_mask)
+    # design §3, row by row: (input_ids row, encodec_mask, attention_mask)
     expected = [
         [([BOS] * 16, 0, 1), ([BOS] * 16, 0, 1), (list(range(100, 116)), 1, 1), (list(range(200, 216)), 1, 1),
          (list(range(300, 316)), 1, 1), ([EOS] * 16, 0, 1)],

@@ -1,4 +1,4 @@
-"""Tests of data/masking.py: crop rules and the MCM span masks of SPEC §4."""
+"""Tests of data/masking.py: crop rules and the MCM span masks of design §4."""
 
 from math import comb
 
@@ -9,7 +9,7 @@ from data.masking import crop_codes, example_rng, num_masked_spans, span_mask
 
 
 def expected_masked_fraction(num_frames, mask_prob=0.15, span=10):
-    """Exact E[masked share] from the SPEC rule (not from the code under test).
+    """Exact E[masked share] from the design document's rule (not from the code under test).
 
     n = int(p*T/span + eps), eps ~ U(0,1): n = floor(x) with probability 1 - frac(x), else
     floor(x) + 1. Given n distinct starts among S = T - span + 1, frame t stays unmasked iff
@@ -31,7 +31,7 @@ def expected_masked_fraction(num_frames, mask_prob=0.15, span=10):
 def test_masked_fraction_matches_spec_at_750_frames():
     masks = np.stack([span_mask(750, example_rng(1115, 0, i)) for i in range(600)])  # (600, 750, 16)
     expected = expected_masked_fraction(750)
-    assert 0.135 < expected < 0.145  # the "about 14 %" of the SPEC
+    assert 0.135 < expected < 0.145  # the "about 14 %" of the design document
     assert masks.mean() == pytest.approx(expected, abs=0.003)
     # every codebook row is masked at the same rate
     per_codebook = masks.mean(axis=(0, 1))  # (16,)

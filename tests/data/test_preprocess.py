@@ -77,7 +77,7 @@ def test_outputs_match_front_end_and_are_batch_invariant(small_tree, tmp_path):
         np.testing.assert_allclose(batched, alone, rtol=0, atol=1e-6)
 
     # The same features as the shared front end gives for each file on its own (the path that
-    # inference and the demo take), with the shapes and dtypes of SPEC §2.
+    # inference and the demo take), with the shapes and dtypes of design §2.
     import torch
 
     from data.features import ClapEncoder, EncodecEncoder, FeatureExtractor

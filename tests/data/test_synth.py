@@ -102,7 +102,7 @@ def test_bad_settings_are_one_line_errors(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-# ----------------------------------------------------------------------------- CSV format (SPEC §5)
+# ----------------------------------------------------------------------------- CSV format (design §5)
 
 
 def test_csv_format(corpus):

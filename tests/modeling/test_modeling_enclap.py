@@ -19,7 +19,7 @@ BART_LARGE = dict(d_model=1024, encoder_layers=12, decoder_layers=12, encoder_at
                   decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096)
 
 
-# ------------------------------------------------------------------ layout (SPEC §3 table)
+# ------------------------------------------------------------------ layout (design §3 table)
 
 @pytest.mark.parametrize("sizes,keys,params,d", [(BART_BASE, 313, 165.8, 768), (BART_LARGE, 565, 441.4, 1024)])
 def test_state_dict_names_and_shapes(sizes, keys, params, d):

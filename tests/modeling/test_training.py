@@ -18,8 +18,8 @@ REPO = Path(__file__).resolve().parents[2]
 # ------------------------------------------------------------------------------ recipes
 
 
-# SPEC §6 table: global batch, peak lr, warmup, time-scale, init.
-SPEC_RECIPES = {
+# design §6 table: global batch, peak lr, warmup, time-scale, init.
+DESIGN_RECIPES = {
     "audiocaps/base": (16, 6.5e-5, 2000, None, "bart", "facebook/bart-base"),
     "audiocaps/large": (64, 3e-5, 2000, None, "bart", "facebook/bart-large"),
     "clotho/base": (64, 4e-5, 1000, None, "bart", "facebook/bart-base"),
@@ -29,10 +29,10 @@ SPEC_RECIPES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(SPEC_RECIPES))
+@pytest.mark.parametrize("name", sorted(DESIGN_RECIPES))
 def test_recipes_match_the_paper_table(name):
     cfg = load_config(str(REPO / "cfg" / f"{name}.yaml"))
-    batch, lr, warmup, time_scale, init, base = SPEC_RECIPES[name]
+    batch, lr, warmup, time_scale, init, base = DESIGN_RECIPES[name]
     assert (cfg.optim.batch_size, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.time_scale) == (batch, lr, warmup,
                                                                                                   time_scale)
     assert cfg.model.init == init and (base is None or cfg.model.name_or_path == base)
@@ -121,7 +121,7 @@ def test_inverse_sqrt_with_warmup_matches_spec():
     peak, warmup = 2.0, 8
     lrs = _lrs("inverse_sqrt", 40, warmup, peak=peak)
     for s, lr in enumerate(lrs):
-        # SPEC §6: peak * s / W for s < W, else peak / sqrt((s + tau - W) / tau) with tau = W.
+        # design §6: peak * s / W for s < W, else peak / sqrt((s + tau - W) / tau) with tau = W.
         expected = peak * s / warmup if s < warmup else peak / math.sqrt((s + warmup - warmup) / warmup)
         assert lr == pytest.approx(expected, rel=1e-12), s
     assert lrs[warmup] == pytest.approx(peak) and lrs[4 * warmup] == pytest.approx(peak / 2)
