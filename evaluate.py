@@ -19,35 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
-
-from data.audio import AUDIO_EXTENSIONS
-
-
-def find_audio(audio_root: str, file_path: str) -> str | None:
-    """The audio file under ``audio_root`` that a CSV ``file_path`` (``split/name.npy``) names.
-
-    Tries ``audio_root/split/name.<ext>`` for every front-end extension, then the same name
-    directly under ``audio_root`` (for folders that hold one split flat).
-
-    Args:
-        audio_root: the ``--audio_path`` folder.
-        file_path: the CSV's relative feature path.
-
-    Returns:
-        The path, or ``None`` when no such audio file exists.
-    """
-    stem = file_path[: -len(".npy")] if file_path.endswith(".npy") else file_path
-    if os.path.splitext(stem)[1].lower() in AUDIO_EXTENSIONS and os.path.isfile(os.path.join(audio_root, stem)):
-        return os.path.join(audio_root, stem)  # "name.wav.npy" style
-    for base in (os.path.join(audio_root, stem), os.path.join(audio_root, os.path.basename(stem))):
-        for ext in AUDIO_EXTENSIONS:
-            for candidate in (base + ext, base + ext.upper()):
-                if os.path.isfile(candidate):
-                    return candidate
-    return None
 
 
 def scores_path(save_path: str) -> str:
@@ -57,9 +30,8 @@ def scores_path(save_path: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from modeling.generation import add_generation_args
-    from modeling.metrics import DEFAULT_METRICS
-    from modeling.pipeline import add_pipeline_args
+    from captioning.cli import add_generation_args, add_pipeline_args
+    from scoring import DEFAULT_METRICS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("data")
@@ -87,76 +59,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-
-    from data.dataset import CaptionDataset, DataError
-    from modeling.generation import GenerationOptions
-    from modeling.metrics import MetricsUnavailable, compute_scores, format_scores, preflight
-    from data.io import atomic_write_text, write_predictions_csv
-    from modeling.pipeline import PipelineError, pipeline_from_args, rerank_from_args
+def evaluate(args: argparse.Namespace) -> int:
+    """Check everything, generate, score once; returns the exit status."""
+    from captioning.cli import generation_from_args, pipeline_from_args, rerank_from_args
+    from common.io import atomic_write_text, write_predictions_csv
+    from data.audio import audio_for_feature_path
+    from data.dataset import DataError, read_split
+    from scoring import compute_scores, format_scores, preflight
 
     if args.from_preprocessed:
         if not (args.encodec_path and args.clap_path):
-            return _fail("--from_preprocessed needs --encodec_path and --clap_path")
+            raise DataError("--from_preprocessed needs --encodec_path and --clap_path")
     elif not args.audio_path:
-        return _fail("give --audio_path WAVS, or --from_preprocessed with --encodec_path and --clap_path")
-    try:
-        options = GenerationOptions.from_args(args)
-        # 1. Metrics first: a missing jar must not surface after the whole generation.
-        metrics = preflight(args.metrics)
-        # 2. The whole split, every file, before any work.
-        if args.from_preprocessed:
-            dataset = CaptionDataset(args.test_csv, args.encodec_path, args.clap_path, train=False)
-            audio_files = None
-        else:
-            dataset = CaptionDataset(args.test_csv, None, None, train=False, feature_fn=_no_features, check_files=False)
-            audio_files = [find_audio(args.audio_path, path) for path in dataset.file_paths]
-            missing = [path for path, found in zip(dataset.file_paths, audio_files) if found is None]
-            if missing:
-                shown = ", ".join(missing[:10]) + (f", ... ({len(missing) - 10} more)" if len(missing) > 10 else "")
-                return _fail(
-                    f"{len(missing)} of {len(dataset)} clips of {args.test_csv} have no audio file under "
-                    f"{args.audio_path}: {shown} (fix --audio_path or the CSV)"
-                )
-        # 3. Generate.
-        pipeline = pipeline_from_args(args, long_audio="truncate")
-        rerank = rerank_from_args(args)
-        start = time.perf_counter()
-        if args.from_preprocessed:
-            dataset.max_frames = pipeline.max_frames  # the checkpoint's limit (1021 for released models)
-            items = _load_items(dataset, args.num_workers)
-            predictions = pipeline.caption_features(
-                items, batch_size=args.batch_size, options=options, rerank=rerank, progress=True
-            )
-        else:
-            results = pipeline.run(audio_files, batch_size=args.batch_size, options=options, rerank=rerank, progress=True)
-            failed = [res.error for res in results if res.error is not None]
-            if failed:
-                for message in failed:
-                    print(f"error: {message}", file=sys.stderr)
-                return _fail(f"{len(failed)} clip(s) could not be read; scores need every clip (fix or remove them)")
-            truncated = sum(res.truncated for res in results)
-            if truncated:
-                logging.getLogger("evaluate").warning(
-                    "%d clip(s) longer than %.1f s were captioned from their start", truncated, pipeline.window_seconds
-                )
-            predictions = [res.caption for res in results]
-        seconds = time.perf_counter() - start
-        # 4. Score once, on the whole split.
-        scores = compute_scores(predictions, dataset.references, metrics)
-    except (MetricsUnavailable, DataError, PipelineError, ValueError) as exc:
-        return _fail(str(exc))
+        raise DataError("give --audio_path WAVS, or --from_preprocessed with --encodec_path and --clap_path")
+    options = generation_from_args(args)
+    # 1. Metrics first: a missing jar must not surface after the whole generation.
+    metrics = preflight(args.metrics)
+    # 2. The whole split, every file, before any work.
+    split = read_split(args.test_csv)
+    if not args.from_preprocessed:
+        audio_files = [audio_for_feature_path(args.audio_path, path) for path in split.file_paths]
+        missing = [path for path, found in zip(split.file_paths, audio_files) if found is None]
+        if missing:
+            shown = ", ".join(missing[:10]) + (f", ... ({len(missing) - 10} more)" if len(missing) > 10 else "")
+            raise DataError(f"{len(missing)} of {len(split.file_paths)} clips of {args.test_csv} have no audio file "
+                            f"under {args.audio_path}: {shown} (fix --audio_path or the CSV)")
+    # 3. Generate.
+    pipeline = pipeline_from_args(args, long_audio="truncate")
+    rerank = rerank_from_args(args)
+    kwargs = dict(batch_size=args.batch_size, options=options, rerank=rerank, progress=True)
+    start = time.perf_counter()
+    if args.from_preprocessed:
+        predictions = pipeline.caption_preprocessed(args.test_csv, args.encodec_path, args.clap_path,
+                                                    num_workers=args.num_workers, **kwargs)
+    else:
+        results = pipeline.run(audio_files, **kwargs)
+        failed = [res.error for res in results if res.error is not None]
+        if failed:
+            for message in failed:
+                print(f"error: {message}", file=sys.stderr)
+            raise DataError(f"{len(failed)} clip(s) could not be read; scores need every clip (fix or remove them)")
+        truncated = sum(res.truncated for res in results)
+        if truncated:
+            logging.getLogger("evaluate").warning(
+                "%d clip(s) longer than %.1f s were captioned from their start", truncated, pipeline.window_seconds)
+        predictions = [res.caption for res in results]
+    seconds = time.perf_counter() - start
+    # 4. Score once, on the whole split.
+    scores = compute_scores(predictions, split.references, metrics)
 
     print(format_scores(scores, title=f"{args.test_csv}: {len(predictions)} clips, {seconds:.1f} s of generation"))
     if args.save_path:
-        write_predictions_csv(args.save_path, dataset.file_paths, predictions, dataset.references)
+        write_predictions_csv(args.save_path, split.file_paths, predictions, split.references)
         report = {
             "scores": scores,
             "num_clips": len(predictions),
@@ -172,21 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _no_features(file_path: str):
-    # Raw-audio mode reads only the CSV through CaptionDataset; features come from the pipeline.
-    raise AssertionError(f"no preprocessed features in audio mode ({file_path})")
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from common.errors import UserError, one_line
 
-
-def _load_items(dataset, num_workers: int) -> list[dict]:
-    """Every clip's (cropped) codes and CLAP embedding, read with a progress bar."""
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-
-    loader = DataLoader(dataset, batch_size=16, num_workers=num_workers, collate_fn=list)
-    items: list[dict] = []
-    for batch in tqdm(loader, desc="loading features", unit="batch", disable=len(dataset) <= 16):
-        items.extend(batch)
-    return items
+    try:
+        return evaluate(args)
+    except (UserError, ValueError) as exc:  # ValueError: a bad generation option
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

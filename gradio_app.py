@@ -27,10 +27,10 @@ def caption_file(pipeline, audio_path, options, rerank) -> tuple[str, str]:
     """Caption one file for the page; every failure becomes a readable message, never a traceback.
 
     Args:
-        pipeline: a :class:`modeling.pipeline.EnClap`.
+        pipeline: a :class:`captioning.pipeline.EnClap`.
         audio_path: the uploaded/recorded file (``None`` when the user pressed the button first).
         options: :class:`modeling.generation.GenerationOptions`.
-        rerank: :class:`modeling.pipeline.RerankOptions`.
+        rerank: :class:`captioning.pipeline.RerankOptions`.
 
     Returns:
         ``(caption or message, timing text)``.
@@ -53,7 +53,7 @@ def build_demo(pipeline, defaults=None):
     """The Blocks page around ``pipeline``.
 
     Args:
-        pipeline: a :class:`modeling.pipeline.EnClap`.
+        pipeline: a :class:`captioning.pipeline.EnClap`.
         defaults: :class:`modeling.generation.GenerationOptions` shown in the accordion
             (default: the paper's).
 
@@ -63,7 +63,7 @@ def build_demo(pipeline, defaults=None):
     import gradio as gr
 
     from modeling.generation import GenerationOptions
-    from modeling.pipeline import RerankOptions
+    from captioning.pipeline import RerankOptions
 
     defaults = defaults or GenerationOptions()
 
@@ -129,8 +129,7 @@ def build_demo(pipeline, defaults=None):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from modeling.generation import add_generation_args
-    from modeling.pipeline import add_pipeline_args
+    from captioning.cli import add_generation_args, add_pipeline_args
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     server = parser.add_argument_group("server")
@@ -150,15 +149,15 @@ def launch_kwargs(args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from modeling.generation import GenerationOptions
-    from modeling.pipeline import PipelineError, pipeline_from_args
+    from captioning.cli import generation_from_args, pipeline_from_args
+    from common.errors import UserError, one_line
 
     try:
-        defaults = GenerationOptions.from_args(args)
+        defaults = generation_from_args(args)
         pipeline = pipeline_from_args(args)
         pipeline.features  # load the encoders now, not on the first request
-    except (PipelineError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (UserError, ValueError) as exc:  # ValueError: a bad generation option
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     # allowed_paths: the example clip may be served whatever the working directory is.
     build_demo(pipeline, defaults).queue().launch(**launch_kwargs(args), allowed_paths=[os.path.dirname(EXAMPLE_CLIP)])

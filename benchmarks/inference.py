@@ -71,7 +71,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
 
     from modeling.generation import GenerationOptions
-    from modeling.pipeline import EnClap
+    from captioning.pipeline import EnClap
 
     rng = np.random.default_rng(0)
     sr = 16000

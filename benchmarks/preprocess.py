@@ -85,7 +85,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from data import preprocess
-    from data.features import ClapEncoder, EncodecEncoder, FeatureExtractor
+    from data.encoders import ClapEncoder, EncodecEncoder, FeatureExtractor
 
     device = preprocess.resolve_device(args.device)
     torch.manual_seed(0)

@@ -206,7 +206,7 @@ def run_pipeline(which: str, size: str, root: str, mode: str) -> dict:
     from data.collator import EnClapCollator
     from data.dataset import CaptionDataset
     from modeling import EnClapBartConfig, EnClapBartForConditionalGeneration
-    from modeling.tokenizer import train_tokenizer
+    from training.tokenizer import train_tokenizer
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = train_tokenizer(CAPTIONS * 4, vocab_size=400)

@@ -26,15 +26,20 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Optional, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import soundfile as sf
 import soxr
 import torch
 import torchaudio
+from common.errors import UserError
 
 ENCODEC_SAMPLE_RATE = 24000
+# The 24 kHz EnCodec model's hop and frame rate (design §2), for code that has no encoder at
+# hand (reports on stored codes, help texts); a built EncodecEncoder reads them from its model.
+ENCODEC_HOP = 320
+ENCODEC_FRAME_RATE = ENCODEC_SAMPLE_RATE // ENCODEC_HOP  # 75
 CLAP_SAMPLE_RATE = 48000
 
 # Extensions the preprocessing CLI looks for by default: every container libsndfile decodes
@@ -47,7 +52,7 @@ AUDIO_EXTENSIONS = (
 AudioSource = Union[str, os.PathLike, np.ndarray, torch.Tensor]
 
 
-class AudioError(Exception):
+class AudioError(UserError):
     """A clip that cannot be used: unreadable, not audio, empty or non-finite.
 
     The message is one line naming the file (or ``<array>``) and the reason, ready to be
@@ -250,3 +255,96 @@ def clap_quantize(x: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
         x = x.detach().cpu().numpy()
     x16 = (np.clip(np.asarray(x, dtype=np.float32), -1.0, 1.0) * 32767.0).astype(np.int16)
     return (x16 / 32767.0).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Finding audio files: the one discovery rule of preprocessing, inference and evaluation
+# --------------------------------------------------------------------------------------------
+
+
+def is_audio_name(name: str, extensions: Sequence[str] = AUDIO_EXTENSIONS) -> bool:
+    """Whether a file name has one of ``extensions`` (lower-case, with the dot; case-insensitive)."""
+    return os.path.splitext(name)[1].lower() in extensions
+
+
+def find_audio_files(folder: Union[str, os.PathLike], extensions: Sequence[str] = AUDIO_EXTENSIONS) -> List[str]:
+    """Audio files under ``folder``, recursively, as sorted POSIX paths relative to it.
+
+    Symbolic links to folders are followed (datasets are often assembled from links), each
+    real folder once, so a link loop cannot recurse forever. Hidden files and folders
+    (``.name``) are skipped.
+
+    Args:
+        folder: the folder to search.
+        extensions: lower-case extensions with the dot.
+
+    Returns:
+        Relative paths such as ``train/abc.wav``.
+    """
+    found, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel_dir = os.path.relpath(dirpath, folder)
+        for name in filenames:
+            if not name.startswith(".") and is_audio_name(name, extensions):
+                found.append(name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/"))
+    return sorted(found)
+
+
+def expand_audio_inputs(patterns: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """Turn files, folders and globs into a list of files, in the order given.
+
+    Args:
+        patterns: command-line inputs.
+
+    Returns:
+        ``(files, problems)``: the files to caption (explicit files are kept whatever their
+        extension; folders and globs contribute files with an audio extension) and one-line
+        messages for inputs that matched nothing.
+    """
+    import glob
+
+    files: List[str] = []
+    problems: List[str] = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            found = [os.path.join(pattern, rel) for rel in find_audio_files(pattern)]
+            if not found:
+                problems.append(f"{pattern}: folder holds no audio files ({', '.join(AUDIO_EXTENSIONS)})")
+        elif os.path.isfile(pattern):
+            found = [pattern]
+        elif glob.has_magic(pattern):
+            found = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p) and is_audio_name(p))
+            if not found:
+                problems.append(f"{pattern}: the pattern matches no audio file")
+        else:
+            problems.append(f"{pattern}: no such file or folder")
+            found = []
+        files.extend(found)
+    return list(dict.fromkeys(files)), problems
+
+
+def audio_for_feature_path(audio_root: Union[str, os.PathLike], file_path: str) -> Optional[str]:
+    """The audio file under ``audio_root`` that a split CSV's ``file_path`` (``split/name.npy``) names.
+
+    Tries ``audio_root/split/name.<ext>`` for every front-end extension, then the same name
+    directly under ``audio_root`` (for folders that hold one split flat).
+
+    Returns:
+        The path, or ``None`` when no such audio file exists.
+    """
+    audio_root = os.fspath(audio_root)
+    stem = file_path[: -len(".npy")] if file_path.endswith(".npy") else file_path
+    if is_audio_name(stem) and os.path.isfile(os.path.join(audio_root, stem)):
+        return os.path.join(audio_root, stem)  # "name.wav.npy" style
+    for base in (os.path.join(audio_root, stem), os.path.join(audio_root, os.path.basename(stem))):
+        for ext in AUDIO_EXTENSIONS:
+            for candidate in (base + ext, base + ext.upper()):
+                if os.path.isfile(candidate):
+                    return candidate
+    return None

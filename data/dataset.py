@@ -16,12 +16,15 @@ import csv
 import logging
 import os
 import re
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from data.audio import ENCODEC_FRAME_RATE
+from common.errors import UserError
 from data.masking import (CROP_STREAM, MASK_PROB, MASK_SPAN, MASK_STREAM, MAX_FRAMES, crop_codes,
                           example_rng, span_mask)
 
@@ -33,7 +36,7 @@ FeatureFn = Callable[[str], tuple]
 _CAPTION_COLUMN = re.compile(r"^caption_(\d+)$")
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A split file or feature file that a user supplied is missing or malformed.
 
     The message is one line naming the file and the fix; entry points print it and exit.
@@ -80,6 +83,53 @@ def _caption_columns(header: Sequence[str], csv_path: str) -> tuple[str | None, 
     return single, numbered
 
 
+@dataclass
+class Split:
+    """The rows of a split CSV: clip paths and their reference captions, in file order.
+
+    Args:
+        file_paths: relative feature paths (``split/name.npy``), one per clip (or per caption).
+        references: the captions of each entry (one for per-caption rows).
+    """
+
+    file_paths: list[str]
+    references: list[list[str]]
+
+
+def read_split(csv_path: str, per_caption: bool = False) -> Split:
+    """Read a split CSV in either layout (design §5) without touching any feature file.
+
+    Args:
+        csv_path: ``file_path, caption`` or ``file_path, caption_1 .. caption_N``.
+        per_caption: one entry per non-empty caption (training examples); else one entry per
+            clip with all its references (rows sharing a ``file_path`` are grouped, in
+            first-appearance order).
+
+    Raises:
+        DataError: a missing or malformed file, an empty ``file_path``, no examples.
+    """
+    header, rows = _read_csv(csv_path)
+    single, numbered = _caption_columns(header, csv_path)
+    grouped: dict[str, list[str]] = {}
+    file_paths: list[str] = []
+    references: list[list[str]] = []
+    for line, row in enumerate(rows, start=2):
+        path = (row.get("file_path") or "").strip()
+        if not path:
+            raise DataError(f"{csv_path} line {line}: empty file_path")
+        texts = [t.strip() for t in ([row[single]] if single else [row[c] for c in numbered]) if t and t.strip()]
+        if per_caption:
+            file_paths.extend(path for _ in texts)
+            references.extend([t] for t in texts)
+        else:
+            grouped.setdefault(path, []).extend(texts)
+    if not per_caption:
+        file_paths, references = list(grouped), list(grouped.values())
+    if not file_paths:
+        raise DataError(f"{csv_path} has no examples (no rows with a file_path and a caption)")
+    return Split(file_paths=file_paths, references=references)
+
+
 class CaptionDataset(Dataset):
     """Examples of one split, read lazily from the feature trees.
 
@@ -111,7 +161,7 @@ class CaptionDataset(Dataset):
         clap_dim: CLAP embedding size (512).
         feature_fn: Optional ``feature_fn(file_path) -> (codes, clap_embedding)`` used instead
             of the feature trees (e.g. features computed from audio on the fly by
-            ``data.features.FeatureExtractor``); the roots are then not read.
+            ``data.encoders.FeatureExtractor``); the roots are then not read.
         check_files: Check that every feature file exists when the dataset is built (see
             :meth:`validate`); ignored with ``feature_fn``.
     """
@@ -145,31 +195,10 @@ class CaptionDataset(Dataset):
         self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
         self._warned_crop = False
 
-        header, rows = _read_csv(csv_path)
-        single, numbered = _caption_columns(header, csv_path)
-        self.file_paths: list[str] = []
-        self.captions: list[str] = []          # training: one caption per example
-        self.references: list[list[str]] = []  # evaluation: all captions of a clip
-        for line, row in enumerate(rows, start=2):
-            if not (row.get("file_path") or "").strip():
-                raise DataError(f"{csv_path} line {line}: empty file_path")
-        if train:
-            for row in rows:
-                texts = [row[single]] if single else [row[c] for c in numbered]
-                for text in texts:
-                    if text is not None and text.strip():
-                        self.file_paths.append(row["file_path"].strip())
-                        self.captions.append(text.strip())
-        else:
-            grouped: dict[str, list[str]] = {}
-            for row in rows:
-                texts = [row[single]] if single else [row[c] for c in numbered]
-                refs = grouped.setdefault(row["file_path"].strip(), [])
-                refs.extend(t.strip() for t in texts if t is not None and t.strip())
-            self.file_paths = list(grouped)
-            self.references = [grouped[path] for path in self.file_paths]
-        if not self.file_paths:
-            raise DataError(f"{csv_path} has no examples (no rows with a file_path and a caption)")
+        split = read_split(csv_path, per_caption=train)
+        self.file_paths: list[str] = split.file_paths
+        self.captions: list[str] = [refs[0] for refs in split.references] if train else []  # one per example
+        self.references: list[list[str]] = [] if train else split.references  # evaluation: all of a clip's
         if check_files and feature_fn is None:
             self.validate()
 
@@ -194,6 +223,15 @@ class CaptionDataset(Dataset):
     def feature_paths(self, file_path: str) -> tuple[str, str]:
         """Returns the (codes, CLAP) feature file paths of a CSV ``file_path``."""
         return os.path.join(self.encodec_root, file_path), os.path.join(self.clap_root, file_path)
+
+    def clip_frames(self) -> list[int]:
+        """Frames per example after cropping, read from the ``.npy`` headers only (for length grouping)."""
+        cache: dict[str, int] = {}
+        for file_path in self.file_paths:
+            if file_path not in cache:
+                cache[file_path] = min(np.load(self.feature_paths(file_path)[0], mmap_mode="r").shape[0],
+                                       self.max_frames)
+        return [cache[p] for p in self.file_paths]
 
     def validate(self) -> None:
         """Checks that every feature file of the split exists, before any training starts.
@@ -261,9 +299,9 @@ class CaptionDataset(Dataset):
         else:
             if codes.shape[0] > self.max_frames and not self._warned_crop:
                 self._warned_crop = True
-                logger.warning("%s has %d frames; evaluating on its first %d (%.1f s at 75 frames/s). "
+                logger.warning("%s has %d frames; evaluating on its first %d (%.1f s at %d frames/s). "
                                "Longer clips of this split are cropped the same way.",
-                               codes_source, codes.shape[0], self.max_frames, self.max_frames / 75)
+                               codes_source, codes.shape[0], self.max_frames, self.max_frames / ENCODEC_FRAME_RATE, ENCODEC_FRAME_RATE)
             codes = crop_codes(codes, self.max_frames, None)
         codes = np.array(codes, dtype=np.int64)  # (T', 16), copied out of the memory map
         if codes.min() < 0 or codes.max() >= self.codebook_size:

@@ -15,16 +15,12 @@ trained with) is supported, and asking for False is refused with a one-line mess
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-if __package__ in (None, ""):
-    # Run as `python data/infer_clap.py`: import from the repository root, not data/.
-    _here = str(Path(__file__).resolve().parent)
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a file: import from the repository root, not data/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from data import preprocess
 

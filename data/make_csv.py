@@ -30,11 +30,15 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
+
+if __package__ in (None, ""):  # run as a file: import from the repository root, not data/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from common.errors import UserError  # noqa: E402
+from common.io import write_csv  # noqa: E402
 
 NUM_REFERENCES = 5  # design §5: caption_1 ... caption_5 in valid/test
 
@@ -51,7 +55,7 @@ AUDIOCAPS_FILE_FORMAT = "{split_dir}/{youtube_id}_{start_time}.npy"
 CLOTHO_FILE_FORMAT = "{split_dir}/{stem}.npy"
 
 
-class MetadataError(Exception):
+class MetadataError(UserError):
     """A user-fixable problem with the metadata files (missing file or column)."""
 
 
@@ -72,7 +76,7 @@ def read_rows(path: Path, required: Sequence[str]) -> List[Dict[str, str]]:
         MetadataError: the file is missing or lacks a required column.
     """
     if not path.is_file():
-        raise MetadataError(f"metadata file not found: {path} (download the dataset metadata; see data/README.md)")
+        raise MetadataError(f"metadata file not found: {path} (download the dataset metadata; see docs/data.md)")
     # utf-8-sig: tolerate a byte-order mark, which spreadsheet exports add.
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
@@ -181,21 +185,6 @@ def _format_path(file_format: str, fields: Dict[str, str]) -> str:
 # --------------------------------------------------------------------------- writing
 
 
-def _atomic_write_csv(path: Path, header: List[str], rows: List[List[str]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(header)
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_tables(tables: Dict[str, list], out_dir: Path) -> Dict[str, Path]:
     """Writes ``train.csv``, ``valid.csv`` and ``test.csv`` (atomically) in design §5 format.
 
@@ -210,7 +199,7 @@ def write_tables(tables: Dict[str, list], out_dir: Path) -> Dict[str, Path]:
     for split, table in tables.items():
         path = out_dir / f"{split}.csv"
         if split == "train":
-            _atomic_write_csv(path, ["file_path", "caption"], [[fp, cap] for fp, cap in table])
+            write_csv(path, ["file_path", "caption"], [[fp, cap] for fp, cap in table])
         else:
             width = max([NUM_REFERENCES] + [len(caps) for _, caps in table])
             short = sum(len(caps) < width for _, caps in table)
@@ -219,7 +208,7 @@ def write_tables(tables: Dict[str, list], out_dir: Path) -> Dict[str, Path]:
                       file=sys.stderr)
             header = ["file_path"] + [f"caption_{i}" for i in range(1, width + 1)]
             rows = [[fp] + caps + [""] * (width - len(caps)) for fp, caps in table]
-            _atomic_write_csv(path, header, rows)
+            write_csv(path, header, rows)
         written[split] = path
     return written
 

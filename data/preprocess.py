@@ -9,9 +9,9 @@ codes (T, 16) int64 and ``OUT/clap/<rel>.npy`` with the CLAP embedding (512,) fl
 
 How it works (one place per concern):
 
-* decoding and resampling (``data.features.decode`` + ``prepare_branches``) run in
+* decoding and resampling (``data.encoders.decode`` + ``prepare_branches``) run in
   DataLoader worker processes while the main process encodes the previous batch;
-* features come from ``data.features.FeatureExtractor`` -- the same front end that
+* features come from ``data.encoders.FeatureExtractor`` -- the same front end that
   evaluation, inference and the demo use -- in batches of clips of similar length;
 * outputs are written to ``NAME.npy.partial`` then renamed, so a killed run never leaves a
   truncated ``.npy``; a rerun skips every clip whose outputs all exist (resume);
@@ -35,12 +35,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-if __package__ in (None, ""):
-    # Run as `python data/preprocess.py`: import from the repository root instead of data/,
-    # whose module names (audio, features, dataset) must not shadow installed packages.
-    _here = str(Path(__file__).resolve().parent)
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a file: import from the repository root, not data/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import numpy as np
 import soundfile as sf
@@ -48,14 +44,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from data.audio import AUDIO_EXTENSIONS, ENCODEC_SAMPLE_RATE, AudioError
-from data.features import CLAP_CHECKPOINT_URL, decode, prepare_branches
+from data.audio import AUDIO_EXTENSIONS, ENCODEC_FRAME_RATE, ENCODEC_SAMPLE_RATE, AudioError, find_audio_files
+from data.encoders import CLAP_CHECKPOINT_URL, decode, prepare_branches
+from data.masking import MAX_FRAMES
+from common.device import resolve_device
+from common.errors import UserError, one_line
+from common.io import atomic_open, atomic_write_text
 
 logger = logging.getLogger("preprocess")
 
-MAX_FRAMES = 1021  # design §3: 1021 codec frames + 3 special positions = 1024
-ENCODEC_FRAME_RATE = 75  # frames per second at 24 kHz, hop 320
-PARTIAL_SUFFIX = ".partial"  # temporary outputs: never end in .npy, so never taken for outputs
 
 # Defaults per device, chosen by measurement (README, "Benchmarks"): on CPU, EnCodec is
 # slower per clip in batches than one at a time (2-core CPU, 10 s clips: 0.63 s alone vs
@@ -69,7 +66,7 @@ DEFAULT_CPU_WORKERS = 0
 DEFAULT_MAX_BATCH_SECONDS = 320.0
 
 
-class UsageError(Exception):
+class UsageError(UserError):
     """A problem with the command line or the trees that the user must fix; one line."""
 
 
@@ -90,36 +87,12 @@ def normalize_extensions(extensions: Sequence[str]) -> Tuple[str, ...]:
 
 
 def discover(data_path: Path, extensions: Sequence[str]) -> List[str]:
-    """Lists audio files under ``data_path`` recursively, as sorted POSIX paths relative to it.
-
-    Symbolic links to folders are followed (datasets are often assembled from links), each
-    real folder once, so a link loop cannot recurse forever. Hidden files (``.name``) are
-    skipped.
-
-    Args:
-        data_path: a folder, or a single audio file.
-        extensions: lower-case extensions with dot, matched case-insensitively.
-
-    Returns:
-        Relative paths such as ``train/abc.wav``.
-    """
+    """Audio files under ``data_path`` (see :func:`data.audio.find_audio_files`), or the one file given."""
     if data_path.is_file():
         return [data_path.name]
     if not data_path.is_dir():
-        raise UsageError(f"--data_path not found: {data_path}")
-    found, seen = [], set()
-    for dirpath, dirnames, filenames in os.walk(data_path, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel_dir = Path(dirpath).relative_to(data_path)
-        for name in filenames:
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions:
-                found.append((rel_dir / name).as_posix())
-    return sorted(found)
+        raise UsageError(f"--data_path not found: {data_path.absolute()}")
+    return find_audio_files(data_path, extensions)
 
 
 def output_path(root: Path, rel: str) -> Path:
@@ -270,12 +243,9 @@ def atomic_save(path: Path, array: np.ndarray) -> None:
     Raises:
         UsageError: the file cannot be written (one line, with the fix).
     """
-    tmp = path.with_name(path.name + PARTIAL_SUFFIX)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+        with atomic_open(path, "wb", stable_temp=True) as f:
             np.save(f, array)
-        os.replace(tmp, path)
     except OSError as err:  # full disk, read-only or foreign folder: every later write fails too
         raise UsageError(f"cannot write {path}: {err.strerror or err}; check free space and permissions "
                          "(finished clips are kept: rerun to resume)") from None
@@ -291,12 +261,7 @@ def write_failures(path: Path, failures: List[Tuple[str, str]]) -> None:
         if path.exists():
             path.unlink()
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + PARTIAL_SUFFIX)
-    with open(tmp, "w", encoding="utf-8") as f:
-        for clip, reason in failures:
-            f.write(f"{clip}\t{_one_line(reason)}\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(f"{clip}\t{_one_line(reason)}\n" for clip, reason in failures))
 
 
 # --------------------------------------------------------------------------- running
@@ -323,15 +288,6 @@ class Summary:
         return text
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` (this process's GPU under accelerate/torchrun) if available, else ``cpu``."""
-    if device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return "cpu"
-
-
 def check_weights_args(args: argparse.Namespace) -> Optional[str]:
     """Validates the weight flags before any model is built; returns the CLAP checkpoint path.
 
@@ -348,24 +304,16 @@ def check_weights_args(args: argparse.Namespace) -> Optional[str]:
     return str(args.clap_ckpt)
 
 
-def build_extractor(args: argparse.Namespace, device: str):
-    """Builds the shared FeatureExtractor, turning weight problems into one-line UsageErrors."""
-    from data.features import ClapEncoder, EncodecEncoder, FeatureExtractor, ModelLoadError
+def build_extractor(args: argparse.Namespace, device):
+    """Builds the shared FeatureExtractor (one builder, seeded), turning weight problems into UsageErrors."""
+    from data.encoders import build_feature_extractor
 
     ckpt = check_weights_args(args)
-    if args.random_weights:
-        # Random EnCodec weights come from torch's default initialisers: seed them so that
-        # separate runs (a resumed run, another shard) produce the same features.
-        torch.manual_seed(0)
-    encodec = clap = None
     try:
-        if not args.skip_encodec:
-            encodec = EncodecEncoder(device=device, pretrained=not args.random_weights)
-        if not args.skip_clap:
-            clap = ClapEncoder(ckpt_path=ckpt, device=device)
-    except (ModelLoadError, OSError) as err:  # weights missing or unreadable: one line, no traceback
+        return build_feature_extractor(device, random_weights=args.random_weights, seed=args.seed, clap_ckpt=ckpt,
+                                       encodec=not args.skip_encodec, clap=not args.skip_clap)
+    except OSError as err:  # weights unreadable: one line, no traceback
         raise UsageError(_one_line(err)) from None
-    return FeatureExtractor(encodec, clap)
 
 
 def _encode(extractor, prepared: list) -> list:
@@ -470,7 +418,7 @@ def run(args: argparse.Namespace, extractor=None) -> Summary:
     failures: List[Tuple[str, str]] = []
     if pending:
         device = resolve_device(args.device)
-        kind = "cuda" if device.startswith("cuda") else "cpu"
+        kind = "cuda" if device.type == "cuda" else "cpu"
         batch_size = args.batch_size or DEFAULT_BATCH_SIZE[kind]
         num_workers = args.num_workers if args.num_workers is not None else (
             DEFAULT_CPU_WORKERS if kind == "cpu" else min(8, os.cpu_count() or 1))
@@ -524,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``data/preprocess.py``."""
     p = argparse.ArgumentParser(
         description="Extract EnCodec codes (T, 16) and CLAP embeddings (512,) for every audio file under "
-                    "--data_path, mirroring its tree as .npy files. Resumable; see data/README.md.",
+                    "--data_path, mirroring its tree as .npy files. Resumable; see docs/data.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data_path", required=True, help="folder of audio files (searched recursively), or one file")
     p.add_argument("--encodec_path", help="output root of the EnCodec codes tree")
@@ -546,6 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="failures file (path<TAB>reason); default preprocess_failures.tsv in the first output root")
     p.add_argument("--random_weights", action="store_true",
                    help="use random-weight encoders (no downloads, meaningless features): tests and demos only")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random-weight encoders and of CLAP's chunk choice for clips over 10 s")
     p.add_argument("--skip_encodec", action="store_true", help="do not compute EnCodec codes")
     p.add_argument("--skip_clap", action="store_true", help="do not compute CLAP embeddings")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -562,8 +512,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     start = time.perf_counter()
     try:
         summary = run(args)
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except UserError as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished clips are saved; rerun the same command to resume", file=sys.stderr)

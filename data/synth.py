@@ -24,7 +24,6 @@ the parameters say, so a caption can be checked against the clip's metadata.
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import json
 import math
@@ -37,7 +36,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import soundfile as sf
 
-from data.io import atomic_write_bytes
+from common.io import atomic_write_bytes, csv_text
+from common.errors import UserError
 
 #: Event kinds. Repeated ones come ``count`` times; sustained ones last and may fade.
 REPEATED_KINDS = ("beep", "chirp", "burst", "click")
@@ -55,7 +55,7 @@ _LOUD_WORDS = {"loud": ("loud",), "quiet": ("quiet", "faint", "soft")}
 _LOUD_GAIN = {"loud": (0.5, 0.8), "quiet": (0.04, 0.08)}
 
 
-class SynthError(Exception):
+class SynthError(UserError):
     """A user mistake with the corpus settings or output folder; the message is one line."""
 
 
@@ -449,14 +449,6 @@ def _write_if_changed(path: Path, data: bytes) -> None:
     atomic_write_bytes(path, data)
 
 
-def _csv_bytes(header: Sequence[str], rows: Sequence[Sequence[str]]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue().encode("utf-8")
-
-
 def _wav_bytes(wav: np.ndarray, sample_rate: int) -> bytes:
     buffer = io.BytesIO()
     sf.write(buffer, wav, sample_rate, subtype="PCM_16", format="WAV")
@@ -502,12 +494,12 @@ def generate(out: os.PathLike, settings: CorpusSettings, progress: bool = True) 
         _write_if_changed(out / "audio" / clip.split / f"{clip.name}.wav", _wav_bytes(wav, settings.sample_rate))
         clips[clip.split].append(clip)
         metadata.append(json.dumps({**asdict(clip), "file_path": clip.file_path}, sort_keys=True))
-    _write_if_changed(out / "csv" / "train.csv", _csv_bytes(
-        ("file_path", "caption"), [(c.file_path, text) for c in clips["train"] for text in c.captions]))
+    _write_if_changed(out / "csv" / "train.csv", csv_text(
+        ("file_path", "caption"), [(c.file_path, text) for c in clips["train"] for text in c.captions], "\n").encode())
     for split in ("valid", "test"):
-        _write_if_changed(out / "csv" / f"{split}.csv", _csv_bytes(
+        _write_if_changed(out / "csv" / f"{split}.csv", csv_text(
             ("file_path",) + tuple(f"caption_{i + 1}" for i in range(NUM_CAPTIONS)),
-            [(c.file_path, *c.captions) for c in clips[split]]))
+            [(c.file_path, *c.captions) for c in clips[split]], "\n").encode())
     _write_if_changed(out / "metadata.jsonl", ("\n".join(metadata) + "\n").encode("utf-8"))
     _write_if_changed(manifest, wanted.encode("utf-8"))
     return clips

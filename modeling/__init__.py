@@ -1,7 +1,9 @@
-"""The EnCLAP model, its generation defaults, tokenizer helper, metrics and captioning pipeline."""
+"""The EnCLAP model only: configuration, model, training-time layers, generation defaults and the loader."""
 
 from .configuration_enclap import EnClapBartConfig
 from .generation import GenerationOptions
-from .modeling_enclap import CheckpointError, EnClapBartForConditionalGeneration
+from .loading import CheckpointError, Pretrained, load_pretrained, load_tokenizer
+from .modeling_enclap import EnClapBartForConditionalGeneration
 
-__all__ = ["CheckpointError", "EnClapBartConfig", "EnClapBartForConditionalGeneration", "GenerationOptions"]
+__all__ = ["CheckpointError", "EnClapBartConfig", "EnClapBartForConditionalGeneration", "GenerationOptions",
+           "Pretrained", "load_pretrained", "load_tokenizer"]

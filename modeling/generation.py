@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 from transformers import GenerationConfig, PretrainedConfig
@@ -56,11 +55,6 @@ class GenerationOptions:
                 "unless sampling with num_beams 1"
             )
 
-    @classmethod
-    def from_args(cls, namespace: argparse.Namespace) -> "GenerationOptions":
-        """Build options from flags added by :func:`add_generation_args`."""
-        return cls(**{f.name: getattr(namespace, f.name) for f in fields(cls)})
-
     def to_generation_config(self, model_config: Optional[PretrainedConfig] = None) -> GenerationConfig:
         """A :class:`~transformers.GenerationConfig` with these options and the BART special ids.
 
@@ -89,19 +83,28 @@ class GenerationOptions:
         )
 
 
-def add_generation_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add one ``--<option>`` flag per :class:`GenerationOptions` field (defaults = design §7)."""
-    group = parser.add_argument_group("generation (defaults are the paper's)")
-    defaults = GenerationOptions()
-    for field in fields(GenerationOptions):
-        default = getattr(defaults, field.name)
-        flag = f"--{field.name}"
-        if isinstance(default, bool):
-            group.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=default, help=f"(default: {default})"
-            )
-        else:
-            group.add_argument(flag, type=type(default), default=default, help=f"(default: {default})")
-    return parser
+def generate_ids(model, inputs: dict, generation_config: GenerationConfig):
+    """Token ids of ``model.generate`` under exactly ``generation_config``: (B * R, S).
+
+    ``use_model_defaults=False``: otherwise transformers replaces every option equal to its
+    global default (e.g. ``num_beams=1``) by the checkpoint's ``generation_config`` value.
+    """
+    return model.generate(**inputs, generation_config=generation_config, use_model_defaults=False)
 
 
+def decode_captions(tokenizer, sequences) -> list[str]:
+    """Captions of generated ids: special tokens skipped, surrounding spaces stripped (design §7)."""
+    return [text.strip() for text in tokenizer.batch_decode(sequences, skip_special_tokens=True)]
+
+
+def generate_captions(model, tokenizer, inputs: dict, generation_config: GenerationConfig) -> list[str]:
+    """One caption per input row: the routine of the pipeline and of training's validation alike.
+
+    Args:
+        model: an ``EnClapBartForConditionalGeneration`` (in eval mode).
+        tokenizer: its tokenizer.
+        inputs: ``input_ids``, ``encodec_mask``, ``attention_mask``, ``clap_embedding`` on the
+            model's device (a collator batch).
+        generation_config: from :meth:`GenerationOptions.to_generation_config`.
+    """
+    return decode_captions(tokenizer, generate_ids(model, inputs, generation_config))

@@ -10,7 +10,6 @@ Module names are fixed by the released ``pytorch_model.bin`` files: ``model.enco
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -33,18 +32,11 @@ from transformers.models.bart.modeling_bart import (
 from .configuration_enclap import EnClapBartConfig
 from .generation import GenerationOptions
 from .layers import EnClapBartEncoderLayer, EnClapCrossAttention
+from .loading import TIED_KEYS, CheckpointError, check_state_dict, load_state_dict, resolve_checkpoint
 
 logger = logging.getLogger(__name__)
 
-# Copies of `model.shared.weight`; a checkpoint file may omit them (save_pretrained does).
-TIED_KEYS = ("model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight", "lm_head.weight")
-# Prefixes added by wrappers around the module: DDP (`accelerator.save_state`) and torch.compile.
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-IGNORE_INDEX = -100
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint folder cannot be used: missing files, missing keys or wrong shapes."""
+IGNORE_INDEX = -100  # label positions that carry no loss (padding), as in transformers
 
 
 class EnClapBartEncoder(BartEncoder):
@@ -574,14 +566,15 @@ class EnClapBartForConditionalGeneration(BartForConditionalGeneration):
             cache_dir, revision: hub download options.
             **config_overrides: config attributes to override (e.g. ``dropout=0.0``).
         """
-        folder = resolve_checkpoint(pretrained_model_name_or_path, cache_dir=cache_dir, revision=revision)
+        folder, weights_file = resolve_checkpoint(pretrained_model_name_or_path, cache_dir=cache_dir,
+                                                  revision=revision)
         if config is None:
             if not os.path.isfile(os.path.join(folder, "config.json")):
                 raise CheckpointError(f"{folder}: no config.json (a checkpoint folder holds config.json + weights)")
             config = EnClapBartConfig.from_pretrained(folder)
         for key, value in config_overrides.items():
             setattr(config, key, value)
-        state_dict = load_state_dict(folder)
+        state_dict = load_state_dict(folder, weights_file)
         with torch.device("meta"):
             model = cls(config)
         check_state_dict(model, state_dict, source=folder)
@@ -631,98 +624,3 @@ class EnClapBartForConditionalGeneration(BartForConditionalGeneration):
             raise CheckpointError(f"{bart_name_or_path}: not a BART checkpoint (missing {unexplained}, unexpected {unexpected})")
         model.tie_weights()
         return model
-
-
-# ---------------------------------------------------------------------- checkpoint files
-
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-
-
-def resolve_checkpoint(name_or_path: str | os.PathLike, cache_dir: Optional[str] = None, revision: Optional[str] = None) -> str:
-    """Return a local folder for ``name_or_path``: the folder itself, or a hub snapshot.
-
-    Raises:
-        CheckpointError: a path that does not exist locally and cannot be fetched from the hub.
-    """
-    path = os.fspath(name_or_path)
-    if os.path.isdir(path):
-        return path
-    if os.path.exists(path):
-        raise CheckpointError(f"{path}: expected a checkpoint folder (config.json + weights), got a file")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(
-            path,
-            revision=revision,
-            cache_dir=cache_dir,
-            allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt", "*.model"],
-        )
-    except Exception as error:  # offline, unknown repo, bad id: all mean "not available"
-        raise CheckpointError(
-            f"{path}: no such folder, and fetching it from the Hugging Face Hub failed "
-            f"({type(error).__name__}); download the checkpoint and pass its folder"
-        ) from error
-
-
-def _read_weight_file(path: str) -> dict[str, torch.Tensor]:
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    # weights_only: never execute pickled code from a downloaded file.
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-
-
-def strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes from every key."""
-    stripped = {}
-    for key, value in state_dict.items():
-        changed = True
-        while changed:
-            changed = False
-            for prefix in WRAPPER_PREFIXES:
-                if key.startswith(prefix):
-                    key, changed = key[len(prefix) :], True
-        stripped[key] = value
-    return stripped
-
-
-def load_state_dict(folder: str) -> dict[str, torch.Tensor]:
-    """Read the weights of a checkpoint folder (single file or sharded), prefixes stripped."""
-    for name in WEIGHT_FILES:
-        path = os.path.join(folder, name)
-        if os.path.isfile(path):
-            return strip_wrapper_prefixes(_read_weight_file(path))
-    for name in INDEX_FILES:
-        path = os.path.join(folder, name)
-        if os.path.isfile(path):
-            with open(path) as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
-            state_dict = {}
-            for shard in shards:
-                state_dict.update(_read_weight_file(os.path.join(folder, shard)))
-            return strip_wrapper_prefixes(state_dict)
-    raise CheckpointError(f"{folder}: no weights found (expected one of {', '.join(WEIGHT_FILES + INDEX_FILES)})")
-
-
-def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Raise :class:`CheckpointError` naming every missing or mis-shaped key; warn on unexpected keys."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict and k not in TIED_KEYS]
-    wrong_shape = [
-        f"{k} {tuple(state_dict[k].shape)} != {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
-    ]
-    if missing or wrong_shape:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
-        if wrong_shape:
-            parts.append(f"wrong shapes: {'; '.join(wrong_shape[:10])}")
-        raise CheckpointError(f"{source}: checkpoint does not match the model config ({'; '.join(parts)})")
-    unexpected = [k for k in state_dict if k not in expected]
-    if unexpected:
-        logger.warning("%s: ignoring %d unexpected keys: %s", source, len(unexpected), ", ".join(unexpected[:10]))

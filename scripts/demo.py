@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as `python scripts/demo.py`: make the packages importable
     sys.path.insert(0, str(ROOT))
 
+from common.errors import UserError  # noqa: E402
+
 #: Overrides of cfg/tiny.yaml that fit the demo in a few CPU minutes (measured in the README).
 TRAIN_OVERRIDES = (
     # Measured on the 300-clip corpus with random encoders: validation CIDEr-D rises to about
@@ -47,7 +49,7 @@ TRAIN_OVERRIDES = (
 )
 
 
-class DemoError(Exception):
+class DemoError(UserError):
     """A step failed or a result is unusable; the message is one line."""
 
 
@@ -208,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Runs every step; returns the exit status (DemoError for a failed step)."""
-    from modeling.metrics import MetricsUnavailable, available_metrics, compute_scores, normalize_metrics, preflight
+    from scoring import MetricsUnavailable, available_metrics, compute_scores, normalize_metrics, preflight
 
     if args.num_clips < 20:
         # 10 % each for valid and test: CIDEr-D needs at least two clips per split.

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from modeling import EnClapBartForConditionalGeneration
-from modeling.tokenizer import train_tokenizer
+from training.tokenizer import train_tokenizer
 from tests.helpers import CAPTIONS, make_tiny_config
 
 # Tiny models run fastest single-threaded, and CI's two cores are shared with subprocess tests.

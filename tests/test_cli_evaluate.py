@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 
 import evaluate
-from modeling.pipeline import EnClap
+from captioning.pipeline import EnClap
 
 METRICS = ["cider_d", "rouge_l", "bleu_4"]  # fast ones; SPICE needs CoreNLP jars this machine cannot fetch
 REFS = [

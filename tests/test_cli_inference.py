@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 
 import inference
-from modeling.pipeline import EnClap
+from captioning.pipeline import EnClap
 
 SR = 16000
 

@@ -107,7 +107,7 @@ def _evaluate_single_process(model_dir: Path, val_csv: Path, enc: Path, clap: Pa
     from data.collator import EnClapCollator
     from data.dataset import CaptionDataset
     from modeling import EnClapBartForConditionalGeneration
-    from modeling.metrics import compute_scores
+    from scoring import compute_scores
 
     model = EnClapBartForConditionalGeneration.from_pretrained(str(model_dir)).eval()
     tokenizer = BartTokenizerFast.from_pretrained(str(model_dir))
@@ -247,3 +247,28 @@ def test_train_sh_reports_unknown_key_without_launcher_traceback(tmp_path):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr
     assert "unknown config key 'optim.nope'" in result.stderr
+
+
+def test_previous_layout_checkpoint_loads_and_resumes(tmp_path):
+    """A run folder written before the packages moved resumes exactly where an uninterrupted run goes."""
+    import shutil
+
+    small = ["optim.epochs=2", "optim.batch_size=4", "log.every_steps=1", "model.d_model=8", "model.ffn_dim=16",
+             "model.attention_heads=2", "model.vocab_size=120", "model.encoder_layers=1", "model.decoder_layers=1"]
+    data = write_split(tmp_path / "data", 8, 4)  # the data the fixture was trained on (same seed)
+    old_run = tmp_path / "old_run"
+    shutil.copytree(REPO / "tests" / "fixtures" / "previous_layout_run", old_run)
+    resumed = run_train(data + small + [f"output_dir={old_run}"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr and "step 2" in resumed.stderr
+    fresh = run_train(data + small + [f"output_dir={tmp_path / 'fresh'}"])
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    final = "checkpoints/step_00000004"
+    old_state = json.loads((old_run / final / "trainer_state.json").read_text())
+    new_state = json.loads((tmp_path / "fresh" / final / "trainer_state.json").read_text())
+    assert old_state["history"] == new_state["history"]
+    old_weights = load_file(old_run / final / "model" / "model.safetensors")
+    new_weights = load_file(tmp_path / "fresh" / final / "model" / "model.safetensors")
+    assert old_weights.keys() == new_weights.keys()
+    for key in old_weights:
+        torch.testing.assert_close(old_weights[key], new_weights[key], rtol=1e-5, atol=1e-6)

@@ -17,7 +17,7 @@ import soundfile as sf
 
 import gradio_app
 from modeling.generation import GenerationOptions
-from modeling.pipeline import EnClap
+from captioning.pipeline import EnClap
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER", shutil.which("chromedriver") or "/usr/bin/chromedriver")

@@ -80,7 +80,7 @@ def test_outputs_match_front_end_and_are_batch_invariant(small_tree, tmp_path):
     # inference and the demo take), with the shapes and dtypes of design §2.
     import torch
 
-    from data.features import ClapEncoder, EncodecEncoder, FeatureExtractor
+    from data.encoders import ClapEncoder, EncodecEncoder, FeatureExtractor
 
     torch.manual_seed(0)
     extractor = FeatureExtractor(EncodecEncoder(pretrained=False), ClapEncoder(ckpt_path=None))
@@ -301,3 +301,23 @@ def test_original_wrappers(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--enable_fusion False is not supported" in err[0]
     assert not (tmp_path / "c2").exists()
+
+
+def test_seed_reaches_both_random_encoders(tmp_path):
+    """--seed picks the random weights of both encoders: same seed, same features; another, others."""
+    _write_clip(tmp_path / "wavs" / "x.wav", 1.2, 24000, seed=7)
+
+    def features(seed: int, name: str):
+        out = tmp_path / name
+        code = preprocess.main(list(map(str, ["--data_path", tmp_path / "wavs", "--encodec_path", out / "enc",
+                                              "--clap_path", out / "clap", "--random_weights", "--seed", seed,
+                                              "--quiet"])))
+        assert code == 0
+        return np.load(out / "enc" / "x.npy"), np.load(out / "clap" / "x.npy")
+
+    codes_a, clap_a = features(3, "a")
+    codes_b, clap_b = features(3, "b")
+    codes_c, clap_c = features(4, "c")
+    assert np.array_equal(codes_a, codes_b) and np.array_equal(clap_a, clap_b)
+    assert not np.array_equal(codes_a, codes_c)
+    assert not np.allclose(clap_a, clap_c)

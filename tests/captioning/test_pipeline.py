@@ -16,7 +16,8 @@ import torch
 
 from data.audio import AudioError
 from modeling.generation import GenerationOptions
-from modeling.pipeline import EnClap, PipelineError, RerankOptions
+from captioning.pipeline import EnClap, RerankOptions
+from common.errors import UserError
 
 SR = 16000
 
@@ -129,7 +130,7 @@ def test_long_audio_truncate_warns_naming_the_file_and_keeps_the_start(pipeline,
     wav = make_clip(10, 2.0)
     path = tmp_path / "long_clip.wav"
     sf.write(path, wav, SR, subtype="FLOAT")
-    with caplog.at_level(logging.WARNING, logger="modeling.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="captioning.pipeline"):
         (result,) = pipeline.run([str(path)])
     assert result.truncated and result.error is None
     assert any("long_clip.wav" in rec.getMessage() for rec in caplog.records)
@@ -172,38 +173,43 @@ def test_unreadable_and_empty_inputs_are_reported_per_input(pipeline, tmp_path):
 
 
 def test_user_errors_are_one_line(tiny_ckpt, tmp_path):
-    with pytest.raises(PipelineError) as missing:
+    with pytest.raises(UserError) as missing:
         EnClap(tmp_path / "no_such_ckpt", device="cpu", random_encoders=True)
     assert "no_such_ckpt" in str(missing.value) and "\n" not in str(missing.value)
-    with pytest.raises(PipelineError, match="630k-audioset-fusion-best.pt"):
+    with pytest.raises(UserError, match="630k-audioset-fusion-best.pt"):
         EnClap(tiny_ckpt, clap_ckpt=tmp_path / "clap.pt", device="cpu")
-    with pytest.raises(PipelineError, match="long_audio"):
+    with pytest.raises(UserError, match="long_audio"):
         EnClap(tiny_ckpt, device="cpu", random_encoders=True, long_audio="split")
 
 
-def test_checkpoint_without_tokenizer_falls_back_to_bart_base(tiny_ckpt, tmp_path, monkeypatch):
-    import shutil
+def test_checkpoint_whose_codebooks_differ_from_the_codec_is_refused(tmp_path, tokenizer):
+    from tests.helpers import make_tiny_config
 
-    import modeling.pipeline
+    from common.errors import UserError
+    from modeling import EnClapBartForConditionalGeneration
 
-    # A name no cache holds, so the fallback fails the same way everywhere (offline, uncached).
-    monkeypatch.setattr(modeling.pipeline, "DEFAULT_TOKENIZER", "facebook/bart-base-uncached-test")
-
-    released_like = tmp_path / "released"
-    released_like.mkdir()
-    for name in ("config.json", "model.safetensors", "generation_config.json"):
-        if (tiny_ckpt / name).exists():
-            shutil.copy(tiny_ckpt / name, released_like / name)
-    with pytest.raises(PipelineError) as err:
-        EnClap(released_like, device="cpu", random_encoders=True)
-    assert "facebook/bart-base-uncached-test" in str(err.value) and "\n" not in str(err.value)
+    folder = tmp_path / "eight_codebooks"
+    EnClapBartForConditionalGeneration(make_tiny_config(len(tokenizer), num_rvq=8)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    pipeline = EnClap(folder, device="cpu", random_encoders=True)
+    with pytest.raises(UserError) as err:
+        pipeline.caption([(make_clip(0, 1.0), SR)])
+    message = str(err.value)
+    assert "num_rvq=8" in message and "16" in message and "\n" not in message
 
 
-def test_device_choice():
-    from modeling.pipeline import resolve_device
+def test_seed_reaches_both_random_encoders(tiny_ckpt):
+    clip = [(make_clip(3, 1.5), SR)]
 
-    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert resolve_device("cpu") == torch.device("cpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(PipelineError, match="--device cpu"):
-            resolve_device("cuda")
+    def features(seed):
+        pipeline = EnClap(tiny_ckpt, device="cpu", random_encoders=True, seed=seed)
+        ((codes, clap),) = pipeline.features.extract_arrays(clip)
+        return codes, clap
+
+    codes_a, clap_a = features(1)
+    codes_b, clap_b = features(1)
+    codes_c, clap_c = features(2)
+    assert np.array_equal(codes_a, codes_b) and np.array_equal(clap_a, clap_b)
+    assert not np.array_equal(codes_a, codes_c), "another seed must give another random EnCodec"
+    assert not np.allclose(clap_a, clap_c), "another seed must give another random CLAP"
+

@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from data.io import atomic_open, atomic_write_text, write_predictions_csv
+from common.io import atomic_open, atomic_write_text, write_predictions_csv
 
 
 def test_predictions_csv(tmp_path):

@@ -16,7 +16,7 @@ import soundfile as sf
 import torch
 
 from data.audio import AudioError
-from data.features import ClapEncoder, EncodecEncoder, FeatureExtractor, ModelLoadError
+from data.encoders import ClapEncoder, EncodecEncoder, FeatureExtractor, ModelLoadError
 
 HTSAT_TINY_AUDIO_CFG = dict(  # laion_clap/clap_module/model_configs/HTSAT-tiny.json
     audio_length=1024, clip_samples=480000, mel_bins=64, sample_rate=48000, window_size=1024,

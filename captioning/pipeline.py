@@ -1,7 +1,7 @@
 """The EnCLAP captioning pipeline: audio in, captions out.
 
 ``EnClap`` hides everything between an audio file and its caption: decoding (the shared front
-end in :mod:`data.audio`), the EnCodec and CLAP encoders (:class:`data.features.FeatureExtractor`,
+end in :mod:`data.audio`), the EnCodec and CLAP encoders (:class:`data.encoders.FeatureExtractor`,
 the same object preprocessing uses), batching (:class:`data.collator.EnClapCollator`, the same
 collator training uses), the model's beam search with the design §7 defaults
 (:class:`modeling.generation.GenerationOptions`) and decoding of the token ids. ``evaluate.py``,
@@ -16,27 +16,28 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 
+from common.device import resolve_device
+from common.errors import UserError
 from data.audio import AudioError
 from data.collator import EnClapCollator
-from data.features import (CLAP_CHECKPOINT_NAME, CLAP_CHECKPOINT_URL, CLAP_HUB_REPO, ClapEncoder, EncodecEncoder,
-                           FeatureExtractor, ModelLoadError, decode)
+from data.dataset import CaptionDataset
+from data.encoders import (ClapEncoder, EncodecEncoder, FeatureExtractor, build_clap, build_encodec, check_codebooks,
+                           decode, resolve_clap_checkpoint)
 from data.masking import crop_codes
-from modeling.modeling_enclap import CheckpointError, EnClapBartForConditionalGeneration
-from modeling.generation import GenerationOptions
+from modeling.generation import GenerationOptions, decode_captions, generate_ids
+from modeling.loading import load_pretrained
 
 logger = logging.getLogger(__name__)
 
 LONG_AUDIO_MODES = ("truncate", "window")
-DEFAULT_TOKENIZER = "facebook/bart-base"
 
 
-class PipelineError(Exception):
+class PipelineError(UserError):
     """A problem the user can fix (missing checkpoint, bad option); the message is one line."""
 
 
@@ -105,71 +106,6 @@ class CaptionResult:
     error: str | None = None
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise PipelineError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise PipelineError(f"device {device!r} requested but CUDA is not available: use --device cpu")
-    return dev
-
-
-def resolve_clap_checkpoint(clap_ckpt: str | os.PathLike | None) -> str:
-    """Return a local path to the LAION-CLAP fusion checkpoint.
-
-    A given path must exist. ``None`` looks the file up in the Hugging Face cache and downloads it
-    when a network is there; otherwise the error says where to get it.
-
-    Args:
-        clap_ckpt: path to ``630k-audioset-fusion-best.pt`` or ``None``.
-    """
-    if clap_ckpt is not None:
-        path = Path(clap_ckpt).expanduser()
-        if not path.is_file():
-            raise PipelineError(f"CLAP checkpoint not found: {path} (download {CLAP_CHECKPOINT_URL} and pass its path)")
-        return str(path)
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return hf_hub_download(CLAP_HUB_REPO, CLAP_CHECKPOINT_NAME)
-    except Exception as exc:  # offline, hub error: all mean "get the file yourself"
-        raise PipelineError(
-            f"no CLAP checkpoint given and it could not be downloaded ({type(exc).__name__}): "
-            f"download {CLAP_CHECKPOINT_URL} and pass --clap_ckpt PATH"
-        ) from exc
-
-
-def load_enclap_model(ckpt: str | os.PathLike) -> EnClapBartForConditionalGeneration:
-    """Load a checkpoint folder (config.json + weights) or hub id; problems become one-line errors."""
-    try:
-        return EnClapBartForConditionalGeneration.from_pretrained(str(ckpt))
-    except (CheckpointError, OSError) as exc:
-        raise PipelineError(str(exc).splitlines()[0]) from exc
-
-
-def load_tokenizer(ckpt: str | os.PathLike):
-    """The checkpoint's own tokenizer files when present, else BART's (released checkpoints have none)."""
-    from transformers import AutoTokenizer
-
-    ckpt = str(ckpt)
-    has_files = any(
-        os.path.isfile(os.path.join(ckpt, name)) for name in ("tokenizer.json", "vocab.json", "tokenizer_config.json")
-    )
-    source = ckpt if has_files else DEFAULT_TOKENIZER
-    try:
-        return AutoTokenizer.from_pretrained(source)
-    except (OSError, TypeError, ValueError) as exc:
-        # Offline, transformers raises TypeError for an uncached hub tokenizer.
-        raise PipelineError(
-            f"could not load the tokenizer from {source} ({type(exc).__name__}): run once online to cache "
-            f"{DEFAULT_TOKENIZER}, or copy its tokenizer files into {ckpt}"
-        ) from exc
-
-
 def _describe(source: Any, index: int) -> str:
     if isinstance(source, (str, os.PathLike)):
         return str(source)
@@ -198,8 +134,8 @@ class EnClap:
             or ``"window"`` (caption consecutive windows of ``max_frames`` frames).
         seed: seed of the CLAP encoder's random chunk choice for clips over 10 s and, when
             random, of its weights.
-        encodec: an already-built :class:`data.features.EncodecEncoder` to reuse (optional).
-        clap: an already-built :class:`data.features.ClapEncoder` to reuse (optional).
+        encodec: an already-built :class:`data.encoders.EncodecEncoder` to reuse (optional).
+        clap: an already-built :class:`data.encoders.ClapEncoder` to reuse (optional).
     """
 
     def __init__(
@@ -223,8 +159,9 @@ class EnClap:
         self.batch_size = batch_size
         self.long_audio = long_audio
 
-        self.model = load_enclap_model(ckpt)
-        self.model.eval().to(self.device)
+        loaded = load_pretrained(ckpt)
+        self.model = loaded.model.eval().to(self.device)
+        self.tokenizer = loaded.tokenizer
         self.dtype = torch.float32
         if fp16:
             if self.device.type == "cuda":
@@ -232,7 +169,6 @@ class EnClap:
                 self.dtype = torch.float16
             else:
                 logger.warning("fp16 needs a CUDA device; running in float32 on %s", self.device)
-        self.tokenizer = load_tokenizer(ckpt)
         self.max_frames = int(self.model.config.max_frames)
         self.collator = EnClapCollator(
             tokenizer=None,
@@ -258,14 +194,10 @@ class EnClap:
         """The EnCodec encoder (built on first use)."""
         if self._encodec is None:
             self._warn_random()
-            try:
-                # Random weights come from a seeded generator so that two pipelines (e.g. the one
-                # that preprocessed a test split and the one evaluating it) get the same encoder.
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(self._seed)
-                    self._encodec = EncodecEncoder(device=str(self.device), pretrained=not self._random_encoders)
-            except ModelLoadError as exc:  # its message already says where to get the weights
-                raise PipelineError(str(exc)) from exc
+            # Random weights come from the seed, so that two pipelines (e.g. the one that
+            # preprocessed a test split and the one evaluating it) get the same encoder.
+            self._encodec = build_encodec(self.device, self._random_encoders, self._seed)
+            check_codebooks(self._encodec, self.model.config.num_rvq, "the checkpoint")
         return self._encodec
 
     @property
@@ -273,11 +205,7 @@ class EnClap:
         """The LAION-CLAP encoder (built on first use)."""
         if self._clap is None:
             self._warn_random()
-            path = None if self._random_encoders else resolve_clap_checkpoint(self._clap_ckpt)
-            try:
-                self._clap = ClapEncoder(ckpt_path=path, device=str(self.device), seed=self._seed)
-            except ModelLoadError as exc:
-                raise PipelineError(str(exc)) from exc
+            self._clap = build_clap(self.device, self._random_encoders, self._seed, self._clap_ckpt)
         return self._clap
 
     @property
@@ -425,6 +353,40 @@ class EnClap:
         bar.close()
         return captions  # type: ignore[return-value]
 
+    def caption_preprocessed(
+        self,
+        split_csv: str,
+        encodec_root: str,
+        clap_root: str,
+        num_workers: int = 0,
+        **caption_kwargs,
+    ) -> list[str]:
+        """Caption every clip of a split CSV from its stored features (``evaluate.py --from_preprocessed``).
+
+        Codes are cut to the checkpoint's limit (their first ``max_frames`` frames), as in
+        training's validation.
+
+        Args:
+            split_csv: the split file (design §5); one caption per clip, in file order.
+            encodec_root, clap_root: the feature trees.
+            num_workers: feature-loading worker processes.
+            **caption_kwargs: ``batch_size``, ``options``, ``rerank``, ``progress`` as for
+                :meth:`caption_features`.
+        """
+        from torch.utils.data import DataLoader
+        from tqdm.auto import tqdm
+
+        config = self.model.config
+        dataset = CaptionDataset(split_csv, encodec_root, clap_root, train=False, max_frames=self.max_frames,
+                                 num_rvq=config.num_rvq, codebook_size=config.encodec_vocab_size,
+                                 clap_dim=config.d_clap)
+        loader = DataLoader(dataset, batch_size=16, num_workers=num_workers, collate_fn=list)
+        items: list[dict] = []
+        for batch in tqdm(loader, desc="loading features", unit="batch",
+                          disable=not caption_kwargs.get("progress") or len(dataset) <= 16):
+            items.extend(batch)
+        return self.caption_features(items, **caption_kwargs)
+
     # ------------------------------------------------------------------ internals
 
     @staticmethod
@@ -488,11 +450,9 @@ class EnClap:
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)  # sampling is reproducible and leaves the caller's RNG alone
-            # use_model_defaults=False: otherwise transformers replaces every option equal to its
-            # global default (e.g. num_beams=1) by the checkpoint's generation_config value.
-            sequences = self.model.generate(**inputs, generation_config=config, use_model_defaults=False)  # (B*R, S)
+            sequences = generate_ids(self.model, inputs, config)  # (B*R, S)
         per_input = sequences.shape[0] // inputs["input_ids"].shape[0]
-        texts = [t.strip() for t in self.tokenizer.batch_decode(sequences, skip_special_tokens=True)]
+        texts = decode_captions(self.tokenizer, sequences)
         return sequences, texts, per_input
 
     def _generate(self, batch_items: list[dict], options: GenerationOptions, rerank: RerankOptions | None) -> list[str]:
@@ -561,82 +521,3 @@ def _progress(total: int, enabled: bool, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, disable=not enabled or total <= 1, desc=desc, unit="clip")
-
-
-# ---------------------------------------------------------------------- command-line helpers
-
-
-def add_pipeline_args(parser, long_audio: bool = True) -> None:
-    """Add the options every entry point shares: checkpoint, CLAP, device, long audio, re-ranking.
-
-    Args:
-        parser: an ``argparse.ArgumentParser``.
-        long_audio: offer ``--long_audio`` (evaluation always truncates, as the references
-            describe whole clips and scoring needs one caption per clip).
-    """
-    group = parser.add_argument_group("model")
-    group.add_argument("--ckpt", required=True, help="EnCLAP checkpoint: a folder with config.json + weights, or a hub id")
-    group.add_argument(
-        "--clap_ckpt",
-        default=None,
-        help=f"LAION-CLAP {CLAP_CHECKPOINT_NAME} (default: download it from {CLAP_HUB_REPO} when online)",
-    )
-    group.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
-    group.add_argument("--fp16", action="store_true", help="half-precision BART on CUDA (default: off)")
-    group.add_argument("--batch_size", type=int, default=8, help="clips per generate call (default: 8)")
-    group.add_argument(
-        "--random_encoders",
-        action="store_true",
-        help="random-weight EnCodec and CLAP instead of the pretrained ones: tests/offline demo only, "
-        "captions are meaningless (default: off)",
-    )
-    group.add_argument("--seed", type=int, default=0, help="seed for CLAP chunk choice and sampling (default: 0)")
-    if long_audio:
-        group.add_argument(
-            "--long_audio",
-            choices=LONG_AUDIO_MODES,
-            default="truncate",
-            help="clips longer than the model's maximum (1021 frames = 13.6 s): 'truncate' captions the first "
-            "13.6 s and warns naming the file; 'window' captions consecutive 13.6 s windows, one caption each "
-            "with start/end times (default: truncate)",
-        )
-    rr = parser.add_argument_group("CLAP re-ranking (off by default)")
-    rr.add_argument(
-        "--rerank",
-        action="store_true",
-        help="generate N candidates and keep the one maximising "
-        "clap_weight*cos(CLAP audio, CLAP text) + lm_weight*mean token log-prob",
-    )
-    rr.add_argument(
-        "--rerank_candidates",
-        type=int,
-        default=None,
-        help="N (default: --num_return_sequences if > 1, else --num_beams); with --do_sample they are N samples",
-    )
-    rr.add_argument("--rerank_clap_weight", type=float, default=RerankOptions.clap_weight, help="default: %(default)s")
-    rr.add_argument("--rerank_lm_weight", type=float, default=RerankOptions.lm_weight, help="default: %(default)s")
-
-
-def rerank_from_args(args) -> RerankOptions:
-    """The :class:`RerankOptions` of parsed :func:`add_pipeline_args` arguments."""
-    return RerankOptions(
-        enabled=args.rerank,
-        num_candidates=args.rerank_candidates,
-        clap_weight=args.rerank_clap_weight,
-        lm_weight=args.rerank_lm_weight,
-        seed=args.seed,
-    )
-
-
-def pipeline_from_args(args, long_audio: str | None = None) -> EnClap:
-    """Build :class:`EnClap` from parsed :func:`add_pipeline_args` arguments."""
-    return EnClap(
-        args.ckpt,
-        clap_ckpt=args.clap_ckpt,
-        device=args.device,
-        fp16=args.fp16,
-        random_encoders=args.random_encoders,
-        batch_size=args.batch_size,
-        long_audio=long_audio or getattr(args, "long_audio", "truncate"),
-        seed=args.seed,
-    )

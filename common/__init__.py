@@ -1,0 +1,2 @@
+"""Foundations every package shares and that import nothing of ours: the user-error base class,
+atomic file writes and the device resolver."""

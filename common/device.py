@@ -1,0 +1,48 @@
+"""The one device resolver used by preprocessing, the captioning pipeline and the benchmarks."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from common.errors import UserError
+
+
+class DeviceError(UserError):
+    """A device that does not exist here; the message says which ones do."""
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """Turn a user's device choice into a :class:`torch.device`.
+
+    ``"auto"`` (or empty) means CUDA when available, else the CPU. Under a launcher
+    (``accelerate launch``, ``torchrun``, which set ``LOCAL_RANK``), ``"auto"`` and a bare
+    ``"cuda"`` pick this process's GPU, ``cuda:LOCAL_RANK``, so that the ranks of one machine do
+    not all land on GPU 0; ``"cuda:N"`` is taken as given.
+
+    Raises:
+        DeviceError: an unknown name, CUDA asked for where there is none, or a GPU index
+            (explicit or from ``LOCAL_RANK``) beyond the visible devices.
+    """
+    text = str(device or "auto")
+    if text == "auto":
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(text)
+    except RuntimeError as exc:
+        raise DeviceError(f"unknown device {text!r}: use auto, cpu, cuda or cuda:N") from exc
+    if dev.type != "cuda":
+        return dev
+    if not torch.cuda.is_available():
+        raise DeviceError(f"device {text!r} requested but CUDA is not available here: use --device cpu")
+    index = dev.index
+    source = f"device {text!r}"
+    if index is None:
+        local_rank = os.environ.get("LOCAL_RANK")
+        index, source = (int(local_rank), f"LOCAL_RANK={local_rank}") if local_rank is not None else (0, source)
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise DeviceError(f"{source} asks for GPU {index}, but only {count} GPU(s) are visible "
+                          "(check CUDA_VISIBLE_DEVICES and the number of processes per machine)")
+    return torch.device("cuda", index)

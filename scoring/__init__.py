@@ -1,0 +1,12 @@
+"""Corpus-level captioning scores through aac-metrics (design §8), and the Java / jar set-up.
+
+``scoring.names`` holds the metric names and the score table, ``scoring.java`` the set-up and
+the fast checks (standard library only), ``scoring.metrics`` the scores themselves.
+"""
+
+from scoring.java import MetricsUnavailable, available_metrics, check_requirements, preflight, setup
+from scoring.metrics import close_meteor, compute_scores
+from scoring.names import DEFAULT_METRICS, METRIC_NAMES, format_scores, normalize_metrics
+
+__all__ = ["DEFAULT_METRICS", "METRIC_NAMES", "MetricsUnavailable", "available_metrics", "check_requirements",
+           "close_meteor", "compute_scores", "format_scores", "normalize_metrics", "preflight", "setup"]

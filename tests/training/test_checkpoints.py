@@ -1,0 +1,39 @@
+"""Tests for training/checkpoints.py: atomic folders, resume discovery and best-K rotation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+from training.checkpoints import CheckpointManager
+
+
+def _fake_checkpoint(manager: CheckpointManager, step: int, score: float) -> str:
+    tmp = manager.tmp_path(step)
+    (Path(tmp) / "model").mkdir()
+    (Path(tmp) / "model" / "weights.txt").write_text(str(step))
+    return manager.commit(tmp, step, {"global_step": step, "scores": {"cider_d": score}})
+
+
+def test_checkpoint_manager_latest_ignores_incomplete(tmp_path):
+    manager = CheckpointManager(str(tmp_path), keep_best=2)
+    assert manager.latest() is None
+    _fake_checkpoint(manager, 10, 0.1)
+    # A killed run leaves a temp folder and maybe a renamed folder without trainer_state.json.
+    Path(manager.tmp_path(20)).joinpath("state").mkdir()
+    (tmp_path / "checkpoints" / "step_00000030").mkdir()
+    assert manager.latest() == manager.path(10)
+    assert CheckpointManager.read_state(manager.latest())["global_step"] == 10
+
+
+def test_checkpoint_rotation_keeps_best_k_and_newest(tmp_path):
+    manager = CheckpointManager(str(tmp_path), keep_best=2)
+    for step, score in [(1, 0.3), (2, 0.9), (3, 0.1), (4, 0.5), (5, 0.2)]:
+        _fake_checkpoint(manager, step, score)
+        manager.rotate("cider_d")
+    kept = [step for step, _ in manager.complete()]
+    assert kept == [2, 4, 5]  # best two (0.9, 0.5) + the newest for resume
+    manager.update_best(str(Path(manager.path(2)) / "model"))
+    manager.update_best(str(Path(manager.path(4)) / "model"))
+    assert (tmp_path / "best" / "weights.txt").read_text() == "4"
+    assert not (tmp_path / "best.tmp").exists() and not (tmp_path / "best.old").exists()
