@@ -26,17 +26,25 @@ import torch
 import torch.nn.functional as F
 from transformers.models.bart.modeling_bart import BartAttention, BartEncoderLayer
 
+from .attention import attention, dropout, keep_mask
+
 
 def _dropout_mask(like: torch.Tensor, p: float) -> Optional[torch.Tensor]:
-    """A boolean keep-mask for dropout with probability ``p`` (None when ``p == 0``)."""
+    """A boolean keep-mask for dropout with probability ``p`` (None when ``p == 0``).
+
+    On CPU from :func:`modeling.attention.keep_mask` (same keep probability, a fraction of the
+    cost of ``bernoulli_``); elsewhere ``bernoulli_``.
+    """
     if p <= 0.0:
         return None
+    if like.device.type == "cpu":
+        return keep_mask(like.shape, p)
     return torch.empty_like(like, dtype=torch.bool).bernoulli_(1.0 - p)
 
 
 def _apply_mask(x: torch.Tensor, mask: Optional[torch.Tensor], p: float) -> torch.Tensor:
     """Inverted dropout with a given keep-mask (identity when the mask is None)."""
-    return x if mask is None else x * mask * (1.0 / (1.0 - p))
+    return x if mask is None else (x * mask).mul_(1.0 / (1.0 - p))
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -110,13 +118,16 @@ class EnClapBartEncoderLayer(BartEncoderLayer):
     ) -> tuple[torch.Tensor, ...]:
         if not (self.efficient_training and self.training and torch.is_grad_enabled()) or self.fc1.bias is None:
             return super().forward(hidden_states, attention_mask, layer_head_mask, output_attentions)
-        attn, attn_weights = self.self_attn(
-            hidden_states=hidden_states,
-            attention_mask=attention_mask,
-            layer_head_mask=layer_head_mask,
-            output_attentions=output_attentions,
-        )
-        hidden_states = hidden_states + F.dropout(attn, p=self.dropout, training=True)
+        if self._blocked_attention_applies(hidden_states, attention_mask, layer_head_mask, output_attentions):
+            attn, attn_weights = self._blocked_self_attention(hidden_states, attention_mask), None
+        else:
+            attn, attn_weights = self.self_attn(
+                hidden_states=hidden_states,
+                attention_mask=attention_mask,
+                layer_head_mask=layer_head_mask,
+                output_attentions=output_attentions,
+            )
+        hidden_states = hidden_states + dropout(attn, self.dropout)
         ln = self.self_attn_layer_norm
         hidden_states = _FeedForward.apply(
             hidden_states, ln.weight, ln.bias, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, self
@@ -126,6 +137,31 @@ class EnClapBartEncoderLayer(BartEncoderLayer):
             limit = torch.finfo(hidden_states.dtype).max - 1000
             hidden_states = torch.clamp(hidden_states, min=-limit, max=limit)
         return (hidden_states, attn_weights) if output_attentions else (hidden_states,)
+
+    def _blocked_attention_applies(self, hidden_states, attention_mask, layer_head_mask, output_attentions) -> bool:
+        """CPU, attention dropout on, nothing but the output wanted: SDPA would materialise it all.
+
+        Without dropout SDPA's CPU flash kernel is faster; on CUDA SDPA's fused kernels do dropout.
+        """
+        attn = self.self_attn
+        return (
+            hidden_states.device.type == "cpu"
+            and attn.dropout > 0
+            and layer_head_mask is None
+            and not output_attentions
+            and (attention_mask is None or (attention_mask.dim() == 4 and attention_mask.shape[1:3] == (1, 1)))
+        )
+
+    def _blocked_self_attention(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor]):
+        """The self-attention sub-layer through :func:`modeling.attention.attention` (same weights)."""
+        attn = self.self_attn
+        batch, length, _ = hidden_states.shape
+        shape = (batch, length, -1, attn.head_dim)
+        q = attn.q_proj(hidden_states).view(shape).transpose(1, 2)
+        k = attn.k_proj(hidden_states).view(shape).transpose(1, 2)
+        v = attn.v_proj(hidden_states).view(shape).transpose(1, 2)
+        out = attention(q, k, v, attention_mask, attn.scaling, attn.dropout)  # (B, H, L, d)
+        return attn.out_proj(out.transpose(1, 2).reshape(batch, length, -1))
 
 
 class EnClapCrossAttention(BartAttention):
@@ -147,6 +183,9 @@ class EnClapCrossAttention(BartAttention):
         mask_ok = attention_mask is None or (isinstance(attention_mask, torch.Tensor) and attention_mask.dim() in (2, 4))
         if (
             not (self.efficient_training and self.training and torch.is_grad_enabled())
+            # Its (B, H, S, L) fp32 score tensors beat projecting L keys and values on a CPU;
+            # on CUDA, SDPA's fused cross-attention is the faster one.
+            or hidden_states.device.type != "cpu"
             or key_value_states is None
             or past_key_values is not None
             or output_attentions
@@ -181,7 +220,7 @@ class EnClapCrossAttention(BartAttention):
                 attention_mask = (1.0 - attention_mask[:, None, None, :].to(scores.dtype)) * torch.finfo(scores.dtype).min
             scores = scores + attention_mask
         probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(scores.dtype)
-        probs = F.dropout(probs, p=self.dropout, training=True)
+        probs = dropout(probs, self.dropout)
         # (P E) W_v^T + (row sums of P) b_v
         mixed = torch.bmm(probs.view(batch, heads * queries, -1), enc)  # (B, H*S, D)
         mixed = mixed.view(batch, heads, queries, dim).transpose(0, 1).reshape(heads, batch * queries, dim)

@@ -1,0 +1,260 @@
+"""Cheap dropout for CPU training: a faster keep-mask generator, and a blocked attention whose
+dropout mask is redrawn from a seed in backward instead of being stored (design §3).
+
+Why: on a CPU, PyTorch's SDPA has no kernel for attention dropout. With ``dropout_p > 0`` it
+falls back to materialising the (B, H, L, L) attention matrix and its dropout mask, keeps both
+for backward, and draws the mask with ``bernoulli_`` (a Mersenne-Twister draw and a comparison
+per element, ~6 ns). At the recipes' L ~ 750 frames that is most of a CPU training step's
+dropout cost and the top of its memory peak.
+
+* :class:`MaskStream` / :func:`keep_mask`: Bernoulli keep-masks from numpy's SFC64 generator,
+  32 random bits per element compared with a threshold (keep probability ``1 - p`` rounded to
+  a multiple of 2**-32), ~10x cheaper than ``bernoulli_``. The same seed gives the same masks.
+* :func:`dropout`: inverted dropout with that mask (the bool mask is kept for backward).
+* :func:`attention`: ``dropout(softmax(Q K^T * scale + bias)) V`` computed one block of query
+  rows at a time, so that a block's scores stay in cache. Forward keeps Q, K, V, the output and
+  one log-sum-exp per query row; backward recomputes each block's probabilities and redraws
+  its dropout mask from the same seed (flash-attention style, written with PyTorch ops).
+  Batch entries are shared among the intra-op threads, each running its ops single-threaded:
+  thousands of small parallel regions would otherwise each wait for every thread, which on a
+  machine shared with other jobs costs more than the work.
+
+These are CPU kernels: on CUDA, :func:`dropout` is ``F.dropout`` and the callers leave
+attention to SDPA, whose fused kernels do dropout themselves.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+_TWO32 = 1 << 32
+
+
+def keep_threshold(p: float) -> int:
+    """``t`` such that ``t / 2**32`` is the keep probability ``1 - p`` rounded to a multiple of 2**-32."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    return min(round((1.0 - p) * _TWO32), _TWO32)
+
+
+class MaskStream:
+    """Keep-masks drawn one after another from a seed: the same seed gives the same masks.
+
+    Each element gets 32 random bits (a 64-bit SFC64 draw serves two elements) and is kept when
+    they, read as a signed 32-bit number, are below ``t - 2**31``: exactly ``t`` of the ``2**32``
+    equally likely values, so ``P(keep) = t / 2**32`` with ``t`` from :func:`keep_threshold`.
+
+    Args:
+        seed: an int or a sequence of ints (numpy ``SeedSequence`` entropy).
+    """
+
+    def __init__(self, seed):
+        self._bits = np.random.SFC64(np.random.SeedSequence(seed))
+
+    def draw(self, shape: Sequence[int], p: float) -> torch.Tensor:
+        """A bool tensor of ``shape``, each element independently True with probability ``1 - p``."""
+        shape = tuple(int(s) for s in shape)
+        threshold = keep_threshold(p)
+        if threshold == _TWO32:
+            return torch.ones(shape, dtype=torch.bool)
+        numel = int(np.prod(shape, dtype=np.int64))
+        words = self._bits.random_raw((numel + 1) // 2)  # uint64, two elements each
+        bits = torch.from_numpy(words.view(np.int32)[:numel])
+        return (bits < threshold - 2**31).view(shape)
+
+
+def new_seed(generator: Optional[torch.Generator] = None) -> int:
+    """A seed drawn from torch's generator, so that ``torch.manual_seed`` fixes every mask."""
+    return int(torch.randint(0, 2**62, (), generator=generator))
+
+
+def keep_mask(shape: Sequence[int], p: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """A bool keep-mask of ``shape`` (True with probability ``1 - p``), seeded from ``generator``."""
+    return MaskStream(new_seed(generator)).draw(shape, p)
+
+
+class _Dropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float):
+        keep = keep_mask(x.shape, p)
+        ctx.save_for_backward(keep)
+        ctx.scale = 1.0 / (1.0 - p)
+        return (x * keep).mul_(ctx.scale)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (keep,) = ctx.saved_tensors
+        return (grad * keep).mul_(ctx.scale), None
+
+
+def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """``F.dropout(x, p, training)``, with :func:`keep_mask` masks on CPU (``F.dropout`` elsewhere)."""
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu":
+        return torch.nn.functional.dropout(x, p, training=True)
+    return _Dropout.apply(x, p)
+
+
+# ------------------------------------------------------------------------------ threads
+
+_pool: Optional[ThreadPoolExecutor] = None
+_pool_lock = threading.Lock()
+
+
+def _single_threaded() -> None:
+    torch.set_num_threads(1)
+
+
+def _run_shared(tasks: Sequence[Callable[[], None]]) -> None:
+    """Runs ``tasks`` spread over ``torch.get_num_threads()`` threads, each op single-threaded.
+
+    The calling thread takes a share; the intra-op thread count is restored afterwards.
+    """
+    global _pool
+    threads = min(torch.get_num_threads(), len(tasks))
+    if threads <= 1:
+        for task in tasks:
+            task()
+        return
+    saved = torch.get_num_threads()
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < threads - 1:
+            _pool = ThreadPoolExecutor(max_workers=threads - 1, initializer=_single_threaded,
+                                       thread_name_prefix="enclap-attention")
+        torch.set_num_threads(1)
+        try:
+            def run(share):
+                for task in share:
+                    task()
+
+            futures = [_pool.submit(run, tasks[i::threads]) for i in range(1, threads)]
+            run(tasks[0::threads])
+            for future in futures:
+                future.result()
+        finally:
+            torch.set_num_threads(saved)
+
+
+# ------------------------------------------------------------------------------ attention
+
+#: Query rows per block: a block's scores are (heads, rows, L) floats, ~1.2 MB at 12 heads, L=750.
+BLOCK_ROWS = 32
+
+
+def _blocks(length: int, rows: int):
+    return [(start, min(start + rows, length)) for start in range(0, length, rows)]
+
+
+def _scores(q_block, key_t, bias_row, scale: float) -> torch.Tensor:
+    """(H, r, L) scores ``q k^T * scale + bias`` of one block."""
+    if bias_row is None:
+        return torch.bmm(q_block, key_t).mul_(scale)
+    return torch.baddbmm(bias_row, q_block, key_t, alpha=scale)
+
+
+class _BlockedAttention(torch.autograd.Function):
+    """``dropout(softmax(q k^T * scale + bias)) v`` over (B, H, L, d) tensors, blocked by query rows.
+
+    Batch entry ``b`` draws its masks from ``MaskStream((seed, b))`` block after block, in the
+    same order in forward and backward, whichever thread computes it.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, scale: float, p: float, seed: int, rows: int):
+        batch, heads, length, _ = q.shape
+        out = torch.empty_like(q)
+        lse = q.new_empty(batch, heads, length, 1)
+        inv_keep = 1.0 / (1.0 - p)
+
+        def entry(b: int) -> None:
+            stream = MaskStream((seed, b)) if p > 0 else None
+            key_t = k[b].transpose(-1, -2)  # (H, d, L)
+            bias_row = None if bias is None else bias[b].expand(heads, 1, -1)  # (H, 1, L)
+            for start, stop in _blocks(length, rows):
+                s = _scores(q[b, :, start:stop], key_t, bias_row, scale)
+                m = s.amax(-1, keepdim=True)
+                s.sub_(m).exp_()  # unnormalised probabilities
+                z = s.sum(-1, keepdim=True)
+                lse[b, :, start:stop] = m + z.log()
+                if stream is not None:
+                    s.mul_(stream.draw(s.shape, p))
+                block = torch.bmm(s, v[b])  # (H, r, d)
+                out[b, :, start:stop] = block.mul_(z.reciprocal_().mul_(inv_keep if p > 0 else 1.0))
+
+        _run_shared([lambda b=b: entry(b) for b in range(batch)])
+        ctx.save_for_backward(q, k, v, bias, out, lse)
+        ctx.scale, ctx.p, ctx.seed, ctx.rows = scale, p, seed, rows
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        q, k, v, bias, out, lse = ctx.saved_tensors
+        scale, p, seed, rows = ctx.scale, ctx.p, ctx.seed, ctx.rows
+        batch, heads, length, _ = q.shape
+        grad_out = grad_out.contiguous()
+        grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        # D_i = sum_j dO_ij O_ij = sum_j dP_ij P_ij: the row term of the softmax backward.
+        delta = (grad_out * out).sum(-1, keepdim=True)  # (B, H, L, 1)
+        keep_p = 1.0 - p
+
+        def entry(b: int) -> None:
+            stream = MaskStream((seed, b)) if p > 0 else None
+            key_t = k[b].transpose(-1, -2)
+            value_t = v[b].transpose(-1, -2)
+            bias_row = None if bias is None else bias[b].expand(heads, 1, -1)
+            grad_k[b].zero_()
+            grad_v[b].zero_()
+            for start, stop in _blocks(length, rows):
+                q_block, go_block = q[b, :, start:stop], grad_out[b, :, start:stop]
+                probs = _scores(q_block, key_t, bias_row, scale).sub_(lse[b, :, start:stop]).exp_()
+                d_drop = torch.bmm(go_block, value_t)  # d loss / d (masked probabilities) * keep_p
+                if stream is not None:
+                    keep = stream.draw(probs.shape, p)
+                    # dS = P * (dZ * M / keep_p - D) = P * (dZ * M - D * keep_p) / keep_p
+                    d_scores = d_drop.mul_(keep).sub_(delta[b, :, start:stop] * keep_p).mul_(probs)
+                    probs.mul_(keep)
+                else:
+                    d_scores = d_drop.sub_(delta[b, :, start:stop]).mul_(probs)
+                grad_v[b].baddbmm_(probs.transpose(-1, -2), go_block)
+                grad_q[b, :, start:stop] = torch.bmm(d_scores, k[b])
+                grad_k[b].baddbmm_(d_scores.transpose(-1, -2), q_block)
+
+        _run_shared([lambda b=b: entry(b) for b in range(batch)])
+        grad_v.mul_(1.0 / keep_p)
+        grad_q.mul_(scale / keep_p)
+        grad_k.mul_(scale / keep_p)
+        return grad_q, grad_k, grad_v, None, None, None, None, None
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor], scale: float,
+              p: float, generator: Optional[torch.Generator] = None, rows: int = BLOCK_ROWS) -> torch.Tensor:
+    """Blocked attention with dropout for CPU training (equal to SDPA's result without dropout).
+
+    Args:
+        q: (B, H, L, d) queries.
+        k, v: (B, H, L_k, d) keys and values.
+        bias: additive mask of shape (B, 1, 1, L_k) or (1, 1, 1, L_k) (padding), or None; it gets
+            no gradient.
+        scale: score scale (``head_dim ** -0.5``).
+        p: attention dropout probability (0 for none).
+        generator: where the seed of the dropout masks comes from (default: torch's CPU
+            generator, so that ``torch.manual_seed`` fixes them).
+        rows: query rows per block.
+
+    Returns:
+        (B, H, L, d) attention output.
+    """
+    if bias is not None:
+        bias = bias.detach().to(q.dtype).reshape(bias.shape[0], 1, bias.shape[-1])
+        bias = bias.expand(q.shape[0], 1, -1)
+    seed = new_seed(generator) if p > 0 else 0
+    return _BlockedAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), bias, float(scale), float(p),
+                                   seed, int(rows))
