@@ -63,7 +63,7 @@ def build_demo(pipeline, defaults=None):
     import gradio as gr
 
     from modeling.generation import GenerationOptions
-    from captioning.pipeline import RerankOptions
+    from captioning.rerank import RerankOptions
 
     defaults = defaults or GenerationOptions()
 

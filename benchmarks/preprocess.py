@@ -66,7 +66,7 @@ def ours(extractor, data_root: Path, enc_root: Path, clap_root: Path, device: st
 
     args = preprocess.build_parser().parse_args(
         ["--data_path", str(data_root), "--encodec_path", str(enc_root), "--clap_path", str(clap_root),
-         "--random_weights", "--quiet", "--device", device, *extra])
+         "--random_weights", "--quiet", "--device", str(device), *extra])
     start = time.perf_counter()
     summary = preprocess.run(args, extractor=extractor)
     elapsed = time.perf_counter() - start
@@ -84,12 +84,11 @@ def main() -> None:
                         help="further data/preprocess.py flags for 'ours' (e.g. --batch_size 4)")
     args = parser.parse_args()
 
-    from data import preprocess
-    from data.encoders import ClapEncoder, EncodecEncoder, FeatureExtractor
+    from common.device import resolve_device
+    from data.encoders import build_feature_extractor
 
-    device = preprocess.resolve_device(args.device)
-    torch.manual_seed(0)
-    extractor = FeatureExtractor(EncodecEncoder(device=device, pretrained=False), ClapEncoder(device=device))
+    device = resolve_device(args.device)
+    extractor = build_feature_extractor(device, random_weights=True, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data_root = tmp / "wavs"
@@ -115,7 +114,7 @@ def main() -> None:
             assert np.allclose(np.load(tmp / "b0/clap" / rel), np.load(tmp / "o0/clap" / rel), atol=1e-6), rel
 
     best = {name: min(values) for name, values in times.items()}
-    kind = torch.cuda.get_device_name(0) if device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    kind = torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {device} ({kind}); {args.clips} clips x {args.seconds:.0f} s stereo 44.1 kHz WAV; "
           f"random-weight EnCodec 24 kHz (12 kbps) + CLAP HTSAT-tiny fusion")
     for name in ("baseline", "ours"):

@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from captioning.pipeline import LONG_AUDIO_MODES, EnClap, RerankOptions
+from captioning.pipeline import LONG_AUDIO_MODES, EnClap
+from captioning.rerank import RerankOptions
 from data.audio import ENCODEC_FRAME_RATE
 from data.encoders import CLAP_CHECKPOINT_NAME, CLAP_HUB_REPO
 from data.masking import MAX_FRAMES

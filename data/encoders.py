@@ -1,55 +1,40 @@
-"""Feature encoders: EnCodec codes and LAION-CLAP embeddings, and the one FeatureExtractor.
+"""Feature encoders behind one interface, the one FeatureExtractor, and the one builder.
 
 ``FeatureExtractor.extract`` is THE single place raw audio becomes EnCLAP features; the
 preprocessing CLI, the captioning pipeline, evaluation's raw-audio mode and the demo all
 call it (or ``extract_prepared`` after decoding and resampling in DataLoader workers with
 ``prepare_branches``), so a clip gets identical features whichever way it comes in.
 
-Both encoders sit behind the same small interface (``sample_rate``, ``encode(batch)``) and
-both encode batches with results equal to encoding each clip alone:
+The two encoders share a small interface, so a different codec can be swapped in without
+touching the model:
 
-* ``EncodecEncoder``: the ``encodec`` package's causal 24 kHz model at 12 kbps -> codes
-  ``(T, 16)`` int64, T = ceil(samples_24k / 320). EnCodec pads the END of each clip by
-  reflection inside every strided convolution, so zero-padding clips to a common length
-  would change their last frame. The batched encoder therefore runs the SEANet encoder
-  layer by layer and pads every clip exactly as encodec's ``SConv1d`` pads it alone (with
-  encodec's own ``pad1d``), then cuts each result to its own length.
-* ``ClapEncoder``: LAION-CLAP HTSAT-tiny with fusion (``aff_2d``), built from
-  laion_clap's ``clap_module`` files without importing the ``laion_clap`` package (its
-  ``__init__`` fetches three hub tokenizers and fails offline). Input preparation follows
-  laion_clap's ``get_audio_embedding_from_data`` numpy path (int16 round trip, repeat-pad
-  to 10 s, fusion mel) with the random fusion chunks drawn from a per-clip generator seeded
-  with ``seed``, so the same clip always gives the same embedding, alone or in a batch.
+* the codec (:class:`data.encodec_encoder.EncodecEncoder`): ``sample_rate``, ``frame_rate``,
+  ``num_codebooks``, ``codebook_size``, ``encode(wavs) -> [(T, num_codebooks) int64]`` and
+  ``num_frames(samples)``;
+* CLAP (:class:`data.clap_encoder.ClapEncoder`): ``sample_rate``, ``dim`` (the embedding
+  size), ``encode(wavs) -> (B, dim)`` and ``embed_text(texts)``.
+
+Both encode batches with results equal to encoding each clip alone. :func:`build_encodec`,
+:func:`build_clap` and :func:`build_feature_extractor` are the one place where weights,
+random weights and seeds are chosen.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
-import math
 import os
 import pathlib
-import sys
-import types
-import warnings
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from common.errors import UserError
-from data.audio import (
-    CLAP_SAMPLE_RATE,
-    AudioError,
-    clap_quantize,
-    load_audio,
-    resample_for_clap,
-    resample_for_encodec,
-    to_mono,
-)
+from data.audio import load_audio, resample_for_clap, resample_for_encodec, to_mono
+
+if TYPE_CHECKING:  # the encoders import this module; their classes are only named here
+    from data.clap_encoder import ClapEncoder
+    from data.encodec_encoder import EncodecEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -64,555 +49,13 @@ class ModelLoadError(UserError, RuntimeError):
     """Encoder weights that cannot be found or loaded; the message is one line with the fix."""
 
 
-def _resolve_batch_size(max_batch_size: Optional[int], device: torch.device) -> Optional[int]:
+def resolve_batch_size(max_batch_size: Optional[int], device: torch.device) -> Optional[int]:
     """None -> 1 on CPU, unlimited (None) elsewhere; an explicit positive value is kept."""
     if max_batch_size is None:
         return 1 if device.type == "cpu" else None
     if int(max_batch_size) < 1:
         raise ValueError(f"max_batch_size must be >= 1 or None, got {max_batch_size}")
     return int(max_batch_size)
-
-
-# --------------------------------------------------------------------------------------------
-# EnCodec
-# --------------------------------------------------------------------------------------------
-
-
-class EncodecEncoder:
-    """EnCodec 24 kHz at a fixed bandwidth, encoding batches exactly as clips alone.
-
-    Args:
-        device: torch device to run on ("cpu", "cuda", "cuda:1", ...).
-        pretrained: load Meta's released weights (downloaded to torch hub's cache on first
-            use); False builds random weights (tests, benchmarks).
-        bandwidth: target bandwidth in kbps; 12.0 gives the 16 codebooks EnCLAP uses.
-        repository: optional local folder holding ``encodec_24khz-d7cc33bc.th`` (offline use).
-        max_batch_size: ``encode`` runs at most this many clips per forward pass. None
-            (default) means 1 on CPU, where batching is no faster and one clip per pass makes
-            results bit-identical however clips are grouped, and the whole list on a GPU.
-            Codes do not depend on it beyond float rounding; only speed and memory do.
-        seed: seeds the random weights when ``pretrained`` is False (the global torch
-            generator is left untouched), so random-weight runs are reproducible. Encodec's
-            fresh codebooks are all zeros (they wait for k-means on training data), which would
-            give code 0 everywhere; random-weight encoders therefore fill each codebook with
-            latents of a seeded calibration signal (see :meth:`_calibrate_random_codebooks`),
-            so codes depend on the audio as they do with trained weights.
-    """
-
-    def __init__(self, device: Union[str, torch.device] = "cpu", pretrained: bool = True,
-                 bandwidth: float = 12.0, repository: Optional[str] = None,
-                 max_batch_size: Optional[int] = None, seed: int = 0):
-        from encodec import EncodecModel
-        from encodec.modules import conv as encodec_conv
-
-        self._pad1d = encodec_conv.pad1d
-        self._extra_padding = encodec_conv.get_extra_padding_for_conv1d
-        self._sconv = encodec_conv.SConv1d
-        try:
-            with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-                # encodec uses the deprecated torch weight_norm: a FutureWarning users can't act on.
-                warnings.simplefilter("ignore", FutureWarning)
-                torch.manual_seed(seed)
-                model = EncodecModel.encodec_model_24khz(
-                    pretrained=pretrained,
-                    repository=None if repository is None else pathlib.Path(repository))
-        except (OSError, ValueError, RuntimeError) as err:  # URLError is an OSError
-            reason = " ".join(str(err).split())[:200]
-            raise ModelLoadError(
-                f"cannot load the EnCodec 24 kHz weights ({reason}); download {ENCODEC_URL} "
-                f"once with network access (torch hub caches it in "
-                f"{os.path.join(torch.hub.get_dir(), 'checkpoints')}) or pass its folder as "
-                f"repository") from None
-        model.set_target_bandwidth(bandwidth)
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        self.bandwidth = float(bandwidth)
-        self.max_batch_size = _resolve_batch_size(max_batch_size, self.device)
-        self.sample_rate = int(model.sample_rate)  # 24000
-        self.frame_rate = int(model.frame_rate)  # 75
-        self.hop_length = int(np.prod(model.encoder.ratios))  # 320
-        self.num_codebooks = int(
-            model.quantizer.get_num_quantizers_for_bandwidth(model.frame_rate, bandwidth))  # 16
-        self.codebook_size = int(model.quantizer.bins)  # 1024
-        if not pretrained:
-            self._calibrate_random_codebooks(seed)
-
-    @torch.inference_mode()
-    def _calibrate_random_codebooks(self, seed: int, seconds: float = 4.0) -> None:
-        """Fill the random model's codebooks with residual latents of a seeded calibration signal.
-
-        Like encodec's own data-driven codebook initialisation (one k-means step), each
-        codebook's entries are residual latent vectors sampled at random: of a fixed signal of
-        tones, sweeps and noise bursts at varied levels, so that any process building the same
-        seed gets the same codebooks without seeing any dataset.
-        """
-        rng = np.random.default_rng(seed)
-        part = self.sample_rate // 3
-        t = np.arange(part) / self.sample_rate
-        pieces = []
-        for k in range(int(seconds * 3)):
-            level = 10 ** rng.uniform(-2, 0)
-            if k % 3 == 0:
-                piece = np.sin(2 * np.pi * rng.uniform(50, 8000) * t)
-            elif k % 3 == 1:
-                f0, f1 = rng.uniform(50, 8000, 2)
-                piece = np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t ** 2 / (2 * t[-1])))
-            else:
-                piece = rng.standard_normal(part)
-            pieces.append(level * piece)
-        signal = torch.from_numpy(np.concatenate(pieces).astype(np.float32))
-        residual = torch.from_numpy(self.latents([signal])[0]).to(self.device)  # (frames, 128)
-        generator = torch.Generator().manual_seed(seed)
-        for layer in self.model.quantizer.vq.layers:
-            codebook = layer._codebook
-            rows = torch.randint(0, residual.shape[0], (codebook.embed.shape[0],), generator=generator)
-            codebook.embed.copy_(residual[rows.to(self.device)])
-            codebook.inited.fill_(1)
-            residual = residual - codebook.dequantize(codebook.quantize(residual))
-
-    def num_frames(self, num_samples: int) -> int:
-        """Frames EnCodec produces for a 24 kHz clip: ceil(samples / 320)."""
-        return int(math.ceil(num_samples / self.hop_length))
-
-    # The encoder is causal: output frame t never sees input after t except through the
-    # end padding, so garbage beyond a clip's valid length cannot leak into its valid
-    # outputs as long as every strided/padded conv sees the clip padded as if alone.
-    def _sconv1d(self, layer, x: torch.Tensor, lengths: List[int]):
-        conv = layer.conv.conv
-        kernel_size, stride, dilation = conv.kernel_size[0], conv.stride[0], conv.dilation[0]
-        padding_total = (kernel_size - 1) * dilation - (stride - 1)
-        if not layer.causal:
-            raise NotImplementedError("batched encoding is written for the causal 24 kHz model")
-        out_lengths = [int(math.ceil(length / stride)) for length in lengths]
-        if all(length == x.shape[-1] for length in lengths):
-            # Equal lengths (a single clip, or a batch of 10 s clips): padding the whole batch
-            # is padding each clip alone, without per-clip copies.
-            extra = self._extra_padding(x, kernel_size, stride, padding_total)
-            padded = self._pad1d(x, (padding_total, extra), mode=layer.pad_mode)
-            return layer.conv(padded), out_lengths
-        padded = []
-        for i, length in enumerate(lengths):
-            xi = x[i:i + 1, :, :length]  # (1, C, l_i)
-            extra = self._extra_padding(xi, kernel_size, stride, padding_total)
-            padded.append(self._pad1d(xi, (padding_total, extra), mode=layer.pad_mode))
-        width = max(p.shape[-1] for p in padded)
-        batch = torch.cat([F.pad(p, (0, width - p.shape[-1])) for p in padded])  # (B, C, W)
-        return layer.conv(batch), out_lengths
-
-    def _forward(self, module: nn.Module, x: torch.Tensor, lengths: List[int]):
-        from encodec.modules.seanet import SEANetResnetBlock
-        if isinstance(module, self._sconv):
-            return self._sconv1d(module, x, lengths)
-        if isinstance(module, nn.Sequential):
-            for child in module:
-                x, lengths = self._forward(child, x, lengths)
-            return x, lengths
-        if isinstance(module, SEANetResnetBlock):
-            y, _ = self._forward(module.block, x, lengths)
-            skip, _ = self._forward(module.shortcut, x, lengths)
-            return skip + y, lengths
-        # ELU, Identity and the unidirectional LSTM work time step by time step.
-        return module(x), lengths
-
-    def _embed(self, wavs: Sequence[Union[torch.Tensor, np.ndarray]]):
-        tensors = [torch.as_tensor(w, dtype=torch.float32).reshape(-1) for w in wavs]
-        lengths = [int(t.shape[0]) for t in tensors]
-        if min(lengths) == 0:
-            raise AudioError("<array>: an empty clip cannot be encoded")
-        width = max(lengths)
-        x = torch.stack([F.pad(t, (0, width - t.shape[0])) for t in tensors])  # (B, N)
-        x = x[:, None, :].to(self.device)  # (B, 1, N)
-        return self._forward(self.model.encoder.model, x, lengths)  # (B, 128, T), [T_i]
-
-    @torch.inference_mode()
-    def latents(self, wavs: Sequence[Union[torch.Tensor, np.ndarray]]) -> List[np.ndarray]:
-        """The continuous encoder output before quantisation, per clip.
-
-        Args:
-            wavs: 1-D float tensors/arrays at 24 kHz.
-
-        Returns:
-            One float32 array of shape (T_i, 128) per clip, as encodec's encoder gives for
-            the clip alone.
-        """
-        if len(wavs) == 0:
-            return []
-        emb, frames = self._embed(wavs)
-        emb = emb.float().cpu().numpy()
-        return [np.ascontiguousarray(emb[i, :, :t].T) for i, t in enumerate(frames)]
-
-    @torch.inference_mode()
-    def encode(self, wavs: Sequence[Union[torch.Tensor, np.ndarray]]) -> List[np.ndarray]:
-        """Encodes 24 kHz mono clips into codes, one batch.
-
-        Args:
-            wavs: 1-D float tensors/arrays at 24 kHz (see ``data.audio.resample_for_encodec``),
-                any lengths >= 1.
-
-        Returns:
-            One np.int64 array of shape (T_i, 16) per clip, T_i = ceil(len_i / 320),
-            identical to encoding that clip alone.
-        """
-        step = self.max_batch_size or max(len(wavs), 1)
-        results: List[np.ndarray] = []
-        for start in range(0, len(wavs), step):
-            emb, frames = self._embed(wavs[start:start + step])  # (B, 128, T)
-            codes = self.model.quantizer.encode(emb, self.model.frame_rate, self.bandwidth)
-            codes = codes.transpose(0, 1).cpu().numpy()  # (K, B, T) -> (B, K, T)
-            results.extend(np.ascontiguousarray(codes[i, :, :t].T).astype(np.int64)  # (T_i, K)
-                           for i, t in enumerate(frames))
-        return results
-
-
-# --------------------------------------------------------------------------------------------
-# LAION-CLAP (HTSAT-tiny, fusion)
-# --------------------------------------------------------------------------------------------
-
-# HTSAT-tiny's audio_cfg from laion_clap/clap_module/model_configs/HTSAT-tiny.json.
-_HTSAT_TINY_AUDIO_CFG = dict(
-    model_type="HTSAT", model_name="tiny", sample_rate=48000, audio_length=1024,
-    clip_samples=480000, mel_bins=64, window_size=1024, hop_size=480, fmin=50, fmax=14000,
-    class_num=527,
-)
-_HTSAT_EMBED_DIM = 768  # HTSAT-tiny's pooled embedding, projected to the 512-d joint space
-_CLAP_DIM = 512
-_CLAP_MAX_LEN = 480000  # 10 s at 48 kHz
-_TEXT_MAX_LENGTH = 77  # laion_clap's tokenizer(padding="max_length", max_length=77)
-# RoBERTa settings the released text branch (roberta-base) uses that its weight shapes don't show.
-_ROBERTA_FIXED = dict(hidden_act="gelu", layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0,
-                      eos_token_id=2)
-_PRIVATE_CLAP_PACKAGE = "_enclap_laion_clap_module"
-
-
-def _clap_htsat_module():
-    """Imports laion_clap's ``clap_module/htsat.py`` without running any package __init__.
-
-    ``import laion_clap`` downloads three tokenizers at import time (fails offline) and
-    putting its folder on sys.path would shadow top-level names such as ``evaluate``. So the
-    ``clap_module`` folder is registered as an empty private package and only ``htsat`` (with
-    its relative imports ``utils`` and ``feature_fusion``) is loaded from it.
-    """
-    if _PRIVATE_CLAP_PACKAGE + ".htsat" in sys.modules:
-        return sys.modules[_PRIVATE_CLAP_PACKAGE + ".htsat"]
-    spec = importlib.util.find_spec("laion_clap")  # locates the package without importing it
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError("the laion-clap package is not installed; run "
-                             "`pip install -r requirements.txt`")
-    folder = os.path.join(list(spec.submodule_search_locations)[0], "clap_module")
-    package = types.ModuleType(_PRIVATE_CLAP_PACKAGE)
-    package.__path__ = [folder]
-    sys.modules[_PRIVATE_CLAP_PACKAGE] = package
-    return importlib.import_module(_PRIVATE_CLAP_PACKAGE + ".htsat")
-
-
-class _ClapAudio(nn.Module):
-    """laion_clap's audio tower with the attribute names of its ``CLAP`` model.
-
-    The names ``audio_branch`` / ``audio_projection`` make the state-dict keys those of the
-    released checkpoints (minus their ``module.`` prefix).
-    """
-
-    def __init__(self):
-        super().__init__()
-        htsat = _clap_htsat_module()
-        cfg = types.SimpleNamespace(**_HTSAT_TINY_AUDIO_CFG)
-        with warnings.catch_warnings():  # torch.meshgrid's indexing notice, not actionable
-            warnings.simplefilter("ignore", UserWarning)
-            self.audio_branch = htsat.create_htsat_model(cfg, enable_fusion=True,
-                                                         fusion_type="aff_2d")
-        self.audio_projection = nn.Sequential(
-            nn.Linear(_HTSAT_EMBED_DIM, _CLAP_DIM), nn.ReLU(), nn.Linear(_CLAP_DIM, _CLAP_DIM))
-
-    def forward(self, mel_fusion: torch.Tensor, longer: torch.Tensor) -> torch.Tensor:
-        """Embeds fusion mels (B, 4, 1001, 64) with flags (B,) bool -> (B, 512) L2-normalised."""
-        out = self.audio_branch({"mel_fusion": mel_fusion, "longer": longer},
-                                mixup_lambda=None, device=mel_fusion.device)
-        return F.normalize(self.audio_projection(out["embedding"]), dim=-1)
-
-
-class _ClapText(nn.Module):
-    """laion_clap's roberta text tower: pooled RoBERTa output -> 512-d projection."""
-
-    def __init__(self, roberta_kwargs: dict):
-        super().__init__()
-        from transformers import RobertaConfig, RobertaModel
-        self.text_branch = RobertaModel(RobertaConfig(**roberta_kwargs))
-        width = roberta_kwargs["hidden_size"]
-        self.text_projection = nn.Sequential(
-            nn.Linear(width, _CLAP_DIM), nn.ReLU(), nn.Linear(_CLAP_DIM, _CLAP_DIM))
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        pooled = self.text_branch(input_ids=input_ids,
-                                  attention_mask=attention_mask)["pooler_output"]
-        return F.normalize(self.text_projection(pooled), dim=-1)
-
-
-class _ByteTokenizer:
-    """Offline stand-in for roberta's tokenizer used with random-weight CLAP (tests only).
-
-    ids: 0 <s>, 1 <pad>, 2 </s>, 3 + byte value; padded to 77 like laion_clap's tokenizer.
-    """
-
-    vocab_size = 3 + 256
-
-    def __call__(self, texts: List[str]) -> dict:
-        ids = torch.ones(len(texts), _TEXT_MAX_LENGTH, dtype=torch.long)  # pad = 1
-        mask = torch.zeros(len(texts), _TEXT_MAX_LENGTH, dtype=torch.long)
-        for row, text in enumerate(texts):
-            body = [3 + b for b in text.encode("utf-8")][:_TEXT_MAX_LENGTH - 2]
-            seq = [0] + body + [2]
-            ids[row, :len(seq)] = torch.tensor(seq)
-            mask[row, :len(seq)] = 1
-        return {"input_ids": ids, "attention_mask": mask}
-
-
-def _load_clap_state_dict(path: str) -> dict:
-    """Reads a laion_clap checkpoint ({"state_dict": ...} or a bare dict), strips ``module.``."""
-    if not os.path.isfile(path):
-        raise ModelLoadError(f"{path}: CLAP checkpoint not found; download {CLAP_CHECKPOINT_URL} "
-                             f"and pass its path")
-    try:
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # older laion checkpoints pickle extra objects next to the weights
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        reason = " ".join(str(err).split())[:200]
-        raise ModelLoadError(f"{path}: cannot read the CLAP checkpoint ({reason}); download "
-                             f"{CLAP_CHECKPOINT_URL} again") from None
-    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict):
-        raise ModelLoadError(f"{path}: not a laion_clap checkpoint (no state_dict); expected "
-                             f"{CLAP_CHECKPOINT_NAME}")
-    # Multi-GPU training saved every key as "module.<name>".
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
-
-
-def _roberta_config_from_state(state: dict, path: str) -> dict:
-    """RoBERTa sizes read off the checkpoint's text-branch weights (roberta-base: 768 x 12).
-
-    Building from shapes needs no download of roberta-base's config.json.
-    """
-    prefix = "text_branch."
-    try:
-        vocab_size, hidden = state[prefix + "embeddings.word_embeddings.weight"].shape
-        max_positions = state[prefix + "embeddings.position_embeddings.weight"].shape[0]
-        type_vocab = state[prefix + "embeddings.token_type_embeddings.weight"].shape[0]
-        intermediate = state[prefix + "encoder.layer.0.intermediate.dense.weight"].shape[0]
-    except KeyError as err:
-        raise ModelLoadError(f"{path}: no RoBERTa text branch ({err.args[0]} missing); "
-                             f"text embeddings need the full {CLAP_CHECKPOINT_NAME}") from None
-    layers = {k.split(".")[3] for k in state if k.startswith(prefix + "encoder.layer.")}
-    return dict(vocab_size=int(vocab_size), hidden_size=int(hidden),
-                num_hidden_layers=len(layers),
-                num_attention_heads=max(1, int(hidden) // 64),  # RoBERTa's 64-d heads
-                intermediate_size=int(intermediate), max_position_embeddings=int(max_positions),
-                type_vocab_size=int(type_vocab), **_ROBERTA_FIXED)
-
-
-def _load_tower(module: nn.Module, state: dict, prefixes: Tuple[str, ...], path: str,
-                ignore: Tuple[str, ...] = ()) -> None:
-    """Loads the keys under ``prefixes`` strictly: a missing key is an error, never random."""
-    own = {k: v for k, v in state.items() if k.startswith(prefixes) and not k.endswith(ignore)}
-    missing, unexpected = module.load_state_dict(own, strict=False)
-    if missing or unexpected:
-        example = (missing or unexpected)[0]
-        raise ModelLoadError(
-            f"{path}: {len(missing)} missing / {len(unexpected)} unexpected CLAP keys (e.g. "
-            f"{example}); expected a LAION-CLAP HTSAT-tiny fusion checkpoint such as "
-            f"{CLAP_CHECKPOINT_NAME}")
-
-
-def clap_fusion_input(wav48: np.ndarray, mel: nn.Module, rng: np.random.RandomState,
-                      device: Union[str, torch.device] = "cpu") -> Tuple[torch.Tensor, bool]:
-    """laion_clap's fusion input for one quantised 48 kHz clip (its get_audio_features).
-
-    Clips of at most 10 s are repeat-padded (whole repeats, then zeros) to 480000 samples and
-    their log-mel is used four times; longer clips stack a resized global log-mel with three
-    random 10 s mel chunks, one from each third, chosen with ``rng`` in laion's call order.
-
-    Args:
-        wav48: float32 (N,) at 48 kHz, already int16 round-tripped.
-        mel: the log-mel module (``ClapEncoder.mel``).
-        rng: numpy RandomState used like laion_clap uses the global numpy generator.
-        device: where the mel is computed.
-
-    Returns:
-        ``(mel_fusion (4, 1001, 64) float32, longer)``.
-    """
-    import torchvision
-
-    audio = torch.from_numpy(np.ascontiguousarray(wav48, dtype=np.float32)).to(device)  # (N,)
-    if audio.shape[0] > _CLAP_MAX_LEN:
-        logmel = mel(audio).T  # (frames, 64)
-        chunk_frames = _CLAP_MAX_LEN // _HTSAT_TINY_AUDIO_CFG["hop_size"] + 1  # 1001
-        total_frames = logmel.shape[0]
-        if chunk_frames == total_frames:
-            # laion's corner case: barely longer than 10 s -> whole mel, not "longer".
-            return torch.stack([logmel] * 4), False
-        ranges = np.array_split(list(range(0, total_frames - chunk_frames + 1)), 3)
-        if len(ranges[1]) == 0:
-            ranges[1] = [0]
-        if len(ranges[2]) == 0:
-            ranges[2] = [0]
-        starts = [rng.choice(ranges[0]), rng.choice(ranges[1]), rng.choice(ranges[2])]
-        chunks = [logmel[s:s + chunk_frames, :] for s in starts]
-        shrink = torchvision.transforms.Resize(
-            size=[chunk_frames, _HTSAT_TINY_AUDIO_CFG["mel_bins"]])(logmel[None])[0]
-        return torch.stack([shrink] + chunks), True  # (4, 1001, 64)
-    if audio.shape[0] < _CLAP_MAX_LEN:
-        n_repeat = int(_CLAP_MAX_LEN / audio.shape[0])
-        audio = audio.repeat(n_repeat)
-        audio = F.pad(audio, (0, _CLAP_MAX_LEN - audio.shape[0]), mode="constant", value=0)
-    logmel = mel(audio).T  # (1001, 64)
-    return torch.stack([logmel] * 4), False  # (4, 1001, 64)
-
-
-class _LogMel(nn.Module):
-    """laion_clap's get_mel: torchaudio power mel (HTK, no norm) then dB with top_db=None."""
-
-    def __init__(self):
-        super().__init__()
-        import torchaudio
-        cfg = _HTSAT_TINY_AUDIO_CFG
-        self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=cfg["sample_rate"], n_fft=cfg["window_size"],
-            win_length=cfg["window_size"], hop_length=cfg["hop_size"], center=True,
-            pad_mode="reflect", power=2.0, norm=None, n_mels=cfg["mel_bins"],
-            f_min=cfg["fmin"], f_max=cfg["fmax"])
-        self.to_db = torchaudio.transforms.AmplitudeToDB(top_db=None)
-
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        return self.to_db(self.mel(audio))  # (64, frames)
-
-
-class ClapEncoder:
-    """LAION-CLAP HTSAT-tiny fusion audio embeddings (and text embeddings for re-ranking).
-
-    Args:
-        ckpt_path: a laion_clap checkpoint (``630k-audioset-fusion-best.pt``); None builds
-            seeded random weights (tests, benchmarks) and says so in a log warning.
-        device: torch device to run on.
-        seed: seeds the fusion chunk choice of clips over 10 s (one fresh generator per
-            clip, so results do not depend on batch composition or call order) and, without
-            a checkpoint, the random weights.
-        text_tokenizer: name or folder of roberta's tokenizer for ``embed_text`` with a
-            checkpoint (loaded on first use; offline it must be in the local HF cache).
-        max_batch_size: ``encode`` runs at most this many clips per forward pass. None
-            (default) means 1 on CPU (no slower than batching there, and embeddings become
-            bit-identical however clips are grouped; batched rows agree to ~1e-7 only) and
-            the whole list on a GPU.
-    """
-
-    def __init__(self, ckpt_path: Optional[str] = None, device: Union[str, torch.device] = "cpu",
-                 seed: int = 0, text_tokenizer: str = "roberta-base",
-                 max_batch_size: Optional[int] = None):
-        self.device = torch.device(device)
-        self.seed = int(seed)
-        self.ckpt_path = None if ckpt_path is None else os.fspath(ckpt_path)
-        self.text_tokenizer_name = text_tokenizer
-        self.max_batch_size = _resolve_batch_size(max_batch_size, self.device)
-        self.sample_rate = CLAP_SAMPLE_RATE
-        self.dim = _CLAP_DIM  # the embedding size
-        if self.ckpt_path is None:
-            logger.warning("CLAP: no checkpoint given, using RANDOM weights (seed %d); "
-                           "embeddings are meaningless (tests/benchmarks only)", self.seed)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed)
-                self.audio = _ClapAudio()
-        else:
-            self.audio = _ClapAudio()
-            state = _load_clap_state_dict(self.ckpt_path)
-            _load_tower(self.audio, state, ("audio_branch.", "audio_projection."), self.ckpt_path)
-        self.audio.to(self.device).eval()
-        self.mel = _LogMel().to(self.device)
-        self._text = None
-        self._tokenize = None
-
-    @torch.inference_mode()
-    def encode(self, wavs: Sequence[Union[np.ndarray, torch.Tensor]]) -> np.ndarray:
-        """Embeds 48 kHz mono clips, one batch.
-
-        Each clip gets laion_clap's int16 round trip (``data.audio.clap_quantize``), so pass
-        the resampled float audio, not an already quantised copy (quantising twice is
-        harmless anyway: the round trip is idempotent).
-
-        Args:
-            wavs: 1-D float arrays at 48 kHz (see ``data.audio.resample_for_clap``).
-
-        Returns:
-            np.float32 (B, 512), each row L2-normalised.
-        """
-        if len(wavs) == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        step = self.max_batch_size or len(wavs)
-        return np.concatenate([self._encode_batch(wavs[start:start + step])
-                               for start in range(0, len(wavs), step)])
-
-    def _encode_batch(self, wavs: Sequence[Union[np.ndarray, torch.Tensor]]) -> np.ndarray:
-        mels, longer = [], []
-        for wav in wavs:
-            quantized = clap_quantize(wav).reshape(-1)  # (N,) float32, any input device
-            if quantized.shape[0] == 0:
-                raise AudioError("<array>: an empty clip cannot be embedded")
-            rng = np.random.RandomState(self.seed)
-            mel_fusion, is_longer = clap_fusion_input(quantized, self.mel, rng, self.device)
-            mels.append(mel_fusion)
-            longer.append(is_longer)
-        mel_fusion = torch.stack(mels)  # (B, 4, 1001, 64)
-        flags = torch.tensor(longer, dtype=torch.bool, device=self.device)  # (B,)
-        return self.audio(mel_fusion, flags).float().cpu().numpy().astype(np.float32)
-
-    def _build_text(self) -> None:
-        if self.ckpt_path is None:
-            small = dict(vocab_size=_ByteTokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, intermediate_size=64,
-                         max_position_embeddings=_TEXT_MAX_LENGTH + 2, type_vocab_size=1,
-                         layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed + 1)
-                text = _ClapText(small)
-            tokenize = _ByteTokenizer()
-        else:
-            from transformers import AutoTokenizer
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(self.text_tokenizer_name)
-            except Exception as err:  # offline the hub raises OSError or TypeError
-                raise ModelLoadError(
-                    f"CLAP text branch: cannot load the tokenizer '{self.text_tokenizer_name}' "
-                    f"({type(err).__name__}); fetch roberta-base once online or pass a local "
-                    f"tokenizer folder as text_tokenizer") from None
-
-            def tokenize(texts):
-                return dict(tokenizer(texts, padding="max_length", truncation=True,
-                                      max_length=_TEXT_MAX_LENGTH, return_tensors="pt"))
-            state = _load_clap_state_dict(self.ckpt_path)
-            text = _ClapText(_roberta_config_from_state(state, self.ckpt_path))
-            # position_ids / token_type_ids are buffers newer transformers no longer store
-            # (laion deletes position_ids before loading too).
-            _load_tower(text, state, ("text_branch.", "text_projection."), self.ckpt_path,
-                        ignore=("position_ids", "token_type_ids"))
-        self._text = text.to(self.device).eval()
-        self._tokenize = tokenize
-
-    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
-        """Embeds captions into the joint space (for CLAP re-ranking of N-best captions).
-
-        Args:
-            texts: strings.
-
-        Returns:
-            np.float32 (B, 512), each row L2-normalised; cosine similarity with ``encode``'s
-            rows is a plain dot product.
-        """
-        if self._text is None:
-            self._build_text()  # outside inference mode: its weights stay ordinary tensors
-        tokens = self._tokenize(list(texts))
-        with torch.inference_mode():
-            out = self._text(tokens["input_ids"].to(self.device),
-                             tokens["attention_mask"].to(self.device))  # (B, 512)
-        return out.float().cpu().numpy().astype(np.float32)
-
 
 # --------------------------------------------------------------------------------------------
 # The one raw-audio -> features entry point
@@ -725,15 +168,19 @@ def resolve_clap_checkpoint(clap_ckpt: Optional[Union[str, os.PathLike]]) -> str
 
 
 def build_encodec(device: Union[str, torch.device] = "cpu", random_weights: bool = False, seed: int = 0,
-                  max_batch_size: Optional[int] = None) -> EncodecEncoder:
+                  max_batch_size: Optional[int] = None) -> "EncodecEncoder":
     """The EnCodec encoder: Meta's weights, or seeded random ones (``random_weights``)."""
+    from data.encodec_encoder import EncodecEncoder
+
     return EncodecEncoder(device=device, pretrained=not random_weights, seed=seed, max_batch_size=max_batch_size)
 
 
 def build_clap(device: Union[str, torch.device] = "cpu", random_weights: bool = False, seed: int = 0,
                clap_ckpt: Optional[Union[str, os.PathLike]] = None,
-               max_batch_size: Optional[int] = None) -> ClapEncoder:
+               max_batch_size: Optional[int] = None) -> "ClapEncoder":
     """The CLAP encoder: the checkpoint ``clap_ckpt`` (None: the hub cache), or seeded random weights."""
+    from data.clap_encoder import ClapEncoder
+
     path = None if random_weights else resolve_clap_checkpoint(clap_ckpt)
     return ClapEncoder(ckpt_path=path, device=device, seed=seed, max_batch_size=max_batch_size)
 
@@ -757,7 +204,7 @@ def build_feature_extractor(device: Union[str, torch.device] = "cpu", random_wei
         build_clap(device, random_weights, seed, clap_ckpt, max_batch_size) if clap else None)
 
 
-def check_codebooks(codec: EncodecEncoder, num_rvq: int, source: str) -> None:
+def check_codebooks(codec: "EncodecEncoder", num_rvq: int, source: str) -> None:
     """Refuse a model whose number of codebooks (``num_rvq``) is not the codec's.
 
     Raises:

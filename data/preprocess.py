@@ -39,13 +39,13 @@ if __package__ in (None, ""):  # run as a file: import from the repository root,
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import numpy as np
-import soundfile as sf
-import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data.audio import AUDIO_EXTENSIONS, ENCODEC_FRAME_RATE, ENCODEC_SAMPLE_RATE, AudioError, find_audio_files
-from data.encoders import CLAP_CHECKPOINT_URL, decode, prepare_branches
+from data.audio import AUDIO_EXTENSIONS, ENCODEC_FRAME_RATE, ENCODEC_SAMPLE_RATE, find_audio_files
+from data.batching import (DEFAULT_MAX_BATCH_SECONDS, DecodeDataset, collate_list, plan_batches, probe_duration,
+                           worker_init)
+from data.encoders import CLAP_CHECKPOINT_URL
 from data.masking import MAX_FRAMES
 from common.device import resolve_device
 from common.errors import UserError, one_line
@@ -62,8 +62,6 @@ DEFAULT_BATCH_SIZE = {"cpu": 1, "cuda": 32}
 # per cent of its cost) inline was as fast as or faster than a worker process competing for
 # the same cores (5 of 6 paired rounds on the 2-core test machine). Workers pay off on a GPU.
 DEFAULT_CPU_WORKERS = 0
-# On a GPU, long clips are batched with a cap on padded audio seconds to bound memory.
-DEFAULT_MAX_BATCH_SECONDS = 320.0
 
 
 class UsageError(UserError):
@@ -145,89 +143,6 @@ def parse_shard(text: Optional[str]) -> Tuple[int, int]:
 def select_shard(items: Sequence[str], index: int, count: int) -> List[str]:
     """Every ``count``-th item starting at ``index``: shards are disjoint and cover all items."""
     return list(items[index::count])
-
-
-def plan_batches(durations: Sequence[float], batch_size: int, max_batch_seconds: float) -> List[List[int]]:
-    """Groups clip indices into batches of similar length, longest first.
-
-    Sorting by duration keeps padding small; longest first makes an out-of-memory batch show
-    up at the start rather than hours in. A batch closes when it has ``batch_size`` clips or
-    when its padded length (clips x longest clip) would exceed ``max_batch_seconds``; a clip
-    longer than that forms a batch by itself.
-
-    Args:
-        durations: seconds per clip (0 when unknown).
-        batch_size: maximum clips per batch.
-        max_batch_seconds: maximum padded audio seconds per batch.
-
-    Returns:
-        Lists of indices into ``durations``.
-    """
-    order = sorted(range(len(durations)), key=lambda i: (-durations[i], i))
-    batches: List[List[int]] = []
-    current: List[int] = []
-    for i in order:
-        longest = durations[current[0]] if current else durations[i]
-        if current and (len(current) >= batch_size or (len(current) + 1) * longest > max_batch_seconds):
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
-
-
-def probe_duration(path: Path) -> float:
-    """Duration in seconds from the file header (no decoding); 0.0 when the header is unreadable.
-
-    An unreadable header is not reported here: the clip then fails in decoding, which writes
-    the reason to the failures file.
-    """
-    try:
-        info = sf.info(str(path))
-        return float(info.frames) / float(info.samplerate) if info.samplerate else 0.0
-    except Exception:  # noqa: BLE001 -- any header problem is reported later by decode
-        return 0.0
-
-
-# --------------------------------------------------------------------------- decoding
-
-
-class DecodeDataset(Dataset):
-    """Decodes and resamples clips in DataLoader workers; errors become values, not exceptions.
-
-    Uses the front end's ``decode`` (libsndfile, mean downmix) and ``prepare_branches``
-    (24 kHz for EnCodec, 48 kHz for CLAP), so the main process only runs the encoders. An
-    exception raised inside a worker would stop the whole DataLoader, so a failing clip is
-    returned as ``(index, None, reason)`` and recorded by the main process.
-    """
-
-    def __init__(self, paths: Sequence[Path]):
-        """Args:
-            paths: audio files, in the order the batch sampler's indices refer to.
-        """
-        self.paths = list(paths)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int):
-        try:
-            mono, sr = decode(str(self.paths[index]))  # (N,)
-            return index, prepare_branches(mono, sr), None  # (wav24 (N24,), wav48 (N48,))
-        except AudioError as err:
-            return index, None, str(err)
-        except Exception as err:  # noqa: BLE001 -- one bad file must not stop a 50 000-clip run
-            return index, None, f"{self.paths[index]}: {type(err).__name__}: {err}"
-
-
-def _collate_list(items):
-    return items
-
-
-def _worker_init(_worker_id: int) -> None:
-    # Decoding is single-threaded; keep workers from competing with the encoders' threads.
-    torch.set_num_threads(1)
 
 
 # --------------------------------------------------------------------------- writing
@@ -433,7 +348,7 @@ def run(args: argparse.Namespace, extractor=None) -> Summary:
                                                      disable=len(paths) < 1000 or args.quiet)]
         batches = plan_batches(durations, batch_size, args.max_batch_seconds)
         loader = DataLoader(DecodeDataset(paths), batch_sampler=batches, num_workers=num_workers,
-                            collate_fn=_collate_list, worker_init_fn=_worker_init if num_workers else None,
+                            collate_fn=collate_list, worker_init_fn=worker_init if num_workers else None,
                             prefetch_factor=2 if num_workers else None)
         progress = tqdm(total=len(pending), desc=f"preprocess{shard_tag}", unit="clip", dynamic_ncols=True,
                         disable=args.quiet)

@@ -5,6 +5,8 @@ Import as ``from tests.helpers import ...`` (pytest.ini puts the repo root on sy
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import torch
 
@@ -77,3 +79,13 @@ def random_clips(n: int, lengths, seed: int = 0):
     clap = rng.standard_normal((n, 512)).astype(np.float32)
     clap /= np.linalg.norm(clap, axis=1, keepdims=True)
     return codes, clap
+
+
+def lay_out_hub_cache(cache, repo_id: str, folder) -> None:
+    """Copy ``folder`` into ``cache`` as huggingface_hub lays out a download of ``repo_id``:
+    ``models--org--name/{refs/main, snapshots/<commit>/...}``."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    root = cache / f"models--{repo_id.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+    shutil.copytree(folder, root / "snapshots" / commit)

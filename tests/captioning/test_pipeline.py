@@ -16,7 +16,8 @@ import torch
 
 from data.audio import AudioError
 from modeling.generation import GenerationOptions
-from captioning.pipeline import EnClap, RerankOptions
+from captioning.pipeline import EnClap
+from captioning.rerank import RerankOptions
 from common.errors import UserError
 
 SR = 16000

@@ -1,4 +1,4 @@
-"""Tests for data/features.py: batch-exact EnCodec codes, CLAP equal to laion_clap's own code path.
+"""Tests for the feature encoders (data/encodec_encoder.py, data/clap_encoder.py, data/encoders.py): batch-exact EnCodec codes, CLAP equal to laion_clap's own code path.
 
 Everything runs on random weights built here. The references are the original libraries'
 code paths called directly: ``EncodecModel.encode`` on one clip, and laion_clap's
@@ -16,7 +16,9 @@ import soundfile as sf
 import torch
 
 from data.audio import AudioError
-from data.encoders import ClapEncoder, EncodecEncoder, FeatureExtractor, ModelLoadError
+from data.clap_encoder import ClapEncoder
+from data.encodec_encoder import EncodecEncoder
+from data.encoders import FeatureExtractor, ModelLoadError
 
 HTSAT_TINY_AUDIO_CFG = dict(  # laion_clap/clap_module/model_configs/HTSAT-tiny.json
     audio_length=1024, clip_samples=480000, mel_bins=64, sample_rate=48000, window_size=1024,

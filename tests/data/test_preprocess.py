@@ -80,7 +80,9 @@ def test_outputs_match_front_end_and_are_batch_invariant(small_tree, tmp_path):
     # inference and the demo take), with the shapes and dtypes of design §2.
     import torch
 
-    from data.encoders import ClapEncoder, EncodecEncoder, FeatureExtractor
+    from data.clap_encoder import ClapEncoder
+    from data.encodec_encoder import EncodecEncoder
+    from data.encoders import FeatureExtractor
 
     torch.manual_seed(0)
     extractor = FeatureExtractor(EncodecEncoder(pretrained=False), ClapEncoder(ckpt_path=None))
@@ -263,15 +265,6 @@ def test_shards_are_disjoint_and_cover_everything(tmp_path, monkeypatch):
         assert rc == 0
         written.append(set(_npy_tree(enc)) - before)
     assert written[0] == {"c0.npy", "c2.npy", "c4.npy"} and written[1] == {"c1.npy", "c3.npy"}
-
-
-def test_plan_batches_groups_similar_lengths():
-    durations = [1.0, 30.0, 2.0, 29.0, 10.0, 0.0]
-    batches = preprocess.plan_batches(durations, batch_size=2, max_batch_seconds=1000)
-    assert batches == [[1, 3], [4, 2], [0, 5]]
-    # The padded-seconds cap closes batches early; a clip above the cap goes alone.
-    assert preprocess.plan_batches(durations, batch_size=8, max_batch_seconds=40) == [[1], [3], [4, 2, 0, 5]]
-    assert sorted(sum(preprocess.plan_batches(durations, 3, 50), [])) == list(range(6))
 
 
 def test_discover_is_recursive_case_insensitive_and_filtered(tmp_path):

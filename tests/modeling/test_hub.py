@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
 
 import pytest
 import torch
 
 from modeling import CheckpointError, EnClapBartForConditionalGeneration
-from tests.helpers import make_batch, random_clips
-
-
-def _lay_out_hub_cache(cache, repo_id: str, folder) -> None:
-    """The layout huggingface_hub writes: models--org--name/{refs/main, snapshots/<commit>/...}."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    root = cache / f"models--{repo_id.replace('/', '--')}"
-    (root / "refs").mkdir(parents=True)
-    (root / "refs" / "main").write_text(commit)
-    shutil.copytree(folder, root / "snapshots" / commit)
+from tests.helpers import lay_out_hub_cache, make_batch, random_clips
 
 
 def test_hub_id_loads_from_the_local_cache_offline(tiny_ckpt, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    _lay_out_hub_cache(tmp_path / "hub", "someone/enclap-tiny", tiny_ckpt)
+    lay_out_hub_cache(tmp_path / "hub", "someone/enclap-tiny", tiny_ckpt)
     from_hub = EnClapBartForConditionalGeneration.from_pretrained("someone/enclap-tiny", cache_dir=str(tmp_path / "hub"))
     local = EnClapBartForConditionalGeneration.from_pretrained(tiny_ckpt)
     codes, clap = random_clips(2, [7, 12], seed=9)

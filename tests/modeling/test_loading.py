@@ -10,17 +10,8 @@ import torch
 import modeling.loading
 from modeling import CheckpointError, load_pretrained
 from modeling.generation import GenerationOptions
-from tests.helpers import CAPTIONS, make_batch, random_clips
+from tests.helpers import lay_out_hub_cache, CAPTIONS, make_batch, random_clips
 from training.tokenizer import train_tokenizer
-
-
-def lay_out_hub_cache(cache, repo_id: str, folder) -> None:
-    """The layout huggingface_hub writes: models--org--name/{refs/main, snapshots/<commit>/...}."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    root = cache / f"models--{repo_id.replace('/', '--')}"
-    (root / "refs").mkdir(parents=True)
-    (root / "refs" / "main").write_text(commit)
-    shutil.copytree(folder, root / "snapshots" / commit)
 
 
 def test_hub_id_gets_the_tokenizer_stored_in_that_repo(tiny_ckpt, tokenizer, tmp_path, monkeypatch):
