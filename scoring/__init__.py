@@ -4,9 +4,11 @@
 the fast checks (standard library only), ``scoring.metrics`` the scores themselves.
 """
 
-from scoring.java import MetricsUnavailable, available_metrics, check_requirements, preflight, setup
+from scoring.diversity import caption_stats, degenerate_warning
+from scoring.java import MetricsUnavailable, available_metrics, check_requirements, preflight, setup, usable_metrics
 from scoring.metrics import close_meteor, compute_scores
 from scoring.names import DEFAULT_METRICS, METRIC_NAMES, format_scores, normalize_metrics
 
-__all__ = ["DEFAULT_METRICS", "METRIC_NAMES", "MetricsUnavailable", "available_metrics", "check_requirements",
-           "close_meteor", "compute_scores", "format_scores", "normalize_metrics", "preflight", "setup"]
+__all__ = ["DEFAULT_METRICS", "METRIC_NAMES", "MetricsUnavailable", "available_metrics", "caption_stats",
+           "check_requirements", "close_meteor", "compute_scores", "degenerate_warning", "format_scores",
+           "normalize_metrics", "preflight", "setup", "usable_metrics"]

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Union
 
 from common.errors import UserError
-from scoring.names import DISPLAY_NAMES, METRIC_NAMES, normalize_metrics
+from scoring.names import DISPLAY_NAMES, METRIC_NAMES, describe_unavailable, normalize_metrics
 
 _AAC_DIR = "aac-metrics"
 PTB_JAR = os.path.join(_AAC_DIR, "stanford_nlp", "stanford-corenlp-3.4.1.jar")
@@ -454,13 +454,30 @@ def preflight(
     names = normalize_metrics(metrics)
     reasons = check_requirements(names, cache_dir=cache_dir, java_path=java_path)
     if reasons:
-        # Group metrics sharing a reason so the message stays one readable line.
-        by_reason: dict[str, list[str]] = {}
-        for name, reason in reasons.items():
-            by_reason.setdefault(reason, []).append(DISPLAY_NAMES[name])
-        parts = [f"cannot compute {', '.join(ms)}: {reason}" for reason, ms in by_reason.items()]
-        raise MetricsUnavailable(" | ".join(parts))
+        runnable = [n for n in names if n not in reasons]
+        without = f" (or score without them: --metrics {' '.join(runnable)})" if runnable else ""
+        raise MetricsUnavailable(describe_unavailable(reasons) + without)
     return names
+
+
+def usable_metrics(
+    metrics: Union[str, Iterable[str], None] = None,
+    cache_dir: Optional[PathLike] = None,
+    java_path: Optional[PathLike] = None,
+) -> tuple[tuple[str, ...], Optional[str]]:
+    """The metrics that can run here and a one-line warning naming the others, their reason and fix.
+
+    Training and ``evaluate.py``'s defaults use this; explicit requests go through :func:`preflight`.
+    Args and errors as for :func:`preflight` (MetricsUnavailable only when none can run).
+    """
+    names = normalize_metrics(metrics)
+    reasons = check_requirements(names, cache_dir=cache_dir, java_path=java_path)
+    runnable = tuple(n for n in names if n not in reasons)
+    if not runnable:
+        raise MetricsUnavailable(describe_unavailable(reasons))
+    if not reasons:
+        return runnable, None
+    return runnable, f"skipped on this machine, scoring {', '.join(runnable)} only: {describe_unavailable(reasons)}"
 
 
 def available_metrics(
@@ -468,16 +485,7 @@ def available_metrics(
     cache_dir: Optional[PathLike] = None,
     java_path: Optional[PathLike] = None,
 ) -> tuple[str, ...]:
-    """The subset of ``metrics`` that can be computed here (e.g. for training validation).
-
-    Args:
-        metrics: names as for ``normalize_metrics`` (None -> ``DEFAULT_METRICS``).
-        cache_dir: aac-metrics cache dir.
-        java_path: explicit Java.
-
-    Returns:
-        Canonical names, in the given order, whose requirements are all present.
-    """
+    """The subset of ``metrics`` (names as for ``normalize_metrics``) that can be computed here, in order."""
     names = normalize_metrics(metrics)
     reasons = check_requirements(names, cache_dir=cache_dir, java_path=java_path)
     return tuple(n for n in names if n not in reasons)

@@ -93,3 +93,18 @@ def format_scores(scores: dict[str, float], title: Optional[str] = None) -> str:
     for key, label in zip(order, labels):
         lines.append(f"{label:<{width}}  {float(scores[key]):.4f}")
     return "\n".join(lines)
+
+
+def describe_unavailable(reasons: dict[str, str]) -> str:
+    """One line for :func:`check_requirements`' reasons, metrics sharing a reason grouped.
+
+    Args:
+        reasons: ``{canonical name: reason}``.
+
+    Returns:
+        E.g. ``"cannot compute SPICE, SPIDEr: Stanford CoreNLP 3.6.0 jars missing ...; fix: ..."``.
+    """
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in reasons.items():
+        by_reason.setdefault(reason, []).append(DISPLAY_NAMES[name])
+    return " | ".join(f"cannot compute {', '.join(ms)}: {reason}" for reason, ms in by_reason.items())
