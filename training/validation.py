@@ -1,9 +1,12 @@
 """Validation during training: captions for every validation clip exactly once across processes,
-scored once on the main process (design §8), written as a predictions CSV."""
+scored once on the main process (design §8), written as a predictions CSV, with a warning when the
+captions are degenerate (all empty, or one caption for nearly every clip)."""
 
 from __future__ import annotations
 
+import logging
 import os
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Subset
@@ -11,6 +14,9 @@ from torch.utils.data import DataLoader, Subset
 from common.io import write_predictions_csv
 from modeling.generation import generate_captions
 from scoring import compute_scores
+from scoring.diversity import CaptionStats, caption_stats, degenerate_warning
+
+logger = logging.getLogger(__name__)
 
 MODEL_INPUTS = ("input_ids", "encodec_mask", "attention_mask", "clap_embedding")
 
@@ -54,12 +60,29 @@ def generate_validation(model, dataset, collator, tokenizer, accelerator, batch_
     return [pairs[i] for i in range(len(dataset))]
 
 
+@dataclass
+class Validation:
+    """One validation pass.
+
+    Args:
+        scores: corpus scores (the same on every process).
+        stats: empty / distinct counts of the captions.
+    """
+
+    scores: dict[str, float]
+    stats: CaptionStats
+
+
 def validate(model, dataset, collator, tokenizer, accelerator, generation_config, metrics, batch_size: int,
-             predictions_path: str, num_workers: int = 0) -> dict[str, float]:
+             predictions_path: str, num_workers: int = 0, hint: str = "") -> Validation:
     """Generate (all processes), then write the predictions and score them once (main process).
 
+    Args:
+        hint: what to do when the captions are degenerate (see :func:`undertrained_hint`);
+            the main process logs it in the warning.
+
     Returns:
-        The scores, on every process.
+        The scores and caption statistics, on every process.
     """
     from accelerate.utils import broadcast_object_list
 
@@ -70,7 +93,23 @@ def validate(model, dataset, collator, tokenizer, accelerator, generation_config
         refs, files = val_references(dataset)
         write_predictions_csv(predictions_path, files, predictions, refs)
         box[0] = compute_scores(predictions, refs, metrics)
-    return broadcast_object_list(box)[0]
+        warning = degenerate_warning(predictions, hint, "validation clips")
+        if warning:
+            logger.warning("%s (%s)", warning, predictions_path)
+    return Validation(scores=broadcast_object_list(box)[0], stats=caption_stats(predictions))
+
+
+def undertrained_hint(step: int, examples: int, epochs: int, lr: float) -> str:
+    """What a user can raise when validation captions are degenerate (a run too short or too small).
+
+    Args:
+        step: optimizer steps so far.
+        examples: training examples (caption rows).
+        epochs, lr: the recipe's ``optim.epochs`` and ``optim.lr``.
+    """
+    return (f"the model is under-trained after {step} optimizer steps on {examples} training captions: raise "
+            f"optim.epochs (now {epochs}), optim.lr (now {lr:g}) or add training data; best/ is never taken from "
+            "a pass whose captions are all empty")
 
 
 def predictions_path(output_dir: str, step: int) -> str:
