@@ -1,34 +1,36 @@
-"""Training-step benchmark: our data path + model vs the original's way, same model, same batch.
+"""Training-step benchmark, measured as users train: ours against the authors' way of training.
 
-``python benchmarks/train_step.py`` (no arguments, about four minutes on a 2-core CPU) measures,
-for the same randomly initialised model and the same batch (8 clips of 750 frames, ~12-token
-captions, MCM masks as design §4), examples per second of loading + collate + forward/backward
-and the peak memory of that step, for three pipelines:
+    .venv/bin/python benchmarks/train_step.py            # bart-base, CPU: about 7 minutes on 2 cores
 
-* ours: ``CaptionDataset`` (masks drawn on the fly) -> ``EnClapCollator`` (vectorised) ->
-  ``model(..., mcm_labels=...)`` with the training shortcuts of ``modeling/layers.py`` (MCM heads
-  only where their codebook is masked, cross-attention without key/value projections, a lean
-  encoder feed-forward) and transformers' SDPA attention;
-* original (the original's way, written here): masks precomputed for every example up front, a
-  collator that makes one ``tokenizer.pad`` call per codebook per example, no workers, the MCM
-  loss from all 16 heads at every encoder position, stock BART layers with eager attention (the
-  only attention of the transformers 4.29 that the original pins);
-* sdpa: the same as original but with stock SDPA attention, i.e. what our model does minus
-  our changes, to show how much of the gain is ours and how much the attention kernel's.
+Same randomly initialised model, same batch (8 clips of 750 frames, ~12-token captions, MCM
+masks as design §4), same optimizer (the recipes' AdamW and gradient clipping, design §6). One
+training step = loading + collate + forward + backward + clip + AdamW step, for two pipelines:
 
-All three must give the same batch and the same loss (asserted, 1e-5 relative: the shortcuts
-change float rounding only). Each figure comes from a fresh subprocess: speed after one warm-up
-step with the default allocator; peak memory in a second process whose allocator returns freed
-blocks at once: peak RSS sampled during the step minus RSS before it (CPU: the kernel's
-high-water mark, gradients included), or ``torch.cuda.max_memory_allocated`` (GPU). Two sizes:
-bart-base (d_model 768, 6+6 layers, vocab 50265) and a small one (d_model 256, 2+2 layers).
-Speed is reported per CPU-second of the process (all its threads) and per wall-second; the
-last line is ``speedup: N.NN`` = ours / original examples per CPU-second at bart-base size (on a
-machine shared with other jobs the wall-clock ratio is mostly noise).
+* ours: ``CaptionDataset`` (masks drawn on the fly) -> ``EnClapCollator`` -> the model with its
+  training shortcuts (``modeling/layers.py``, ``modeling/attention.py``) and SDPA attention;
+* original (the authors' way, written here): masks precomputed up front, a collator that calls
+  ``tokenizer.pad`` once per codebook per example, stock BART layers with eager attention (the
+  only attention of the transformers 4.29 the original pins), the MCM loss from all 16 heads at
+  every encoder position.
+
+Each pipeline is measured twice: with the recipes' dropout (0.1 for dropout, attention dropout
+and activation dropout; the headline) and with dropout 0, where both pipelines must give the
+same loss (asserted, 1e-5 relative) and both must read the same batch (asserted always).
+
+Every (pipeline, dropout) runs in a fresh process: ``--warmup`` untimed steps, then ``--steps``
+timed ones. Reported: examples per wall-second (on CUDA with a synchronisation before each
+clock read); on CPU also per CPU-second of the process; and the process's peak memory: peak
+RSS (``ru_maxrss``: weights, gradients, AdamW state, activations and allocator slack, as a user
+sees it) on CPU, ``torch.cuda.max_memory_allocated`` on CUDA. The load average of the machine is
+printed at the start and the end: on a shared machine the wall-clock figures move with it.
+
+The last line is ``speedup: N.NN``: ours / original examples per wall-second with the first
+``--dropout`` value (default 0.1).
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -37,7 +39,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -45,7 +46,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-BATCH, FRAMES, SEED = 8, 750, 1115
+SEED = 1115
 CAPTIONS = [
     "a dog barks repeatedly while a man speaks in the distance",
     "heavy rain falls on a metal roof as thunder rumbles",
@@ -58,15 +59,24 @@ CAPTIONS = [
 ]
 SIZES = {
     "bart-base": dict(d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
-                      decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072),
+                      decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072, vocab_size=50265),
     "small": dict(d_model=256, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                  decoder_attention_heads=4, encoder_ffn_dim=1024, decoder_ffn_dim=1024),
+                  decoder_attention_heads=4, encoder_ffn_dim=1024, decoder_ffn_dim=1024, vocab_size=50265),
+    # For tests: a few seconds per pipeline. The original swaps the tokenizer's pad id to 1024,
+    # which must be a real token id: hence a vocabulary above 1024 even here.
+    "tiny": dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                 decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=1100),
 }
-STEPS = {"bart-base": 1, "small": 2}
+PIPELINES = ("original", "sdpa", "ours")
+DESCRIPTIONS = {
+    "original": "the authors' way: stock BART, eager attention, MCM heads at every position",
+    "sdpa": "the authors' way with stock SDPA attention",
+    "ours": "ours",
+}
 
 
-def write_data(root: str) -> None:
-    """8 clips of random codes (750, 16) and CLAP vectors, plus the training CSV."""
+def write_data(root: str, batch: int, frames: int) -> None:
+    """``batch`` clips of random codes (frames, 16) and CLAP vectors, plus the training CSV."""
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -75,11 +85,11 @@ def write_data(root: str) -> None:
     with open(os.path.join(root, "train.csv"), "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["file_path", "caption"])
-        for i, caption in enumerate(CAPTIONS):
-            np.save(os.path.join(root, "enc", "clips", f"{i}.npy"), rng.integers(0, 1024, (FRAMES, 16)))
+        for i in range(batch):
+            np.save(os.path.join(root, "enc", "clips", f"{i}.npy"), rng.integers(0, 1024, (frames, 16)))
             clap = rng.standard_normal(512).astype(np.float32)
             np.save(os.path.join(root, "clap", "clips", f"{i}.npy"), clap / np.linalg.norm(clap))
-            writer.writerow([f"clips/{i}.npy", caption])
+            writer.writerow([f"clips/{i}.npy", CAPTIONS[i % len(CAPTIONS)]])
 
 
 # ---------------------------------------------------------------------------- the baseline
@@ -122,6 +132,7 @@ class BaselineDataset:
 
 def baseline_collate(features, tokenizer):
     """The original's collator: one ``tokenizer.pad`` call per codebook per example."""
+    import numpy as np
     import torch
 
     longest = max(len(f["input_ids"]) for f in features)
@@ -144,7 +155,7 @@ def baseline_collate(features, tokenizer):
     labels = torch.tensor([f["labels"] + [-100] * (width - len(f["labels"])) for f in features])
     return {"input_ids": as_blt(input_ids), "mcm_labels": as_blt(mcm_labels),
             "encodec_mask": others["input_ids"].bool(), "attention_mask": others["attention_mask"],
-            "clap_embedding": torch.tensor(__import__("numpy").stack([f["clap_embedding"] for f in features])),
+            "clap_embedding": torch.tensor(np.stack([f["clap_embedding"] for f in features])),
             "labels": labels}
 
 
@@ -164,57 +175,30 @@ def baseline_loss(model, batch):
 # ---------------------------------------------------------------------------- one pipeline
 
 
-class PeakRSS:
-    """Samples this process's resident memory every 5 ms in a thread (CPU peak memory)."""
+def run_pipeline(args) -> dict:
+    """Builds the model and runs one (pipeline, dropout) in this process; returns its figures."""
+    import contextlib
+    from types import SimpleNamespace
 
-    def __init__(self):
-        self.peak, self._stop = 0, threading.Event()
-        self._page = os.sysconf("SC_PAGE_SIZE")
-
-    def current(self) -> int:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * self._page
-
-    def __enter__(self):
-        self.start = self.current()
-        self.peak = self.start
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self):
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self.current())
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.current())
-
-
-PIPELINES = ("original", "sdpa", "ours")
-
-
-def run_pipeline(which: str, size: str, root: str, mode: str) -> dict:
-    """Builds the model and runs one pipeline; ``mode`` "time" or "memory" says what to measure.
-
-    "time": one warm-up step, then STEPS[size] timed steps (steady state), default allocator.
-    "memory": one step, peak memory above the step's start (run with MALLOC_MMAP_THRESHOLD_ set).
-    """
     import torch
 
     from data.collator import EnClapCollator
     from data.dataset import CaptionDataset
     from modeling import EnClapBartConfig, EnClapBartForConditionalGeneration
+    from training.optim import build_optimizer
     from training.tokenizer import train_tokenizer
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    which, root, p = args.child, args.root, args.dropout[0]
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # what train.py allows for training (design §6)
     tokenizer = train_tokenizer(CAPTIONS * 4, vocab_size=400)
-    # The original swaps the pad id to 1024, which is a real token in BART's 50265-word
-    # vocabulary: give this small tokenizer that many entries too.
+    sizes = dict(SIZES[args.size])
     tokenizer.add_tokens([f"<unused_{i}>" for i in range(1100 - len(tokenizer))])
-    config = EnClapBartConfig(vocab_size=50265, max_position_embeddings=1024, dropout=0.0, attention_dropout=0.0,
-                              activation_dropout=0.0, **SIZES[size])
+    config = EnClapBartConfig(max_position_embeddings=1024, dropout=p, attention_dropout=p, activation_dropout=p,
+                              **sizes)
     torch.manual_seed(0)
     model = EnClapBartForConditionalGeneration(config).to(device).train()
     if which != "ours":
@@ -222,115 +206,167 @@ def run_pipeline(which: str, size: str, root: str, mode: str) -> dict:
     if which == "original":
         # The original pins transformers 4.29, whose BART has one attention: the eager one.
         model.config._attn_implementation = "eager"
+    optimizer = build_optimizer(model, SimpleNamespace(weight_decay=0.01, lr=6.5e-5, adam_beta1=0.9,
+                                                       adam_beta2=0.999, adam_epsilon=1e-8))
     if which == "ours":
         dataset = CaptionDataset(os.path.join(root, "train.csv"), os.path.join(root, "enc"),
                                  os.path.join(root, "clap"), train=True, seed=SEED)
-        # No worker process here either, so that all of the loading work is in this process's
-        # CPU time (train.py uses data.num_workers; at ~0.1 s per batch it only hides latency).
-        loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, collate_fn=EnClapCollator(tokenizer),
+        # No worker process, so that all of the loading work is in this process's time.
+        loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch, collate_fn=EnClapCollator(tokenizer),
                                              num_workers=0)
     else:
         dataset = BaselineDataset(root, tokenizer)  # masks precomputed up front
-        loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, num_workers=0,
+        loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch, num_workers=0,
                                              collate_fn=lambda f: baseline_collate(f, tokenizer))
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16"
+                else contextlib.nullcontext())
 
-    def step():
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    first = {}
+    for index in range(args.warmup + args.steps):
+        if index == args.warmup:
+            sync()
+            start, start_cpu = time.perf_counter(), time.process_time()
+        torch.manual_seed(SEED + index)  # the same dropout seeds in both pipelines
         batch = next(iter(loader))
-        batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-        loss = model(**batch).loss if which == "ours" else baseline_loss(model, dict(batch))
+        inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        with autocast:
+            loss = model(**inputs).loss if which == "ours" else baseline_loss(model, dict(inputs))
         loss.backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return batch, loss
-
-    if mode == "memory":
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base_mem = torch.cuda.memory_allocated()
-        with PeakRSS() as rss:
-            batch, loss = step()
-        if device.type == "cuda":
-            peak = torch.cuda.max_memory_allocated() - base_mem
-        else:
-            # The kernel's high-water mark is exact where a sampling thread may be starved on a
-            # busy machine; the step is this process's largest moment, so it holds the step's peak.
-            high_water = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-            peak = max(rss.peak, high_water) - rss.start
-        torch.save({k: v.cpu() for k, v in batch.items()}, os.path.join(root, f"batch_{which}_{size}.pt"))
-        return {"peak_bytes": peak, "loss": loss.item(), "device": str(device)}
-
-    _, loss = step()  # warm-up: first-call costs of the kernels are not a training step's
-    model.zero_grad(set_to_none=True)
-    elapsed = cpu = 0.0
-    for _ in range(STEPS[size]):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        step()
-        elapsed += time.perf_counter() - start
-        cpu += time.process_time() - start_cpu
-        model.zero_grad(set_to_none=True)
-    return {"examples_per_s": STEPS[size] * BATCH / elapsed, "seconds_per_step": elapsed / STEPS[size],
-            "examples_per_cpu_s": STEPS[size] * BATCH / cpu, "cpu_seconds_per_step": cpu / STEPS[size],
-            "loss": loss.item(), "device": str(device)}
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if index == 0:
+            first = {"loss": loss.item(), "batch": {k: v.cpu() for k, v in inputs.items()}}
+    sync()
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    torch.save(first["batch"], os.path.join(root, f"batch_{which}_{p}.pt"))
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kernel's high-water mark
+    examples = args.steps * args.batch
+    return {"examples_per_s": examples / elapsed, "seconds_per_step": elapsed / args.steps,
+            "examples_per_cpu_s": examples / cpu, "peak_bytes": peak, "loss": first["loss"], "device": str(device)}
 
 
-def child(which: str, size: str, root: str, mode: str) -> dict:
-    """Runs one measurement in a fresh process, so that its memory and caches are its own."""
-    env = dict(os.environ)
-    if mode == "memory":
-        # A fixed mmap threshold makes glibc return every large freed block at once, so the
-        # sampled RSS follows the live tensors instead of heap fragmentation. It also makes every
-        # large allocation fault its pages in anew, which is why timing runs without it.
-        env["MALLOC_MMAP_THRESHOLD_"] = "131072"
-    run = subprocess.run([sys.executable, os.path.abspath(__file__), which, size, root, mode],
-                         capture_output=True, text=True, cwd=REPO, env=env)
+def child(args, which: str, dropout: float, root: str) -> dict:
+    """Runs one (pipeline, dropout) in a fresh process, so that its memory and caches are its own."""
+    command = [sys.executable, os.path.abspath(__file__), "--child", which, "--root", root, "--dropout", str(dropout),
+               "--size", args.size, "--batch", str(args.batch), "--frames", str(args.frames),
+               "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
+               "--precision", args.precision, "--threads", str(args.threads)]
+    run = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     if run.returncode != 0:
-        sys.exit(f"{which} / {size} / {mode} failed:\n{run.stderr[-3000:]}")
+        sys.exit(f"{which} / dropout {dropout} failed:\n{run.stderr[-3000:]}")
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    if len(sys.argv) == 5 and sys.argv[1] in PIPELINES:  # child process
-        print(json.dumps(run_pipeline(*sys.argv[1:])))
-        return
+def load_average() -> str:
+    try:
+        return " ".join(open("/proc/loadavg").read().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=sorted(SIZES), default="bart-base", help="model size (default: bart-base)")
+    parser.add_argument("--dropout", type=float, nargs="+", default=[0.1, 0.0],
+                        help="dropout settings to measure; the first gives the speedup line (default: 0.1 0.0)")
+    parser.add_argument("--batch", type=int, default=8, help="clips per batch (default: 8)")
+    parser.add_argument("--frames", type=int, default=750, help="EnCodec frames per clip (default: 750 = 10 s)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 2 on CPU, 20 on CUDA)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 1 on CPU, 5 on CUDA)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="fp32, or bf16 autocast as mixed_precision=bf16 trains (default: fp32)")
+    parser.add_argument("--pipelines", default="original,ours",
+                        help=f"comma-separated, from {', '.join(PIPELINES)}; the first is the baseline "
+                             "(default: original,ours)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--child", choices=PIPELINES, help=argparse.SUPPRESS)
+    parser.add_argument("--root", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    device = args.device.split(":")[0]
+    if device not in ("cpu", "cuda"):
+        parser.error(f"--device must be cpu or cuda, got {args.device!r}")
+    pipelines = [p.strip() for p in args.pipelines.split(",") if p.strip()]
+    unknown = [p for p in pipelines if p not in PIPELINES]
+    if unknown or len(pipelines) < 2 or "ours" not in pipelines or len(set(pipelines)) != len(pipelines):
+        parser.error(f"--pipelines needs 'ours' and a baseline from {', '.join(PIPELINES)}, got {args.pipelines!r}")
+    if pipelines[0] == "ours":
+        parser.error("--pipelines: the first one is the baseline, not 'ours'")
+    args.pipelines = pipelines
+    if any(not 0.0 <= p < 1.0 for p in args.dropout):
+        parser.error("--dropout values must be in [0, 1)")
+    if args.batch < 1 or args.frames < 20 or args.frames > 1021:
+        parser.error("--batch must be >= 1 and --frames in [20, 1021]")
+    if args.steps is None:
+        args.steps = 20 if device == "cuda" else 2
+    if args.warmup is None:
+        args.warmup = 5 if device == "cuda" else 1
+    if args.steps < 1 or args.warmup < 0:
+        parser.error("--steps must be >= 1 and --warmup >= 0")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.child:  # one measurement, in its own process
+        print(json.dumps(run_pipeline(args)))
+        return 0
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    print(f"machine: {os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, "
-          f"{'GPU ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}; "
-          f"batch {BATCH} x {FRAMES} frames, ~12-token captions")
-    results = {}
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("train_step.py: error: --device cuda but torch sees no CUDA device", file=sys.stderr)
+        return 2
+    on_cuda = args.device.startswith("cuda")
+    machine = (f"GPU {torch.cuda.get_device_name(args.device)}" if on_cuda else
+               f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
+               f"{args.threads or torch.get_num_threads()} threads")
+    print(f"machine: {machine}, torch {torch.__version__}; size {args.size}; batch {args.batch} x {args.frames} "
+          f"frames, ~12-token captions; {args.precision}; {args.warmup} warm-up + {args.steps} timed steps; "
+          f"load average {load_average()}", flush=True)
+    base = args.pipelines[0]
+    results, ratios = {}, {}
     with tempfile.TemporaryDirectory(prefix="enclap_bench_") as root:
-        write_data(root)
-        for size in ("small", "bart-base"):
-            for which in PIPELINES:
-                results[which, size] = {**child(which, size, root, "time"), **child(which, size, root, "memory")}
-            batches = {which: torch.load(os.path.join(root, f"batch_{which}_{size}.pt")) for which in PIPELINES}
-            for which in ("original", "sdpa"):
-                assert batches["ours"].keys() == batches[which].keys(), (batches["ours"].keys(), batches[which].keys())
+        write_data(root, args.batch, args.frames)
+        for p in args.dropout:
+            label = "the recipes' dropout" if p == 0.1 else ("no dropout" if p == 0 else "dropout")
+            for which in args.pipelines:
+                fig = results[which, p] = child(args, which, p, root)
+                speed = f"{fig['examples_per_s']:7.3f} examples/s ({fig['seconds_per_step']:6.2f} s/step)"
+                if not on_cuda:
+                    speed += f" {fig['examples_per_cpu_s']:7.3f} examples/CPU-s"
+                memory = "peak GPU memory" if on_cuda else "peak RSS"
+                print(f"dropout {p:<4g} {which:8s} {speed} {memory} {fig['peak_bytes'] / 2**30:6.2f} GiB "
+                      f"first-step loss {fig['loss']:.7f}", flush=True)
+            batches = {which: torch.load(os.path.join(root, f"batch_{which}_{p}.pt")) for which in args.pipelines}
+            for which in args.pipelines:
+                assert batches[which].keys() == batches["ours"].keys(), (which, batches[which].keys())
                 for key in batches["ours"]:
                     assert torch.equal(batches["ours"][key], batches[which][key]), f"{which}: batches differ in {key}"
-            losses = {which: results[which, size]["loss"] for which in PIPELINES}
-            assert max(losses.values()) - min(losses.values()) <= 1e-5 * abs(losses["ours"]), losses
-            for which in PIPELINES:
-                fig = results[which, size]
-                print(f"{size:9s} {which:8s} {fig['examples_per_cpu_s']:7.3f} examples/CPU-s "
-                      f"({fig['cpu_seconds_per_step']:6.1f} CPU-s/step) {fig['examples_per_s']:7.3f} examples/s "
-                      f"({fig['seconds_per_step']:6.1f} s/step) peak {fig['peak_bytes'] / 2**30:5.2f} GiB "
-                      f"loss {fig['loss']:.7f}", flush=True)
-            ours = results["ours", size]
-            for which, what in (("original", "the original's step (eager attention)"),
-                                ("sdpa", "the original's step with stock SDPA attention")):
-                base = results[which, size]
-                print(f"{size:9s} ours / {which}: x{ours['examples_per_cpu_s'] / base['examples_per_cpu_s']:.2f} "
-                      f"examples per CPU-second, x{ours['examples_per_s'] / base['examples_per_s']:.2f} per "
-                      f"wall-second, {100 * (1 - ours['peak_bytes'] / base['peak_bytes']):.0f}% less peak memory "
-                      f"than {what}; same batch, same loss", flush=True)
-    # CPU time (all threads of the process) is the headline: on a shared machine wall time
-    # mostly measures the other jobs; on an idle one the two ratios agree.
-    ratio = results["ours", "bart-base"]["examples_per_cpu_s"] / results["original", "bart-base"]["examples_per_cpu_s"]
-    print(f"speedup: {ratio:.2f}")
+            if p == 0:
+                losses = {which: results[which, p]["loss"] for which in args.pipelines}
+                assert max(losses.values()) - min(losses.values()) <= 1e-5 * abs(losses["ours"]), losses
+                same = "same batch, same loss (asserted)"
+            else:
+                same = "same batch (asserted); losses differ by their dropout draws"
+            ours, baseline = results["ours", p], results[base, p]
+            ratios[p] = ours["examples_per_s"] / baseline["examples_per_s"]
+            cpu_ratio = "" if on_cuda else (f", x{ours['examples_per_cpu_s'] / baseline['examples_per_cpu_s']:.2f} "
+                                            "per CPU-second")
+            print(f"dropout {p:<4g} ({label}): ours / {base} x{ratios[p]:.2f} examples per wall-second{cpu_ratio}, "
+                  f"{100 * (1 - ours['peak_bytes'] / baseline['peak_bytes']):.0f}% less peak memory than "
+                  f"{DESCRIPTIONS[base]}; {same}", flush=True)
+    print(f"load average at the end: {load_average()}")
+    print(f"speedup: {ratios[args.dropout[0]]:.2f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -31,6 +31,7 @@ from transformers.models.bart.modeling_bart import (
 
 from .configuration_enclap import EnClapBartConfig
 from .generation import GenerationOptions
+from .attention import dropout as cheap_dropout
 from .layers import EnClapBartEncoderLayer, EnClapCrossAttention
 from .loading import TIED_KEYS, CheckpointError, check_state_dict, load_state_dict, resolve_checkpoint
 
@@ -46,6 +47,10 @@ class EnClapBartEncoder(BartEncoder):
     gets BART's learned position row ``(p - 1) + 2``, i.e. ordinary BART positions for
     ``<s> frames </s>``. Codec frames are the sum of one embedding per codebook.
     """
+
+    #: Training shortcut: on CPU the embedding dropout draws its mask with
+    #: :func:`modeling.attention.dropout` (same keep probability, cheaper); False: ``F.dropout``.
+    efficient_training = True
 
     def __init__(self, config: EnClapBartConfig, embed_tokens: Optional[nn.Embedding] = None):
         # Skip BartEncoder.__init__ so its stock layers are never built and thrown away; these
@@ -145,7 +150,10 @@ class EnClapBartEncoder(BartEncoder):
             inputs_embeds = self.embed(input_ids, encodec_mask, clap_embedding)
 
         hidden_states = self.layernorm_embedding(inputs_embeds)
-        hidden_states = F.dropout(hidden_states, p=self.dropout, training=self.training)
+        if self.efficient_training and self.training and torch.is_grad_enabled():
+            hidden_states = cheap_dropout(hidden_states, self.dropout)
+        else:
+            hidden_states = F.dropout(hidden_states, p=self.dropout, training=self.training)
 
         mask = None
         if attention_mask is not None:
@@ -291,6 +299,17 @@ class EnClapBartOutput(Seq2SeqLMOutput):
     mcm_loss: Optional[torch.FloatTensor] = None
 
 
+def mcm_max_rows(mcm_labels: torch.Tensor) -> int:
+    """The largest number of masked rows of one codebook in a batch of MCM labels (B, L, num_rvq).
+
+    Compute it where the labels are on the host (the collator's output) and pass it to the model
+    as ``mcm_max_rows``: the MCM loss then needs no device synchronisation.
+    """
+    if mcm_labels.numel() == 0:
+        return 0
+    return int((mcm_labels != IGNORE_INDEX).sum(dim=tuple(range(mcm_labels.dim() - 1))).max())
+
+
 class EnClapBartForConditionalGeneration(BartForConditionalGeneration):
     """EnCLAP: :class:`EnClapBartModel` + BART LM head + one MCM head per codebook.
 
@@ -361,6 +380,7 @@ class EnClapBartForConditionalGeneration(BartForConditionalGeneration):
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
         cache_position: Optional[torch.LongTensor] = None,
+        mcm_max_rows: Optional[int] = None,
         **kwargs,
     ) -> EnClapBartOutput:
         """Run encoder and decoder; compute the losses when labels are given.
@@ -376,6 +396,8 @@ class EnClapBartForConditionalGeneration(BartForConditionalGeneration):
             labels: (B, S) caption ids ``<s> ... </s>``, -100 at padding. The decoder input is
                 ``labels`` shifted right with ``decoder_start_token_id``.
             mcm_labels: (B, L, num_rvq) original codes where masked, -100 elsewhere.
+            mcm_max_rows: :func:`mcm_max_rows` of ``mcm_labels``, computed where the labels were
+                still on the host (train.py does): the MCM loss then never waits for the device.
             Other arguments: as in :class:`~transformers.BartForConditionalGeneration`.
         """
         return_dict = self.config.use_return_dict if return_dict is None else return_dict
@@ -398,7 +420,9 @@ class EnClapBartForConditionalGeneration(BartForConditionalGeneration):
             encoder_outputs = BaseModelOutput(*encoder_outputs)
         mcm_loss = None
         if mcm_labels is not None:
-            mcm_loss = self.config.mcm_loss_scale * self.masked_codec_loss(encoder_outputs.last_hidden_state, mcm_labels)
+            mcm_loss = self.config.mcm_loss_scale * self.masked_codec_loss(
+                encoder_outputs.last_hidden_state, mcm_labels, mcm_max_rows
+            )
         if decoder_input_ids is None and decoder_inputs_embeds is None:
             # Encoder only (e.g. an MCM-only step): there is nothing to decode.
             output = EnClapBartOutput(
@@ -458,28 +482,47 @@ class EnClapBartForConditionalGeneration(BartForConditionalGeneration):
         )
         return output if return_dict else output.to_tuple()
 
-    def masked_codec_loss(self, hidden_states: torch.Tensor, mcm_labels: torch.LongTensor) -> torch.Tensor:
-        """Unscaled MCM loss: ``sum_j 2^-(j+1) * CE(mcm_heads[j](h), mcm_labels[..., j])``.
+    def masked_codec_loss(
+        self, hidden_states: torch.Tensor, mcm_labels: torch.LongTensor, max_rows: Optional[int] = None
+    ) -> torch.Tensor:
+        """Unscaled MCM loss: ``sum_j 2^-(j+1) * CE(mcm_heads[j](h), mcm_labels[..., j])`` (design §4).
 
-        Head ``j`` is evaluated only at rows where codebook ``j`` is masked: the loss is the same as
-        evaluating every head everywhere (the original), for a fraction of the compute and memory.
-        A codebook with no masked target adds 0.
+        Head ``j`` is evaluated only at the rows where codebook ``j`` is masked, gathered into
+        a fixed (num_rvq, ``max_rows``) layout: the same loss as evaluating every head everywhere
+        (the original), for a fraction of the compute and memory. Shapes come from the host-side
+        ``max_rows``, so on an accelerator nothing waits for the device (no ``nonzero``, no
+        ``tolist``). A codebook without a masked row adds an exact 0 that still passes through
+        its head, so every head gets a (zero) gradient and DDP needs no ``find_unused_parameters``.
 
         Args:
             hidden_states: (B, L, D) encoder output.
             mcm_labels: (B, L, num_rvq) targets, -100 where not masked.
+            max_rows: at least the largest number of masked rows of one codebook
+                (:func:`mcm_max_rows`); None computes it here, which costs one device
+                synchronisation when ``mcm_labels`` is on an accelerator.
         """
         num_rvq = len(self.mcm_heads)
-        targets = mcm_labels.to(hidden_states.device).reshape(-1, num_rvq).t()  # (num_rvq, B*L)
-        head_ids, rows = (targets != IGNORE_INDEX).nonzero(as_tuple=True)  # grouped by head, rows ascending
-        # One gather and one split for all heads (one scatter and one concatenation in backward).
-        counts = torch.bincount(head_ids, minlength=num_rvq).tolist()
-        selected = hidden_states.reshape(-1, hidden_states.shape[-1]).index_select(0, rows).split(counts)
-        labels = targets[head_ids, rows].split(counts)
+        if max_rows is None:
+            max_rows = mcm_max_rows(mcm_labels)
+        slots = max(int(max_rows), 1)
+        device = hidden_states.device
+        targets = mcm_labels.to(device, non_blocking=True).reshape(-1, num_rvq).t()  # (num_rvq, N)
+        rows = targets.shape[1]
+        masked = targets != IGNORE_INDEX
+        counts = masked.sum(1)  # (num_rvq,), stays on the device
+        # Masked row n of codebook j goes to slot (number of masked rows before it); the rest to
+        # an overflow slot that is cut off. Slots past a codebook's count keep label -100.
+        slot = torch.where(masked, masked.cumsum(1) - 1, slots).clamp_(max=slots)
+        index = torch.zeros(num_rvq, slots + 1, dtype=torch.long, device=device)
+        index.scatter_(1, slot, torch.arange(rows, device=device).expand(num_rvq, rows))
+        labels = torch.full((num_rvq, slots + 1), IGNORE_INDEX, dtype=torch.long, device=device)
+        labels.scatter_(1, slot, targets)
+        index, labels = index[:, :slots], labels[:, :slots]
+        selected = hidden_states.reshape(-1, hidden_states.shape[-1])[index.reshape(-1)].view(num_rvq, slots, -1)
         total = hidden_states.new_zeros((), dtype=torch.float32)
-        for j, (head, h, y) in enumerate(zip(self.mcm_heads, selected, labels)):
-            if len(y):
-                total = total + F.cross_entropy(head(h).float(), y) / 2 ** (j + 1)  # head(h): (N_j, 1024)
+        for j, head in enumerate(self.mcm_heads):
+            summed = F.cross_entropy(head(selected[j]).float(), labels[j], ignore_index=IGNORE_INDEX, reduction="sum")
+            total = total + summed / counts[j].clamp(min=1) / 2 ** (j + 1)  # head(h): (slots, 1024)
         return total
 
     @torch.no_grad()
