@@ -127,6 +127,8 @@ class EnClap:
         self.device = resolve_device(device)
         self.batch_size = batch_size
         self.long_audio = long_audio
+        # Said after a truncation warning; a caller without --long_audio (evaluate.py) replaces it.
+        self.truncate_hint = "use long_audio='window' / --long_audio window to caption all of it"
 
         loaded = load_pretrained(ckpt)
         self.model = loaded.model.eval().to(self.device)
@@ -382,9 +384,8 @@ class EnClap:
         if self.long_audio == "truncate":
             res.truncated = True
             logger.warning(
-                "%s is %.1f s long; only its first %.1f s (%d frames) are captioned "
-                "(use long_audio='window' / --long_audio window to caption all of it)",
-                res.source, res.duration, self.window_seconds, self.max_frames,
+                "%s is %.1f s long; only its first %.1f s (%d frames) are captioned (%s)",
+                res.source, res.duration, self.window_seconds, self.max_frames, self.truncate_hint,
             )
             # Features are computed on the whole clip, as preprocessing does (CLAP sees it all);
             # the codes are cropped afterwards in _crop.
