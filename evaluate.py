@@ -9,7 +9,9 @@
 
 Order of work: the metrics' requirements are checked (Java, jars) and every file the CSV names
 is checked to exist BEFORE the model generates anything, so a missing jar or clip fails in
-seconds, not after an hour. Scores are computed once over the whole split and printed as a
+seconds, not after an hour. With the default metrics, those this machine cannot run (SPICE and
+SPIDEr without Stanford CoreNLP) are skipped with one warning, as in training; metrics named
+with ``--metrics`` must all run. Relative paths are taken from the current folder. Scores are computed once over the whole split and printed as a
 table; with ``--save_path`` the per-clip predictions and references are written to that CSV and
 the scores to ``<save_path without .csv>_scores.json`` beside it.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 
@@ -50,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--metrics",
         nargs="+",
-        default=list(DEFAULT_METRICS),
-        help="metrics (default: %(default)s; also bleu_1..4, rouge_l, spider_fl, fense)",
+        default=None,
+        help=f"metrics (default: {' '.join(DEFAULT_METRICS)}, less those this machine cannot run; "
+        "also bleu_1..4, rouge_l, spider_fl, fense)",
     )
     data.add_argument("--num_workers", type=int, default=0, help="feature-loading workers (default: 0)")
     add_pipeline_args(parser, long_audio=False)
@@ -65,8 +69,12 @@ def evaluate(args: argparse.Namespace) -> int:
     from common.io import atomic_write_text, write_predictions_csv
     from data.audio import audio_for_feature_path
     from data.dataset import DataError, read_split
-    from scoring import compute_scores, format_scores, preflight
+    from scoring import compute_scores, degenerate_warning, format_scores, preflight, usable_metrics
 
+    log = logging.getLogger("evaluate")
+    for name in ("test_csv", "encodec_path", "clap_path", "audio_path", "save_path"):
+        if getattr(args, name):  # messages then name the absolute path that was tried
+            setattr(args, name, os.path.abspath(os.path.expanduser(getattr(args, name))))
     if args.from_preprocessed:
         if not (args.encodec_path and args.clap_path):
             raise DataError("--from_preprocessed needs --encodec_path and --clap_path")
@@ -74,7 +82,12 @@ def evaluate(args: argparse.Namespace) -> int:
         raise DataError("give --audio_path WAVS, or --from_preprocessed with --encodec_path and --clap_path")
     options = generation_from_args(args)
     # 1. Metrics first: a missing jar must not surface after the whole generation.
-    metrics = preflight(args.metrics)
+    if args.metrics is None:  # the defaults: score what this machine can, say what it cannot
+        metrics, skipped = usable_metrics(None)
+        if skipped:
+            log.warning("%s", skipped)
+    else:
+        metrics = preflight(args.metrics)
     # 2. The whole split, every file, before any work.
     split = read_split(args.test_csv)
     if not args.from_preprocessed:
@@ -86,6 +99,7 @@ def evaluate(args: argparse.Namespace) -> int:
                             f"under {args.audio_path}: {shown} (fix --audio_path or the CSV)")
     # 3. Generate.
     pipeline = pipeline_from_args(args, long_audio="truncate")
+    pipeline.truncate_hint = "evaluation always captions a clip's start"
     rerank = rerank_from_args(args)
     kwargs = dict(batch_size=args.batch_size, options=options, rerank=rerank, progress=True)
     start = time.perf_counter()
@@ -101,10 +115,14 @@ def evaluate(args: argparse.Namespace) -> int:
             raise DataError(f"{len(failed)} clip(s) could not be read; scores need every clip (fix or remove them)")
         truncated = sum(res.truncated for res in results)
         if truncated:
-            logging.getLogger("evaluate").warning(
-                "%d clip(s) longer than %.1f s were captioned from their start", truncated, pipeline.window_seconds)
+            log.warning("%d clip(s) longer than %.1f s were captioned from their start", truncated,
+                        pipeline.window_seconds)
         predictions = [res.caption for res in results]
     seconds = time.perf_counter() - start
+    warning = degenerate_warning(predictions, f"the checkpoint {args.ckpt} looks under-trained (see the validation "
+                                 "warnings in its train.log)", "test clips")
+    if warning:
+        log.warning("%s", warning)
     # 4. Score once, on the whole split.
     scores = compute_scores(predictions, split.references, metrics)
 

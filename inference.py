@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from common.errors import UserError, one_line
     from common.io import atomic_write_text
     from data.audio import expand_audio_inputs
+    from scoring import degenerate_warning
 
     if args.output and not args.output.lower().endswith(OUTPUT_SUFFIXES):
         print(f"error: --output {args.output}: use a name ending in .csv or .jsonl", file=sys.stderr)
@@ -65,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{res.source} [{seg.start:.2f}-{seg.end:.2f} s]\t{seg.caption}")
         else:
             print(f"{res.source}\t{res.caption}")
+    captions = [text for res in results if res.error is None
+                for text in ([seg.caption for seg in res.segments] if res.segments else [res.caption])]
+    warning = degenerate_warning(captions, f"the checkpoint {args.ckpt} looks under-trained (see the validation "
+                                 "warnings in its train.log)", "inputs")
+    if warning:
+        logging.getLogger("inference").warning("%s", warning)
     if args.output:
         atomic_write_text(args.output, format_records(results, args.output))
         print(f"wrote {args.output}", file=sys.stderr)

@@ -2,22 +2,22 @@
 # Train EnCLAP with whatever `accelerate config` set up (one GPU, several GPUs, several nodes).
 #   sh train.sh [CFG.yaml] [key=value ...]      default CFG: cfg/tiny.yaml (CPU quick start)
 # Rerunning the same command resumes from the newest complete checkpoint of its output_dir.
+# Runs from any folder: relative paths (the recipe, overrides, the recipe's own paths) are taken
+# from the folder you run it in; a recipe name such as cfg/tiny.yaml is also found in the
+# repository (design §6, "Relative paths").
 set -eu
-cd "$(dirname "$0")"
+REPO=$(CDPATH= cd -- "$(dirname -- "$0")" && pwd)
 CFG=cfg/tiny.yaml
 case "${1:-}" in
   "" | *=*) ;;                       # no recipe given: keep the default, all args are overrides
-  -h | --help) exec "$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)" train.py --help ;;
+  -h | --help) exec "$([ -x "$REPO/.venv/bin/python" ] && echo "$REPO/.venv/bin/python" || echo python3)" \
+                 "$REPO/train.py" --help ;;
   *) CFG=$1; shift ;;
 esac
-if [ ! -f "$CFG" ]; then
-  echo "train.sh: error: config file not found: $CFG (use one of: $(ls cfg/*.yaml cfg/*/*.yaml | tr '\n' ' '))" >&2
-  exit 2
-fi
 # The project virtual environment when there is one (make setup), else the python on PATH.
 # The launcher runs as a module of that python, so no console-script shebang is involved.
 PYTHON=python3
-if [ -x .venv/bin/python ]; then PYTHON="$PWD/.venv/bin/python"; fi
+if [ -x "$REPO/.venv/bin/python" ]; then PYTHON="$REPO/.venv/bin/python"; fi
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-0}"
 export TOKENIZERS_PARALLELISM=false
 # --quiet: a failing run shows its own one-line error, not the launcher's traceback on top.
@@ -25,7 +25,7 @@ export TOKENIZERS_PARALLELISM=false
 # so it does not warn about every unset launcher option.
 ACCELERATE_CFG="${HF_HOME:-$HOME/.cache/huggingface}/accelerate/default_config.yaml"
 if [ -f "$ACCELERATE_CFG" ]; then
-  exec "$PYTHON" -m accelerate.commands.launch --quiet train.py "$CFG" "$@"
+  exec "$PYTHON" -m accelerate.commands.launch --quiet "$REPO/train.py" "$CFG" "$@"
 fi
-exec "$PYTHON" -m accelerate.commands.launch --quiet --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
-  train.py "$CFG" "$@"
+exec "$PYTHON" -m accelerate.commands.launch --quiet --num_processes 1 --num_machines 1 --mixed_precision no \
+  --dynamo_backend no "$REPO/train.py" "$CFG" "$@"

@@ -1,4 +1,5 @@
-"""Write the train/valid/test CSVs of design §5 from the official AudioCaps / Clotho metadata.
+"""Write the train/valid/test CSVs of design §5: from your own ``file,caption`` table, or from the
+official AudioCaps / Clotho metadata.
 
 Output format (what `data/dataset.py` reads):
 
@@ -17,13 +18,17 @@ layout that `aac-datasets <https://github.com/Labbeti/aac-datasets>`_ downloads:
 
 Usage::
 
+    # your own recordings: AUDIO/ plus captions.csv with rows "file,caption" (file relative to AUDIO)
+    python data/make_csv.py own --audio_dir AUDIO --captions captions.csv --out_dir csv/mine
     python data/make_csv.py audiocaps --metadata_dir AUDIOCAPS --out_dir csv/audiocaps
     python data/make_csv.py clotho --metadata_dir CLOTHO_v2.1/clotho_csv_files --out_dir csv/clotho
     python data/make_csv.py check csv/clotho/*.csv --encodec_path F/encodec --clap_path F/clap
 
-Add ``--encodec_path/--clap_path`` with ``--check`` (report missing feature files, exit 1)
-or ``--drop_missing`` (leave out clips whose features are missing, e.g. AudioCaps videos that
-could not be downloaded) to the first two forms.
+``own`` splits the clips (not the rows) by ``--split 0.8,0.1,0.1`` with ``--seed``, or by a
+column (``--split_column split``, values train/valid/test); see :mod:`data.own_split`. Add
+``--encodec_path/--clap_path`` with ``--check`` (report missing feature files, exit 1) or
+``--drop_missing`` (leave out clips whose features are missing, e.g. AudioCaps videos that
+could not be downloaded) to the first three forms.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ if __package__ in (None, ""):  # run as a file: import from the repository root,
 
 from common.errors import UserError  # noqa: E402
 from common.io import write_csv  # noqa: E402
+from data.own_split import (own_tables, parse_ratios, read_caption_table, split_by_ratio,  # noqa: E402
+                            uncaptioned_audio)
 
 NUM_REFERENCES = 5  # design §5: caption_1 ... caption_5 in valid/test
 
@@ -185,12 +192,15 @@ def _format_path(file_format: str, fields: Dict[str, str]) -> str:
 # --------------------------------------------------------------------------- writing
 
 
-def write_tables(tables: Dict[str, list], out_dir: Path) -> Dict[str, Path]:
+def write_tables(tables: Dict[str, list], out_dir: Path, pad_to: int = NUM_REFERENCES) -> Dict[str, Path]:
     """Writes ``train.csv``, ``valid.csv`` and ``test.csv`` (atomically) in design §5 format.
 
     Args:
-        tables: output of :func:`audiocaps_tables` / :func:`clotho_tables`.
+        tables: output of :func:`audiocaps_tables` / :func:`clotho_tables` / ``own_tables``.
         out_dir: destination folder (created).
+        pad_to: at least this many ``caption_N`` columns; clips with fewer references get empty
+            cells, with a warning when ``pad_to`` is the datasets' five (one to five references
+            are all valid, design §5).
 
     Returns:
         ``{split: path}`` of the files written.
@@ -201,9 +211,9 @@ def write_tables(tables: Dict[str, list], out_dir: Path) -> Dict[str, Path]:
         if split == "train":
             write_csv(path, ["file_path", "caption"], [[fp, cap] for fp, cap in table])
         else:
-            width = max([NUM_REFERENCES] + [len(caps) for _, caps in table])
+            width = max([pad_to] + [len(caps) for _, caps in table])
             short = sum(len(caps) < width for _, caps in table)
-            if short:
+            if short and pad_to == NUM_REFERENCES:
                 print(f"warning: {split}: {short} clip(s) have fewer than {width} captions; cells left empty",
                       file=sys.stderr)
             header = ["file_path"] + [f"caption_{i}" for i in range(1, width + 1)]
@@ -266,6 +276,26 @@ def report_missing(label: str, missing: List[str], limit: int = 20) -> None:
     print(f"{label}: {len(missing)} feature file(s) missing", file=sys.stderr)
 
 
+def own_data_tables(args: argparse.Namespace) -> Dict[str, list]:
+    """The tables of the ``own`` command: read the table, split the clips, report what is left out."""
+    clips, splits, empty = read_caption_table(args.captions, args.audio_dir, args.file_column, args.caption_column,
+                                              args.split_column)
+    if not args.split_column:
+        splits = split_by_ratio(list(clips), parse_ratios(args.split), args.seed)
+    if empty:
+        print(f"warning: {empty} row(s) of {args.captions.absolute()} have an empty caption; left out", file=sys.stderr)
+    left_out = uncaptioned_audio(args.audio_dir, clips)
+    if left_out:
+        print(f"warning: {len(left_out)} audio file(s) under {args.audio_dir.absolute()} have no caption in the table "
+              f"and are left out: {', '.join(left_out[:3])}{', ...' if len(left_out) > 3 else ''}", file=sys.stderr)
+    tables = own_tables(clips, splits)
+    for split in ("train", "valid"):
+        if not tables[split]:
+            print(f"warning: no clip went to {split} ({len(clips)} clips in all); training needs both train and "
+                  "valid: add clips or change --split", file=sys.stderr)
+    return tables
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -298,6 +328,24 @@ def build_parser() -> argparse.ArgumentParser:
         mode.add_argument("--drop_missing", action="store_true",
                           help="leave out clips whose feature files are missing under the roots")
 
+    p = sub.add_parser("own", help="write train/valid/test CSVs for your own audio folder and caption table",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--audio_dir", type=Path, required=True, help="folder of your audio files (preprocess's --data_path)")
+    p.add_argument("--captions", type=Path, required=True,
+                   help="CSV with a header and rows file,caption (file relative to --audio_dir; one row per caption)")
+    p.add_argument("--out_dir", type=Path, required=True, help="where train.csv, valid.csv, test.csv go")
+    p.add_argument("--split", default="0.8,0.1,0.1", help="train,valid,test ratios of the clips (seeded shuffle)")
+    p.add_argument("--split_column", default=None, help="column of the table holding train/valid/test instead")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffle behind --split")
+    p.add_argument("--file_column", default="file", help="column naming the audio file")
+    p.add_argument("--caption_column", default="caption", help="column holding the caption")
+    add_feature_roots(p)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true",
+                      help="after writing, list feature files missing under the roots; exit 1 if any")
+    mode.add_argument("--drop_missing", action="store_true",
+                      help="leave out clips whose feature files are missing under the roots")
+
     p = sub.add_parser("check", help="check that every file_path of existing CSVs has its feature files",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("csv", type=Path, nargs="+", help="CSV files in design §5 format")
@@ -329,15 +377,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     print(f"{path}: all feature files present")
             return status
 
-        build = audiocaps_tables if args.command == "audiocaps" else clotho_tables
-        tables = build(args.metadata_dir, args.split_dirs, args.file_format)
+        if args.command == "own":
+            tables = own_data_tables(args)
+        else:
+            build = audiocaps_tables if args.command == "audiocaps" else clotho_tables
+            tables = build(args.metadata_dir, args.split_dirs, args.file_format)
         if args.drop_missing:
             for split, n in drop_missing(tables, roots).items():
                 if n:
                     print(f"{split}: dropped {n} clip(s) without feature files", file=sys.stderr)
-        written = write_tables(tables, args.out_dir)
+        written = write_tables(tables, args.out_dir, pad_to=1 if args.command == "own" else NUM_REFERENCES)
         for split, path in written.items():
-            print(f"wrote {path} ({len(tables[split])} rows)")
+            clips = len({row[0] for row in tables[split]})
+            print(f"wrote {path.absolute()} ({len(tables[split])} rows, {clips} clips)")
         if args.check:
             status = 0
             for split, table in tables.items():
@@ -347,7 +399,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     status = 1
             return status
         return 0
-    except MetadataError as err:
+    except UserError as err:  # MetadataError, OwnDataError
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -83,7 +83,9 @@ class DataConfig:
         encodec_masking_prob: MCM masking probability (0 turns MCM off).
         encodec_masking_span: MCM span length in frames.
         static_masks: one fixed crop and mask per example for the whole run (the original's).
-        num_workers: DataLoader worker processes per training process.
+        num_workers: DataLoader worker processes per training process; None = what the machine
+            has: one per CPU core left over for each local process, at most 4 (see
+            :func:`default_num_workers`).
         pin_memory: pinned host memory for faster copies to the GPU.
         group_by_length: batch examples of similar length together (less padding).
     """
@@ -97,7 +99,7 @@ class DataConfig:
     encodec_masking_prob: float = 0.15
     encodec_masking_span: int = 10
     static_masks: bool = False
-    num_workers: int = 4
+    num_workers: Optional[int] = None
     pin_memory: bool = True
     group_by_length: bool = False
 
@@ -225,11 +227,85 @@ def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
         raise ConfigError(f"bad value for config key '{key}' in {source}: {message}") from None
 
 
+#: Recipe keys holding file or folder paths (design §6, "Relative paths").
+PATH_KEYS = ("output_dir", "data.train_csv", "data.val_csv", "data.encodec_base_path", "data.clap_base_path")
+#: Recipe keys that hold a local path or a Hugging Face Hub id.
+MODEL_KEYS = ("model.name_or_path", "model.tokenizer")
+#: The repository root: shipped recipes (``cfg/...``) are also found from other folders.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def looks_like_local_path(text: str) -> bool:
+    """True when ``text`` cannot be a Hub id (``org/name``) and so must name a local file or folder."""
+    if text.startswith(("/", "./", "../", "~")) or text in (".", ".."):
+        return True
+    # A Hub id has exactly one "/" and no weights-file suffix.
+    return text.count("/") > 1 or text.endswith((".bin", ".safetensors", ".pt", ".pth"))
+
+
+def resolve_paths(cfg: DictConfig, base: Optional[str] = None) -> DictConfig:
+    """Makes the recipe's relative paths absolute against ``base`` (the caller's working directory).
+
+    :data:`PATH_KEYS` always resolve; :data:`MODEL_KEYS` resolve when they name something that
+    exists there or cannot be a Hub id, so ``facebook/bart-base`` stays a Hub id.
+
+    Args:
+        cfg: the merged recipe (modified in place).
+        base: folder to resolve against (default: ``os.getcwd()``).
+
+    Returns:
+        ``cfg``.
+    """
+    base = os.getcwd() if base is None else base
+    for key in PATH_KEYS + MODEL_KEYS:
+        value = OmegaConf.select(cfg, key)
+        if value is None or os.path.isabs(os.path.expanduser(str(value))):
+            if value is not None:
+                OmegaConf.update(cfg, key, os.path.expanduser(str(value)))
+            continue
+        candidate = os.path.normpath(os.path.join(base, os.path.expanduser(str(value))))
+        if key in PATH_KEYS or os.path.exists(candidate) or looks_like_local_path(str(value)):
+            OmegaConf.update(cfg, key, candidate)
+    return cfg
+
+
+def find_recipe(path: str) -> str:
+    """The recipe file ``path`` names: relative to the working directory, else to the repository.
+
+    Raises:
+        ConfigError: neither exists; names the absolute paths tried and the shipped recipes.
+    """
+    here = os.path.abspath(os.path.expanduser(path))
+    if os.path.isfile(here):
+        return here
+    shipped = os.path.join(REPO_ROOT, path)
+    if not os.path.isabs(path) and os.path.isfile(shipped):
+        return shipped
+    raise ConfigError(f"config file not found: {here} (nor {shipped}); pass a recipe such as "
+                      f"{os.path.join(REPO_ROOT, 'cfg', 'tiny.yaml')}")
+
+
+def default_num_workers() -> int:
+    """Loader workers per process when ``data.num_workers`` is null: the cores this process may
+    use, shared among the node's processes, minus one for the process itself, at most 4."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(0, min(4, cores // local_processes - 1))
+
+
 def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> DictConfig:
     """Loads a recipe: the schema defaults, then the YAML file, then ``key=value`` overrides.
 
+    Relative paths, in the YAML and in overrides alike, are made absolute against the working
+    directory (:func:`resolve_paths`); a null ``data.num_workers`` becomes
+    :func:`default_num_workers`.
+
     Args:
-        path: YAML recipe file (None: schema defaults only).
+        path: YAML recipe file, relative to the working directory or to the repository
+            (``cfg/tiny.yaml`` works from any folder); None: schema defaults only.
         overrides: dotted ``key=value`` strings from the command line (``optim.lr=1e-4``).
 
     Returns:
@@ -241,8 +317,7 @@ def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> DictConfi
     schema = OmegaConf.structured(TrainConfig)
     cfg = schema
     if path is not None:
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file not found: {path} (pass one of the recipes in cfg/, e.g. cfg/tiny.yaml)")
+        path = find_recipe(path)
         try:
             loaded = OmegaConf.load(path)
         except Exception as error:  # yaml errors come in several classes
@@ -258,7 +333,9 @@ def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> DictConfi
             raise ConfigError(f"cannot parse override '{item}': {str(error).splitlines()[0]}") from None
         cfg = _merge(cfg, dotlist, f"override '{item}'")
     validate_config(cfg)
-    return cfg
+    if cfg.data.num_workers is None:
+        cfg.data.num_workers = default_num_workers()
+    return resolve_paths(cfg)
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -287,7 +364,7 @@ def validate_config(cfg: DictConfig) -> None:
     need(cfg.data.encodec_masking_span >= 1, "data.encodec_masking_span", "a positive integer")
     need(cfg.data.max_target_length >= 3, "data.max_target_length", "an integer >= 3 (<s>, a token, </s>)")
     need(cfg.data.max_frames is None or cfg.data.max_frames >= 1, "data.max_frames", "a positive integer or null")
-    need(cfg.data.num_workers >= 0, "data.num_workers", "an integer >= 0")
+    need(cfg.data.num_workers is None or cfg.data.num_workers >= 0, "data.num_workers", "an integer >= 0 or null")
     need(cfg.eval.every_steps is None or cfg.eval.every_steps >= 1, "eval.every_steps", "a positive integer or null")
     need(cfg.eval.batch_size >= 1, "eval.batch_size", "a positive integer")
     need(cfg.eval.keep_best >= 1, "eval.keep_best", "a positive integer")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Optional, Sequence
@@ -13,6 +14,45 @@ from modeling import EnClapBartConfig, EnClapBartForConditionalGeneration, load_
 from training.tokenizer import train_tokenizer
 
 logger = logging.getLogger(__name__)
+
+
+class _TiedWeightsNotice(logging.Filter):
+    """Drops Accelerate's "Removed shared tensor ... check ... while reloading" notice: the model
+    ties its token embeddings on purpose, checkpoints store them once and loading re-ties them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in str(record.msg)  # Accelerate prefixes "[RANK n] "
+
+
+def quiet_tied_weights_notice() -> None:
+    """Replaces Accelerate's tied-weights notice on every checkpoint by one line of ours, once per run."""
+    accelerate_logger = logging.getLogger("accelerate.utils.other")
+    if not any(isinstance(f, _TiedWeightsNotice) for f in accelerate_logger.filters):
+        accelerate_logger.addFilter(_TiedWeightsNotice())
+    logger.info("checkpoints store the tied token embeddings (model.shared, embed_tokens, lm_head) once; "
+                "loading re-ties them (design §11)")
+
+
+def starting_step(folder) -> str:
+    """Which training step a checkpoint folder holds, in words, for the fine-tuning log line.
+
+    ``checkpoints/step_N/model`` has ``../trainer_state.json``; a run's ``best/`` has the run's
+    ``summary.json`` beside it; a released folder has neither.
+
+    Args:
+        folder: the folder the weights were loaded from.
+    """
+    folder = os.path.abspath(str(folder))
+    parent = os.path.dirname(folder)
+    for state, key in ((os.path.join(parent, "trainer_state.json"), "global_step"),
+                       (os.path.join(parent, "summary.json"), "best_step")):
+        if os.path.isfile(state):
+            try:
+                with open(state, encoding="utf-8") as handle:
+                    return f"step {int(json.load(handle)[key])} of the run in {os.path.dirname(state)}"
+            except (OSError, ValueError, KeyError, TypeError):
+                break
+    return "no training state beside it: a released or copied checkpoint, step unknown"
 
 
 def build_model_and_tokenizer(cfg: DictConfig, accelerator, train_captions: Sequence[str],
@@ -28,6 +68,7 @@ def build_model_and_tokenizer(cfg: DictConfig, accelerator, train_captions: Sequ
         train_captions: captions for the ``scratch`` tokenizer.
         resume_dir: checkpoint folder to resume from (its ``model/`` gives config + tokenizer).
     """
+    quiet_tied_weights_notice()
     m = cfg.model
     fields = dict(mcm_loss_scale=m.mcm_loss_scale, label_smoothing=m.label_smoothing)
     if m.dropout is not None:
@@ -38,7 +79,7 @@ def build_model_and_tokenizer(cfg: DictConfig, accelerator, train_captions: Sequ
         source = os.path.join(resume_dir, "model") if resume_dir is not None else m.name_or_path
         loaded = load_pretrained(source, tokenizer=None if resume_dir is not None else m.tokenizer, **fields)
         if resume_dir is None:
-            logger.info("fine-tuning from %s", loaded.folder)
+            logger.info("fine-tuning from %s (%s)", os.path.abspath(str(loaded.folder)), starting_step(loaded.folder))
         return loaded.model, loaded.tokenizer
     if m.init == "bart":
         tokenizer = load_tokenizer(m.tokenizer or m.name_or_path)

@@ -4,20 +4,27 @@
 (already checked by :func:`training.config.load_config`), the CSV files and feature folders,
 every feature file the CSVs name, the metric names and which of them can run here, and the
 frame limit against the model's positions. Each problem raises a :class:`ConfigError` whose
-message is one line naming the key and the fix.
+message is one line naming the key and the fix. What the run should hear about but may go on
+with (metrics skipped here, clips over the frame limit, one-frame clips) comes back as warnings.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
 from omegaconf import DictConfig
+from tqdm.auto import tqdm
 
+from data.audio import ENCODEC_FRAME_RATE
 from data.dataset import CaptionDataset
-from scoring import available_metrics, normalize_metrics, preflight
-from training.config import ConfigError
+from data.masking import MAX_FRAMES
+from data.store import StoreError
+from scoring import normalize_metrics, usable_metrics
+from scoring.java import MetricsUnavailable
+from training.config import ConfigError, looks_like_local_path
 
 logger = logging.getLogger(__name__)
 
@@ -32,12 +39,20 @@ class RecipePlan:
             one cannot run here).
         skipped_metrics: requested metrics that cannot run here.
         train_captions: the training captions (for a scratch tokenizer).
+        warnings: one-line messages for the run's log (skipped metrics, the selection
+            metric's fallback, clips over the frame limit, one-frame clips).
     """
 
     metrics: tuple[str, ...]
     select_metric: str
     skipped_metrics: tuple[str, ...]
     train_captions: list[str]
+    warnings: list[str] = field(default_factory=list)
+
+    def log(self, log: logging.Logger) -> None:
+        """Logs :attr:`warnings` (call once the run's log file is open)."""
+        for message in self.warnings:
+            log.warning("%s", message)
 
 
 def model_positions(cfg: DictConfig) -> int:
@@ -53,11 +68,69 @@ def model_positions(cfg: DictConfig) -> int:
                           f"({type(error).__name__}); download it or set a local folder") from None
 
 
+def frame_counts(dataset: CaptionDataset) -> dict[str, int]:
+    """EnCodec frames of every distinct clip of ``dataset``, from the ``.npy`` headers or the store's index."""
+    paths = list(dict.fromkeys(dataset.file_paths))
+    counts = {}
+    try:
+        for file_path in tqdm(paths, desc="reading clip lengths", unit="clip", disable=len(paths) < 2000):
+            counts[file_path] = int(dataset.store.frames(file_path))
+    except (StoreError, OSError, ValueError, IndexError) as error:
+        raise ConfigError(f"cannot read the length of {file_path} under {dataset.encodec_root}: {error} "
+                          "(re-run data/preprocess.py)") from None
+    return counts
+
+
+def limit_warnings(frames: dict[str, dict[str, int]], max_frames: int, source: str, shown: int = 5) -> list[str]:
+    """Messages about clips over the frame limit and clips of a single frame, once per run.
+
+    Args:
+        frames: ``{split name: {file_path: frames}}``.
+        max_frames: the run's limit in frames.
+        source: where the limit comes from, for the message (a recipe key).
+        shown: clips named per message.
+
+    Returns:
+        One line per kind of problem found (possibly none).
+    """
+    def named(paths: list[str]) -> str:
+        return ", ".join(paths[:shown]) + (f", ... ({len(paths) - shown} more)" if len(paths) > shown else "")
+
+    seconds = max_frames / ENCODEC_FRAME_RATE
+    messages = []
+    longer = {split: [p for p, t in counts.items() if t > max_frames] for split, counts in frames.items()}
+    if any(longer.values()):
+        counted = "; ".join(f"{len(paths)} of {len(frames[split])} {split} clips" for split, paths in longer.items())
+        everyone = [p for paths in longer.values() for p in dict.fromkeys(paths)]
+        messages.append(f"{counted} are longer than the limit of {max_frames} frames ({seconds:.1f} s, {source}): "
+                        f"training reads a random {seconds:.1f} s window of each, validation its first "
+                        f"{seconds:.1f} s: {named(list(dict.fromkeys(everyone)))}")
+    single = list(dict.fromkeys(p for counts in frames.values() for p, t in counts.items() if t <= 1))
+    if single:
+        messages.append(f"{len(single)} clip(s) have a single EnCodec frame ({1000 / ENCODEC_FRAME_RATE:.0f} ms or "
+                        f"less of sound), too short to describe: {named(single)}")
+    return messages
+
+
+def check_model_path(cfg: DictConfig) -> None:
+    """A ``model.name_or_path`` that must be local (not a Hub id) has to exist.
+
+    Raises:
+        ConfigError: naming the absolute path tried.
+    """
+    for key in ("name_or_path", "tokenizer"):
+        value = cfg.model[key]
+        if cfg.model.init != "scratch" and value and looks_like_local_path(str(value)) \
+                and not os.path.exists(str(value)):
+            raise ConfigError(f"model.{key} not found: {os.path.abspath(str(value))} (set model.{key}=PATH to a "
+                              "checkpoint folder, or a Hugging Face Hub id)")
+
+
 def check_recipe(cfg: DictConfig, check_model: bool = True) -> RecipePlan:
     """Run every check of the recipe ``cfg``; returns what the run needs to know.
 
     Args:
-        cfg: a recipe from :func:`training.config.load_config`.
+        cfg: a recipe from :func:`training.config.load_config` (paths already absolute).
         check_model: also read the model's config for the frame limit (off when resuming,
             where the checkpoint's own config decides).
     """
@@ -72,20 +145,38 @@ def check_recipe(cfg: DictConfig, check_model: bool = True) -> RecipePlan:
     for key in ("encodec_base_path", "clap_base_path"):
         if not os.path.isdir(cfg.data[key]):
             raise ConfigError(f"data.{key} folder not found: {os.path.abspath(cfg.data[key])} (set data.{key}=PATH)")
+    if check_model:
+        check_model_path(cfg)
     roots = (cfg.data.encodec_base_path, cfg.data.clap_base_path)
     train_probe = CaptionDataset(cfg.data.train_csv, *roots, train=True)  # checks every feature file exists
-    CaptionDataset(cfg.data.val_csv, *roots, train=False)
-    if check_model and cfg.data.max_frames is not None:
-        positions = model_positions(cfg)
-        if cfg.data.max_frames > positions - 3:
-            raise ConfigError(f"data.max_frames={cfg.data.max_frames} exceeds what the model's {positions} positions "
-                              f"allow ({positions - 3}); lower data.max_frames")
+    val_probe = CaptionDataset(cfg.data.val_csv, *roots, train=False)
+    warnings: list[str] = []
+    limit: Optional[int] = cfg.data.max_frames
+    positions = model_positions(cfg) if check_model and (limit is not None or cfg.model.init == "scratch") else None
+    if positions is not None and limit is not None and limit > positions - 3:
+        raise ConfigError(f"data.max_frames={limit} exceeds what the model's {positions} positions "
+                          f"allow ({positions - 3}); lower data.max_frames")
+    if limit is None and positions is not None:
+        limit, source = positions - 3, "model.max_position_embeddings - 3"
+    elif limit is None:
+        limit, source = MAX_FRAMES, "BART's 1024 positions - 3"  # bart-base/large and the released models
+    else:
+        source = "data.max_frames"
+    if check_model:  # a resumed run has said it already
+        frames = {"training": frame_counts(train_probe), "validation": frame_counts(val_probe)}
+        warnings += limit_warnings(frames, limit, source)
 
-    metrics = available_metrics(wanted)
-    if not metrics:
-        preflight(wanted)  # raises the one-line reason and fix
+    try:
+        metrics, skipped_warning = usable_metrics(wanted)
+    except MetricsUnavailable as error:
+        raise ConfigError(f"eval.metrics: {error}") from None
     skipped = tuple(m for m in wanted if m not in metrics)
+    if skipped_warning:
+        warnings.insert(0, f"eval.metrics: {skipped_warning}")
     if select_metric not in metrics:
-        select_metric = "cider_d" if "cider_d" in metrics else metrics[0]
+        fallback = "cider_d" if "cider_d" in metrics else metrics[0]
+        warnings.insert(1 if skipped_warning else 0, f"selection metric {select_metric} is unavailable here; "
+                        f"selecting checkpoints by {fallback} instead")
+        select_metric = fallback
     return RecipePlan(metrics=metrics, select_metric=select_metric, skipped_metrics=skipped,
-                      train_captions=list(train_probe.captions))
+                      train_captions=list(train_probe.captions), warnings=warnings)
