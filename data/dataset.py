@@ -1,8 +1,10 @@
-"""Caption datasets over preprocessed EnCodec / CLAP feature trees (design §5).
+"""Caption datasets over preprocessed EnCodec / CLAP features (design §5).
 
 A split is a CSV file plus two feature roots holding one ``.npy`` per clip under the same
 relative name: ``encodec_root/<file_path>`` with codes (T, 16) int64 and
-``clap_root/<file_path>`` with the CLAP embedding (512,) float32. Training rows
+``clap_root/<file_path>`` with the CLAP embedding (512,) float32. Either root may instead be a
+packed store (a few shard files and an index, :mod:`data.store`); the dataset reads both
+layouts through :class:`data.store.FeatureStore` and serves identical items from them. Training rows
 (``file_path, caption``) give one example per (clip, caption); evaluation rows
 (``file_path, caption_1 .. caption_5``) give one example per clip with all its references.
 
@@ -27,6 +29,7 @@ from data.audio import ENCODEC_FRAME_RATE
 from common.errors import UserError
 from data.masking import (CROP_STREAM, MASK_PROB, MASK_SPAN, MASK_STREAM, MAX_FRAMES, crop_codes,
                           example_rng, span_mask)
+from data.store import FeatureStore, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -145,9 +148,9 @@ class CaptionDataset(Dataset):
 
     Args:
         csv_path: Split file (design §5).
-        encodec_root: Folder holding ``<file_path>`` code arrays (T, 16) int64.
+        encodec_root: Folder holding ``<file_path>`` code arrays (T, 16) int64, or a packed store.
         clap_root: Folder holding ``<file_path>`` CLAP embeddings (512,) float32 (a stored
-            (1, 512) array is accepted).
+            (1, 512) array is accepted), or a packed store (may be the same one).
         train: Training mode (random crop, MCM masks, one example per caption) or
             evaluation mode (first ``max_frames`` frames, no masks, one example per clip).
         max_frames: Crop length; 1021 fits the released models (1024 positions).
@@ -164,13 +167,15 @@ class CaptionDataset(Dataset):
             ``data.encoders.FeatureExtractor``); the roots are then not read.
         check_files: Check that every feature file exists when the dataset is built (see
             :meth:`validate`); ignored with ``feature_fn``.
+        layout: ``auto`` (a root with ``index.json`` or ``shards/`` is a packed store),
+            ``files`` or ``packed`` (see :mod:`data.store`).
     """
 
     def __init__(self, csv_path: str, encodec_root: str | None, clap_root: str | None, train: bool,
                  max_frames: int = MAX_FRAMES, masking_prob: float = MASK_PROB,
                  mask_span: int = MASK_SPAN, seed: int = 1115, static_masks: bool = False,
                  num_rvq: int = 16, codebook_size: int = 1024, clap_dim: int = 512,
-                 feature_fn: FeatureFn | None = None, check_files: bool = True):
+                 feature_fn: FeatureFn | None = None, check_files: bool = True, layout: str = "auto"):
         if max_frames < 1:
             raise ValueError(f"max_frames must be >= 1, got {max_frames}")
         if not 0.0 <= masking_prob <= 1.0:
@@ -190,6 +195,10 @@ class CaptionDataset(Dataset):
         self.codebook_size = codebook_size
         self.clap_dim = clap_dim
         self.feature_fn = feature_fn
+        try:
+            self.store = None if feature_fn is not None else FeatureStore(encodec_root, clap_root, layout)
+        except StoreError as error:
+            raise DataError(str(error)) from None
         # The epoch lives in shared memory so that set_epoch() also reaches the copies of
         # this dataset held by persistent DataLoader workers (fork or spawn).
         self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
@@ -220,17 +229,15 @@ class CaptionDataset(Dataset):
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         self._epoch.fill_(int(epoch))
 
-    def feature_paths(self, file_path: str) -> tuple[str, str]:
-        """Returns the (codes, CLAP) feature file paths of a CSV ``file_path``."""
-        return os.path.join(self.encodec_root, file_path), os.path.join(self.clap_root, file_path)
-
     def clip_frames(self) -> list[int]:
-        """Frames per example after cropping, read from the ``.npy`` headers only (for length grouping)."""
+        """Frames per example after cropping, from the ``.npy`` headers or the store's index (for length grouping)."""
         cache: dict[str, int] = {}
-        for file_path in self.file_paths:
-            if file_path not in cache:
-                cache[file_path] = min(np.load(self.feature_paths(file_path)[0], mmap_mode="r").shape[0],
-                                       self.max_frames)
+        try:
+            for file_path in self.file_paths:
+                if file_path not in cache:
+                    cache[file_path] = min(self.store.frames(file_path), self.max_frames)
+        except StoreError as error:
+            raise DataError(str(error)) from None
         return [cache[p] for p in self.file_paths]
 
     def validate(self) -> None:
@@ -239,32 +246,22 @@ class CaptionDataset(Dataset):
         Raises:
             DataError: One line with the number of missing files and the first few of them.
         """
-        missing = []
-        for file_path in dict.fromkeys(self.file_paths):  # unique, in order
-            missing.extend(p for p in self.feature_paths(file_path) if not os.path.isfile(p))
+        missing = self.store.missing(self.file_paths)
         if missing:
             shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
-            hint = "" if missing[0].endswith(".npy") else "; file_path must name the .npy feature file"
+            hint = "" if ".npy" in missing[0] else "; file_path must name the .npy feature file"
             raise DataError(f"{len(missing)} feature file(s) of {self.csv_path} missing: {shown} "
                             f"(run data/preprocess.py for this split, or fix encodec_root/clap_root{hint})")
-
-    def _load_npy(self, path: str) -> np.ndarray:
-        """Memory-maps one feature file (only the cropped frames are read from disk)."""
-        try:
-            return np.load(path, mmap_mode="r", allow_pickle=False)
-        except FileNotFoundError as error:
-            raise DataError(f"feature file not found: {path} (run data/preprocess.py for this split, "
-                            "or fix encodec_root/clap_root)") from error
-        except (OSError, ValueError) as error:
-            raise DataError(f"cannot read feature file {path}: {error} (re-run data/preprocess.py)") from error
 
     def load_features(self, file_path: str) -> tuple[np.ndarray, np.ndarray, str, str]:
         """Returns (codes, clap_embedding, codes source, clap source) of one clip, unchecked."""
         if self.feature_fn is not None:
             codes, clap_embedding = self.feature_fn(file_path)
             return np.asarray(codes), np.asarray(clap_embedding), file_path, file_path
-        codes_path, clap_path = self.feature_paths(file_path)
-        return self._load_npy(codes_path), self._load_npy(clap_path), codes_path, clap_path
+        try:  # memory-mapped in either layout: only the cropped frames are read from disk
+            return self.store.load(file_path)
+        except StoreError as error:
+            raise DataError(str(error)) from None
 
     def _check_codes(self, codes: np.ndarray, source: str) -> None:
         if codes.ndim != 2 or codes.shape[1] != self.num_rvq or codes.shape[0] < 1:

@@ -18,7 +18,10 @@ How it works (one place per concern):
 * a clip that fails (undecodable, not audio, ...) is written to the failures file as
   ``path<TAB>reason``; all other clips are still processed and the exit status is 1;
 * ``--shard i/N`` (or ``accelerate launch``/``torchrun``: RANK and WORLD_SIZE) gives each
-  process a disjoint share of the sorted file list.
+  process a disjoint share of the sorted file list, and its own GPU (:func:`pick_device`);
+* ``--pack STORE`` writes a packed store instead of the two trees (:mod:`data.store`): each
+  share appends its clips to its own shards, each committed whole (a killed run redoes at most
+  the shard in flight), and the share that finishes last writes the store's index.
 
 Codes are stored whole; the model crops to 1021 frames (13.6 s) at load time (design §3). The
 summary line says how many clips are longer than that.
@@ -43,13 +46,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.audio import AUDIO_EXTENSIONS, ENCODEC_FRAME_RATE, ENCODEC_SAMPLE_RATE, find_audio_files
-from data.batching import (DEFAULT_MAX_BATCH_SECONDS, DecodeDataset, collate_list, plan_batches, probe_duration,
-                           worker_init)
+from data.batching import (DEFAULT_MAX_BATCH_SECONDS, DecodeDataset, UsageError, collate_list, parse_shard,
+                           pick_device, plan_batches, probe_duration, select_shard, worker_init)
 from data.encoders import CLAP_CHECKPOINT_URL
 from data.masking import MAX_FRAMES
-from common.device import resolve_device
 from common.errors import UserError, one_line
 from common.io import atomic_open, atomic_write_text
+from data import store
 
 logger = logging.getLogger("preprocess")
 
@@ -62,10 +65,6 @@ DEFAULT_BATCH_SIZE = {"cpu": 1, "cuda": 32}
 # per cent of its cost) inline was as fast as or faster than a worker process competing for
 # the same cores (5 of 6 paired rounds on the 2-core test machine). Workers pay off on a GPU.
 DEFAULT_CPU_WORKERS = 0
-
-
-class UsageError(UserError):
-    """A problem with the command line or the trees that the user must fix; one line."""
 
 
 # --------------------------------------------------------------------------- planning
@@ -116,35 +115,6 @@ def output_path(root: Path, rel: str) -> Path:
     return out
 
 
-def parse_shard(text: Optional[str]) -> Tuple[int, int]:
-    """Parses ``--shard i/N``; without it, takes RANK/WORLD_SIZE from ``accelerate launch``.
-
-    Args:
-        text: ``"i/N"`` with 0 <= i < N, or None.
-
-    Returns:
-        ``(index, count)``; ``(0, 1)`` when not sharded.
-    """
-    if text is None:
-        # accelerate launch and torchrun export these for every process.
-        index = int(os.environ.get("RANK", "0"))
-        count = int(os.environ.get("WORLD_SIZE", "1"))
-    else:
-        try:
-            index_text, count_text = text.split("/")
-            index, count = int(index_text), int(count_text)
-        except ValueError:
-            raise UsageError(f"--shard must look like i/N (e.g. 0/4), got {text!r}") from None
-    if not (count >= 1 and 0 <= index < count):
-        raise UsageError(f"--shard {index}/{count}: need 0 <= i < N")
-    return index, count
-
-
-def select_shard(items: Sequence[str], index: int, count: int) -> List[str]:
-    """Every ``count``-th item starting at ``index``: shards are disjoint and cover all items."""
-    return list(items[index::count])
-
-
 # --------------------------------------------------------------------------- writing
 
 
@@ -192,6 +162,7 @@ class Summary:
     long_clips: int = 0  # clips with more than MAX_FRAMES EnCodec frames (done + skipped)
     audio_seconds: float = 0.0  # audio encoded in this run
     failures_file: Optional[Path] = None
+    indexed: Optional[int] = None  # --pack: clips in the index this run wrote (None: no index written)
 
     def line(self) -> str:
         """The final one-line summary."""
@@ -200,6 +171,8 @@ class Summary:
             text += f" (listed in {self.failures_file})"
         text += (f"; {self.long_clips} clip(s) exceed {MAX_FRAMES} EnCodec frames "
                  f"({MAX_FRAMES / ENCODEC_FRAME_RATE:.1f} s): stored whole, cropped at load time")
+        if self.indexed is not None:
+            text += f"; packed store indexed: {self.indexed} clip(s)"
         return text
 
 
@@ -262,11 +235,74 @@ def _extract_batch(extractor, clips: List[Tuple[int, tuple]]) -> dict:
         return out
 
 
-def _codes_frames(path: Path) -> int:
-    try:
-        return int(np.load(path, mmap_mode="r").shape[0])
-    except Exception:  # noqa: BLE001 -- a foreign file there is not ours to judge
-        return 0
+class _TreeSink:
+    """The per-file layout: one ``.npy`` per clip under each root (design §5), each written atomically."""
+
+    def __init__(self, roots: Dict[str, Path], files: Sequence[str]):
+        self.outputs: Dict[str, Dict[str, Path]] = {}
+        owner: Dict[Path, str] = {}
+        for rel in files:
+            self.outputs[rel] = {}
+            for name, root in roots.items():
+                out = output_path(root, rel)
+                if out in owner:
+                    raise UsageError(f"{owner[out]} and {rel} would both write {out}; rename one or limit --extensions")
+                owner[out] = rel
+                self.outputs[rel][name] = out
+
+    def done_frames(self, rel: str) -> Optional[int]:
+        """None when the clip still needs work, else its frames (0 when codes are skipped or unreadable)."""
+        outs = self.outputs[rel]
+        if not all(p.is_file() for p in outs.values()):
+            return None
+        try:
+            return int(np.load(outs["encodec"], mmap_mode="r").shape[0]) if "encodec" in outs else 0
+        except Exception:  # noqa: BLE001 -- a foreign file there is not ours to judge
+            return 0
+
+    def add(self, rel: str, codes, clap_embedding) -> None:
+        outs = self.outputs[rel]
+        if "encodec" in outs:
+            atomic_save(outs["encodec"], np.asarray(codes, dtype=np.int64))  # (T, 16)
+        if "clap" in outs:
+            atomic_save(outs["clap"], np.asarray(clap_embedding, dtype=np.float32))  # (512,)
+
+    def close(self) -> Optional[int]:
+        return None
+
+
+class _PackedSink:
+    """The packed layout (:mod:`data.store`): this share's own shards; the last share to finish indexes them."""
+
+    def __init__(self, root: Path, kinds: Sequence[str], files: Sequence[str], index: int, count: int,
+                 shard_clips: int):
+        self.root, self.index, self.count = root, index, count
+        self.names: Dict[str, str] = {}
+        owner: Dict[str, str] = {}
+        for rel in files:
+            name = Path(rel).with_suffix(".npy").as_posix()  # the CSV's file_path, as in the per-file layout
+            if name in owner:
+                raise UsageError(f"{owner[name]} and {rel} would both be stored as {name} in {root}; rename one "
+                                 "or limit --extensions")
+            owner[name] = rel
+            self.names[rel] = name
+        try:
+            self.done = store.done_files(root) if root.is_dir() else {}
+            store.start_share(root, index, count)
+            self.writer = store.PackedWriter(root, f"r{index:05d}-of-{count:05d}", kinds, shard_clips)
+        except (store.StoreError, OSError) as err:
+            raise UsageError(f"cannot use {root.absolute()} as a packed store: {_one_line(err)}") from None
+
+    def done_frames(self, rel: str) -> Optional[int]:
+        return self.done.get(self.names[rel])
+
+    def add(self, rel: str, codes, clap_embedding) -> None:
+        self.writer.add(self.names[rel], codes, clap_embedding)
+
+    def close(self) -> Optional[int]:
+        """Commits the last shard; returns the clips indexed, or None while other shares still run."""
+        self.writer.flush()
+        return store.finish_share(self.root, self.index, self.count)
 
 
 def run(args: argparse.Namespace, extractor=None) -> Summary:
@@ -284,14 +320,17 @@ def run(args: argparse.Namespace, extractor=None) -> Summary:
     data_path = Path(args.data_path)
     if args.skip_encodec and args.skip_clap:
         raise UsageError("--skip_encodec and --skip_clap together leave nothing to do")
+    pack = Path(args.pack) if args.pack else None
+    if pack is not None and (args.encodec_path or args.clap_path):
+        raise UsageError("--pack STORE writes codes and embeddings into one store: drop --encodec_path/--clap_path")
     roots: Dict[str, Path] = {}
-    if not args.skip_encodec:
+    if pack is None and not args.skip_encodec:
         if args.encodec_path is None:
-            raise UsageError("--encodec_path is required (or pass --skip_encodec)")
+            raise UsageError("--encodec_path is required (or pass --skip_encodec, or --pack STORE)")
         roots["encodec"] = Path(args.encodec_path)
-    if not args.skip_clap:
+    if pack is None and not args.skip_clap:
         if args.clap_path is None:
-            raise UsageError("--clap_path is required (or pass --skip_clap)")
+            raise UsageError("--clap_path is required (or pass --skip_clap, or --pack STORE)")
         roots["clap"] = Path(args.clap_path)
 
     extensions = normalize_extensions(args.extensions)
@@ -302,37 +341,29 @@ def run(args: argparse.Namespace, extractor=None) -> Summary:
     all_files = discover(data_path, extensions)
     files = select_shard(all_files, shard_index, shard_count)
     shard_tag = f" (shard {shard_index}/{shard_count})" if shard_count > 1 else ""
-    first_root = next(iter(roots.values()))
+    first_root = pack if pack is not None else next(iter(roots.values()))
     failures_file = Path(args.failures) if args.failures else first_root / (
         "preprocess_failures.tsv" if shard_count == 1 else f"preprocess_failures.{shard_index}-of-{shard_count}.tsv")
 
-    # Check every output path before touching a model: escapes and clashes are refused whole.
-    outputs: Dict[str, Dict[str, Path]] = {}
-    owner: Dict[Path, str] = {}
-    for rel in files:
-        outputs[rel] = {}
-        for name, root in roots.items():
-            out = output_path(root, rel)
-            if out in owner:
-                raise UsageError(f"{owner[out]} and {rel} would both write {out}; rename one or limit --extensions")
-            owner[out] = rel
-            outputs[rel][name] = out
-
+    # Check every output before touching a model: escapes and clashes are refused whole.
+    kinds = [kind for kind, skip in (("codes", args.skip_encodec), ("clap", args.skip_clap)) if not skip]
+    sink = _PackedSink(pack, kinds, files, shard_index, shard_count, args.pack_shard_clips) if pack is not None \
+        else _TreeSink(roots, files)
     summary = Summary(failures_file=failures_file)
     pending = []
     for rel in files:
-        if all(p.is_file() for p in outputs[rel].values()):
-            summary.skipped += 1
-            if "encodec" in outputs[rel] and _codes_frames(outputs[rel]["encodec"]) > MAX_FRAMES:
-                summary.long_clips += 1
-        else:
+        frames = sink.done_frames(rel)
+        if frames is None:
             pending.append(rel)
+        else:
+            summary.skipped += 1
+            summary.long_clips += int(frames > MAX_FRAMES)
     print(f"{len(all_files)} audio file(s) under {data_path}{shard_tag}: {len(files)} in this share, "
           f"{summary.skipped} already done, {len(pending)} to process", file=sys.stderr)
 
     failures: List[Tuple[str, str]] = []
     if pending:
-        device = resolve_device(args.device)
+        device = pick_device(args.device, shard_index, shard_count, sharded_by_flag=args.shard is not None)
         kind = "cuda" if device.type == "cuda" else "cpu"
         batch_size = args.batch_size or DEFAULT_BATCH_SIZE[kind]
         num_workers = args.num_workers if args.num_workers is not None else (
@@ -366,12 +397,8 @@ def run(args: argparse.Namespace, extractor=None) -> Summary:
                     failures.append((str(paths[index]), result))
                     continue
                 codes, clap_embedding = result
-                outs = outputs[pending[index]]
-                if "encodec" in outs:
-                    atomic_save(outs["encodec"], np.asarray(codes, dtype=np.int64))  # (T, 16)
-                    summary.long_clips += int(codes.shape[0] > MAX_FRAMES)
-                if "clap" in outs:
-                    atomic_save(outs["clap"], np.asarray(clap_embedding, dtype=np.float32))  # (512,)
+                sink.add(pending[index], codes, clap_embedding)
+                summary.long_clips += int(codes is not None and codes.shape[0] > MAX_FRAMES)
                 summary.done += 1
                 summary.audio_seconds += len(wav24) / ENCODEC_SAMPLE_RATE
             progress.update(len(batch))
@@ -379,6 +406,7 @@ def run(args: argparse.Namespace, extractor=None) -> Summary:
         progress.close()
 
     summary.failed = len(failures)
+    summary.indexed = sink.close()
     write_failures(failures_file, failures)
     return summary
 
@@ -392,6 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data_path", required=True, help="folder of audio files (searched recursively), or one file")
     p.add_argument("--encodec_path", help="output root of the EnCodec codes tree")
     p.add_argument("--clap_path", help="output root of the CLAP embeddings tree")
+    p.add_argument("--pack", default=None, metavar="STORE",
+                   help="write a packed store (a few shard files + index.json, see docs/data.md) instead of the "
+                        "two .npy trees; point both data.encodec_base_path and data.clap_base_path at STORE")
+    p.add_argument("--pack_shard_clips", type=int, default=store.DEFAULT_SHARD_CLIPS,
+                   help="--pack: clips per shard (a killed run redoes at most this many per process)")
     p.add_argument("--clap_ckpt", help="LAION-CLAP checkpoint 630k-audioset-fusion-best.pt")
     p.add_argument("--extensions", nargs="+", default=list(AUDIO_EXTENSIONS),
                    help="audio file extensions to include (case-insensitive)")
