@@ -141,3 +141,98 @@ def test_cli_script_runs_from_repo_root(tmp_path):
                            "--out_dir", str(tmp_path / "o")], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "o" / "valid.csv").is_file()
+
+
+# ------------------------------------------------------------------------------ own data
+
+
+def _own_audio(root: Path, names) -> Path:
+    """Tiny real audio files (the splitter checks that they exist; it never decodes them)."""
+    import soundfile as sf
+
+    for name in names:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(path), np.zeros(160, np.float32), 16000)
+    return root
+
+
+def test_own_split_by_ratio_is_seeded_and_keeps_clips_whole(tmp_path, capsys):
+    names = [f"rec/clip{i}.wav" for i in range(10)] + ["loose.flac"]
+    audio = _own_audio(tmp_path / "audio", names + ["uncaptioned.wav"])
+    rows = [[n, f"caption of {n}"] for n in names] + [["rec/clip3.wav", "second caption of rec/clip3.wav"],
+                                                      ["rec/clip4.wav", ""]]
+    _write(tmp_path / "caps.csv", ["file", "caption"], rows)
+    args = ["own", "--audio_dir", str(audio), "--captions", str(tmp_path / "caps.csv"), "--split", "0.6,0.2,0.2"]
+    assert make_csv.main(args + ["--out_dir", str(tmp_path / "a")]) == 0
+    assert make_csv.main(args + ["--out_dir", str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err
+    assert "uncaptioned.wav" in err and "1 row(s)" in err  # left-out audio and the empty caption are said
+    for split in ("train", "valid", "test"):  # same seed, same split
+        assert _read(tmp_path / "a" / f"{split}.csv") == _read(tmp_path / "b" / f"{split}.csv")
+    train = _read(tmp_path / "a" / "train.csv")
+    valid, test = _read(tmp_path / "a" / "valid.csv"), _read(tmp_path / "a" / "test.csv")
+    assert train[0] == ["file_path", "caption"] and valid[0] == ["file_path", "caption_1"]
+    clips = {"train": {r[0] for r in train[1:]}, "valid": {r[0] for r in valid[1:]}, "test": {r[0] for r in test[1:]}}
+    # 11 clips at 0.6/0.2/0.2: 2 + 2 held out, the rest trains; no clip in two splits.
+    assert (len(clips["valid"]), len(clips["test"]), len(clips["train"])) == (2, 2, 7)
+    assert not (clips["train"] & clips["valid"] or clips["train"] & clips["test"] or clips["valid"] & clips["test"])
+    expected = {n[: -len(Path(n).suffix)] + ".npy" for n in names}
+    assert clips["train"] | clips["valid"] | clips["test"] == expected
+    # Both captions of clip3 stay together, wherever it went.
+    both = [r for r in train[1:] if r[0] == "rec/clip3.npy"]
+    if both:
+        assert sorted(r[1] for r in both) == ["caption of rec/clip3.wav", "second caption of rec/clip3.wav"]
+    else:
+        row = next(r for r in valid[1:] + test[1:] if r[0] == "rec/clip3.npy")
+        assert row[1:] == ["caption of rec/clip3.wav", "second caption of rec/clip3.wav"]
+    other_seed = tmp_path / "c"
+    assert make_csv.main(args + ["--out_dir", str(other_seed), "--seed", "7"]) == 0
+    assert _read(other_seed / "valid.csv") != _read(tmp_path / "a" / "valid.csv")
+
+
+def test_own_split_by_column_and_read_back_with_one_reference(tmp_path):
+    from data.dataset import read_split
+
+    audio = _own_audio(tmp_path / "audio", ["a.wav", "b.wav", "c.wav", "d.ogg"])
+    _write(tmp_path / "caps.csv", ["name", "text", "set"], [
+        ["a.wav", "a dog barks", "train"], ["b.wav", "rain falls", "Training"], ["b.wav", "rain on a roof", "train"],
+        ["c.wav", "a bell rings", "val"], ["d.ogg", "a car passes", "evaluation"]])
+    assert make_csv.main(["own", "--audio_dir", str(audio), "--captions", str(tmp_path / "caps.csv"),
+                          "--out_dir", str(tmp_path / "out"), "--file_column", "name", "--caption_column", "text",
+                          "--split_column", "set"]) == 0
+    train = read_split(str(tmp_path / "out" / "train.csv"), per_caption=True)
+    assert train.file_paths == ["a.npy", "b.npy", "b.npy"]
+    valid = read_split(str(tmp_path / "out" / "valid.csv"))
+    assert (valid.file_paths, valid.references) == (["c.npy"], [["a bell rings"]])
+    test = read_split(str(tmp_path / "out" / "test.csv"))
+    assert (test.file_paths, test.references) == (["d.npy"], [["a car passes"]])
+
+
+def test_own_split_errors_are_one_line_with_absolute_paths(tmp_path, capsys, monkeypatch):
+    audio = _own_audio(tmp_path / "audio", ["a.wav"])
+    _write(tmp_path / "caps.csv", ["file", "caption"], [["a.wav", "x"], ["gone.wav", "y"]])
+    monkeypatch.chdir(tmp_path)
+    base = ["own", "--audio_dir", "audio", "--out_dir", "out"]
+    assert make_csv.main(base + ["--captions", "caps.csv"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(tmp_path / "audio" / "gone.wav") in err
+    assert make_csv.main(base + ["--captions", "nope.csv"]) == 2
+    assert str(tmp_path / "nope.csv") in capsys.readouterr().err
+    _write(tmp_path / "bad.csv", ["file", "caption", "split"], [["a.wav", "x", "holdout"]])
+    assert make_csv.main(base + ["--captions", "bad.csv", "--split_column", "split"]) == 2
+    assert "holdout" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_own_split_with_feature_check(tmp_path, capsys):
+    audio = _own_audio(tmp_path / "audio", ["a.wav", "b.wav", "c.wav"])
+    _write(tmp_path / "caps.csv", ["file", "caption"], [["a.wav", "x"], ["b.wav", "y"], ["c.wav", "z"]])
+    for root in ("enc", "clap"):
+        for stem in ("a", "b"):
+            (tmp_path / root).mkdir(exist_ok=True)
+            np.save(tmp_path / root / f"{stem}.npy", np.zeros(3))
+    args = ["own", "--audio_dir", str(audio), "--captions", str(tmp_path / "caps.csv"), "--out_dir",
+            str(tmp_path / "out"), "--encodec_path", str(tmp_path / "enc"), "--clap_path", str(tmp_path / "clap")]
+    assert make_csv.main(args + ["--check"]) == 1
+    assert str(tmp_path / "enc" / "c.npy") in capsys.readouterr().err
