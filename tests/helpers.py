@@ -6,6 +6,7 @@ Import as ``from tests.helpers import ...`` (pytest.ini puts the repo root on sy
 from __future__ import annotations
 
 import shutil
+import socket
 
 import numpy as np
 import torch
@@ -89,3 +90,11 @@ def lay_out_hub_cache(cache, repo_id: str, folder) -> None:
     (root / "refs").mkdir(parents=True)
     (root / "refs" / "main").write_text(commit)
     shutil.copytree(folder, root / "snapshots" / commit)
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that is free now, for a launcher's rendezvous (a fixed 29500 lets
+    two test runs on one machine collide)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
