@@ -65,3 +65,50 @@ def test_overrides_and_errors(tmp_path):
     for error in (ConfigError,):
         with pytest.raises(error, match="optim.batch_size"):
             load_config(None, ["optim.batch_size=0"])
+
+
+# ------------------------------------------------------------------------------ paths and workers
+
+
+def test_relative_paths_resolve_against_the_callers_folder(tmp_path, monkeypatch):
+    (tmp_path / "mine").mkdir()
+    monkeypatch.chdir(tmp_path / "mine")
+    own = tmp_path / "mine" / "own.yaml"
+    own.write_text("output_dir: runs/from_yaml\ndata:\n  val_csv: csv/valid.csv\n")
+    cfg = load_config("own.yaml", ["data.train_csv=csv/train.csv", "data.encodec_base_path=../feats/enc",
+                                   "data.clap_base_path=/abs/clap"])
+    mine = tmp_path / "mine"
+    assert cfg.data.train_csv == str(mine / "csv" / "train.csv")          # override
+    assert cfg.data.val_csv == str(mine / "csv" / "valid.csv")            # written in the YAML
+    assert cfg.output_dir == str(mine / "runs" / "from_yaml")
+    assert cfg.data.encodec_base_path == str(tmp_path / "feats" / "enc")  # ".." normalised
+    assert cfg.data.clap_base_path == "/abs/clap"
+
+
+def test_shipped_recipe_found_from_any_folder_and_model_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("cfg/tiny.yaml")  # not in tmp_path: the repository's recipe
+    assert cfg.model.init == "scratch" and cfg.output_dir == str(tmp_path / "runs" / "tiny")
+    assert load_config(None).model.name_or_path == "facebook/bart-base"  # a Hub id stays one
+    (tmp_path / "ckpt").mkdir()
+    cfg = load_config(None, ["model.init=enclap", "model.name_or_path=ckpt"])  # exists here: a folder
+    assert cfg.model.name_or_path == str(tmp_path / "ckpt")
+    cfg = load_config(None, ["model.name_or_path=runs/x/best", "model.tokenizer=org/tok"])  # cannot be a Hub id
+    assert cfg.model.name_or_path == str(tmp_path / "runs" / "x" / "best") and cfg.model.tokenizer == "org/tok"
+    with pytest.raises(ConfigError, match=f"config file not found: {tmp_path / 'cfg' / 'nope.yaml'} "):
+        load_config("cfg/nope.yaml")
+
+
+def test_loader_workers_default_to_the_machines_cores(monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(2)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert load_config(str(REPO / "cfg/clotho_finetune/base.yaml")).data.num_workers == 1  # 2 cores: 1 spare
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert load_config(None).data.num_workers == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # 8 processes share 64 cores: 8 each, 4 workers at most
+    assert load_config(None).data.num_workers == 4
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert load_config(None).data.num_workers == 1
+    assert load_config(None, ["data.num_workers=3"]).data.num_workers == 3  # an explicit value stays
