@@ -1,11 +1,15 @@
-"""Captioning results as files: CSV (one row per caption or window) or JSON lines."""
+"""Captioning results as files: CSV (one row per caption or window) or JSON lines, and the part
+files of collection captioning (:mod:`captioning.collection`): one JSON line per result, lossless,
+so that results merged from parts print exactly as results captioned in one go."""
 
 from __future__ import annotations
 
 import json
-from typing import Sequence
+import os
+import re
+from typing import Dict, Iterable, List, Sequence
 
-from common.io import csv_text
+from common.io import atomic_write_text, csv_text
 
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
 
@@ -38,3 +42,69 @@ def format_records(results: Sequence, path: str) -> str:
             rows.append([res.source, "0.000" if ok else "", f"{res.duration:.3f}" if ok else "", res.caption or "",
                          res.error or ""])
     return csv_text(["file_path", "start", "end", "caption", "error"], rows, lineterminator="\n")
+
+
+# --------------------------------------------------------------------------- part files
+
+#: ``<prefix>.<seq>-<clips>.jsonl``: the clip count in the name lets progress be counted from a listing.
+PART_NAME = re.compile(r"^(?P<prefix>[^.]+)\.(?P<seq>\d{6})-(?P<clips>\d+)\.jsonl$")
+
+
+def result_to_json(res) -> dict:
+    """A :class:`captioning.pipeline.CaptionResult` as a JSON-able dict (floats kept exact)."""
+    return {"source": res.source, "caption": res.caption, "duration": res.duration, "truncated": res.truncated,
+            "error": res.error, "segments": [[s.start, s.end, s.caption] for s in res.segments]}
+
+
+def result_from_json(record: dict):
+    """The inverse of :func:`result_to_json`."""
+    from captioning.pipeline import CaptionResult, Segment
+
+    return CaptionResult(source=record["source"], caption=record["caption"], duration=record["duration"],
+                         truncated=record["truncated"], error=record["error"],
+                         segments=[Segment(start=a, end=b, caption=c) for a, b, c in record["segments"]])
+
+
+def part_files(folder: str) -> List[tuple]:
+    """``(name, prefix, seq, clips)`` of every part file in ``folder``, sorted by name."""
+    if not os.path.isdir(folder):
+        return []
+    found = []
+    for name in sorted(os.listdir(folder)):
+        match = PART_NAME.match(name)
+        if match:
+            found.append((name, match.group("prefix"), int(match.group("seq")), int(match.group("clips"))))
+    return found
+
+
+def write_part(folder: str, prefix: str, seq: int, results: Sequence) -> str:
+    """Writes one chunk of results as a part file, atomically; returns its path."""
+    path = os.path.join(folder, f"{prefix}.{seq:06d}-{len(results)}.jsonl")
+    atomic_write_text(path, "".join(json.dumps(result_to_json(r), ensure_ascii=False) + "\n" for r in results))
+    return path
+
+
+def read_parts(folder: str) -> Dict[str, object]:
+    """Every result in the part files of ``folder``, by source; a caption wins over an error.
+
+    Parts are read in name order; for an input captioned more than once (a rerun after a failure
+    was fixed) the last successful result is kept, else the last error.
+    """
+    results: Dict[str, object] = {}
+    for name, *_ in part_files(folder):
+        with open(os.path.join(folder, name), encoding="utf-8") as handle:
+            for line in handle:
+                res = result_from_json(json.loads(line))
+                old = results.get(res.source)
+                if old is None or res.error is None or old.error is not None:
+                    results[res.source] = res
+    return results
+
+
+def merge_results(sources: Iterable[str], found: Dict[str, object]) -> list:
+    """The results of ``sources`` in that order, from :func:`read_parts` output.
+
+    Raises:
+        KeyError: a source has no result (the collection is not complete).
+    """
+    return [found[source] for source in sources]

@@ -88,6 +88,8 @@ class DataConfig:
             :func:`default_num_workers`).
         pin_memory: pinned host memory for faster copies to the GPU.
         group_by_length: batch examples of similar length together (less padding).
+        feature_layout: ``auto`` (a feature root with ``index.json`` or ``shards/`` is a packed
+            store, see docs/data.md), ``files`` (one ``.npy`` per clip) or ``packed``.
     """
 
     train_csv: str = "csv/audiocaps/train.csv"
@@ -102,6 +104,7 @@ class DataConfig:
     num_workers: Optional[int] = None
     pin_memory: bool = True
     group_by_length: bool = False
+    feature_layout: str = "auto"
 
 
 @dataclass
@@ -176,13 +179,26 @@ class LogConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Several processes or machines (docs/cluster.md).
+
+    Args:
+        timeout_minutes: how long a collective may wait before the run is stopped. The other
+            ranks wait while the main process scores validation (SPICE on a full split takes
+            many minutes); NCCL's own default, 10 minutes, is too short for that.
+    """
+
+    timeout_minutes: float = 120.0
+
+
+@dataclass
 class TrainConfig:
     """A whole recipe: ``cfg/*.yaml`` files fill (part of) this schema.
 
     Args:
         output_dir: run folder: merged config, log, TensorBoard, predictions, checkpoints.
         seed: global seed (1115 in every paper recipe).
-        model, data, optim, eval, log: the groups above.
+        model, data, optim, eval, log, distributed: the groups above.
     """
 
     output_dir: str = "runs/enclap"
@@ -192,6 +208,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
 def _valid_keys(schema: DictConfig, prefix: str = "") -> list[str]:
@@ -370,6 +387,8 @@ def validate_config(cfg: DictConfig) -> None:
     need(cfg.eval.keep_best >= 1, "eval.keep_best", "a positive integer")
     need(len(cfg.eval.metrics) >= 1, "eval.metrics", "a non-empty list of metric names")
     need(cfg.log.every_steps >= 1, "log.every_steps", "a positive integer")
+    need(cfg.distributed.timeout_minutes > 0, "distributed.timeout_minutes", "a positive number of minutes")
+    need(cfg.data.feature_layout in ("auto", "files", "packed"), "data.feature_layout", "auto, files or packed")
 
 
 def flat_config(cfg: DictConfig) -> dict[str, Any]:

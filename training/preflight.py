@@ -148,8 +148,9 @@ def check_recipe(cfg: DictConfig, check_model: bool = True) -> RecipePlan:
     if check_model:
         check_model_path(cfg)
     roots = (cfg.data.encodec_base_path, cfg.data.clap_base_path)
-    train_probe = CaptionDataset(cfg.data.train_csv, *roots, train=True)  # checks every feature file exists
-    val_probe = CaptionDataset(cfg.data.val_csv, *roots, train=False)
+    layout = cfg.data.feature_layout  # per-file trees or packed stores (docs/data.md)
+    train_probe = CaptionDataset(cfg.data.train_csv, *roots, train=True, layout=layout)  # every feature must exist
+    val_probe = CaptionDataset(cfg.data.val_csv, *roots, train=False, layout=layout)
     warnings: list[str] = []
     limit: Optional[int] = cfg.data.max_frames
     positions = model_positions(cfg) if check_model and (limit is not None or cfg.model.init == "scratch") else None
