@@ -157,3 +157,24 @@ def save_checkpoint(manager: CheckpointManager, accelerator, model, tokenizer, s
             manager.update_best(os.path.join(final, "model"))
         manager.rotate(trainer_state["select_metric"])
     accelerator.wait_for_everyone()
+
+
+def best_entry(history: list[dict], select_metric: str) -> Optional[dict]:
+    """The validation entry with the best ``select_metric`` (the earliest among equals), or None.
+
+    A pass whose captions were all empty (``"all_empty": true``) never qualifies: it scores ~0
+    and its model writes nothing.
+    """
+    scored = [h for h in history if h["scores"].get(select_metric) is not None and not h.get("all_empty", False)]
+    return max(scored, key=lambda h: (h["scores"][select_metric], -h["step"])) if scored else None
+
+
+def write_summary(manager: CheckpointManager, history: list[dict], select_metric: str, final_step: int) -> Optional[dict]:
+    """Write ``<output_dir>/summary.json`` (best step, epoch and scores; the history); returns the best entry."""
+    best = best_entry(history, select_metric)
+    # Written even without a best pass, so a run that never captioned anything says so on disk.
+    summary = {"best_step": best and best["step"], "best_epoch": best and best["epoch"],
+               "select_metric": select_metric, "best_scores": best and best["scores"],
+               "best_dir": manager.best_dir if best else None, "final_step": final_step, "history": history}
+    atomic_write_text(os.path.join(manager.output_dir, "summary.json"), json.dumps(summary, indent=2))
+    return best
