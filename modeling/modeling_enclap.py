@@ -30,6 +30,7 @@ from transformers.models.bart.modeling_bart import (
 )
 
 from .configuration_enclap import EnClapBartConfig
+from . import beam_search
 from .generation import GenerationOptions
 from .attention import dropout as cheap_dropout
 from .layers import EnClapBartEncoderLayer, EnClapCrossAttention
@@ -543,7 +544,9 @@ class EnClapBartForConditionalGeneration(BartForConditionalGeneration):
             encoder_outputs: precomputed encoder output (then the encoder inputs may be omitted).
             share_cross_attention: compute the decoder's cross-attention keys and values once per
                 clip instead of once per beam, and never reorder them between steps (all beams of a
-                clip share them). Same tokens, less work; False gives stock Hugging Face behaviour.
+                clip share them); beam search without sampling then runs in
+                :func:`modeling.beam_search.beam_search`. Same tokens, less work; False gives stock
+                Hugging Face behaviour.
             **kwargs: passed to :meth:`transformers.GenerationMixin.generate` (e.g. ``generation_config``,
                 ``num_beams``, ``output_scores``, ``return_dict_in_generate``).
         """
@@ -563,6 +566,10 @@ class EnClapBartForConditionalGeneration(BartForConditionalGeneration):
         use_cache = kwargs.get("use_cache", config.use_cache)
         # With merged defaults the beam count is only known inside generate(): share nothing then.
         merged = kwargs.get("generation_config") is not None and kwargs.get("use_model_defaults")
+        if (share_cross_attention and not merged and set(kwargs) <= {"generation_config", "use_model_defaults"}
+                and beam_search.supported(self, config)):
+            # The paper's beam search without the generic loop's waste; same tokens (design §7).
+            return beam_search.beam_search(self, encoder_outputs.last_hidden_state, attention_mask, config)
         if share_cross_attention and use_cache and not merged and kwargs.get("past_key_values") is None:
             # generate() repeats each clip max(num_beams, num_return_sequences) times.
             copies = max(kwargs.get("num_beams", config.num_beams), kwargs.get("num_return_sequences", config.num_return_sequences) or 1)

@@ -1,0 +1,247 @@
+"""Beam search for EnCLAP captions without the waste of the generic Hugging Face loop (design §7).
+
+Where one clip's caption spends its time on a CPU, after the encoder (which is the same on every
+path): the generic ``generate`` projects the encoder rows into cross-attention keys and values once
+per beam (4x the work), copies that whole cache at every step to reorder beams that all share it,
+and runs each decoder step through the generic model code (cache objects, mask builders, logits
+processors written for any model). This module runs the same arithmetic with nothing around it:
+
+* cross-attention keys and values are projected once per clip and read once per step: the beams
+  of a clip are the query rows of one attention call against their clip's keys and values;
+* only the self-attention cache (a few kB per step) is reordered between steps;
+* the decoder layers are called through their own sub-modules (``q_proj``, ``fc1``, the layer
+  norms ...) with the same kernels as the stock path, so logits match it;
+* the beam bookkeeping is the stock algorithm of transformers' ``_beam_search`` (top ``2k``
+  continuations, finished hypotheses scored ``sum log p / length ** length_penalty``, the same
+  early-stopping rule), and the paper's logits processors (no-repeat n-gram, forced ``<s>`` and
+  ``</s>``) are applied in the stock order.
+
+:func:`supported` says whether a generation config stays within that scope (beam search without
+sampling and the design §7 options); anything else goes through the stock loop. Tests check
+that the tokens equal stock ``generate`` over beams, lengths, penalties, early-stopping modes,
+candidate counts and padded batches.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from transformers import GenerationConfig
+
+#: Generation-config fields this search implements; any other non-default field means "use stock".
+_HANDLED = {
+    "num_beams", "max_length", "no_repeat_ngram_size", "length_penalty", "early_stopping", "do_sample",
+    "num_return_sequences", "bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id",
+    "forced_bos_token_id", "forced_eos_token_id", "top_p", "temperature", "top_k", "use_cache",
+    "transformers_version", "_from_model_config",
+}
+_DEFAULTS = GenerationConfig().to_dict()
+
+
+def supported(model, config: GenerationConfig) -> bool:
+    """Whether :func:`beam_search` gives exactly what stock ``generate`` gives for ``config``.
+
+    Args:
+        model: an ``EnClapBartForConditionalGeneration``.
+        config: the generation config ``generate`` would run with.
+    """
+    if model.config._attn_implementation != "sdpa" or model.training:
+        return False
+    if config.do_sample or not config.num_beams or config.num_beams < 2 or not config.use_cache:
+        return False
+    if config.early_stopping not in (True, False, "never"):
+        return False
+    for name, value in config.to_dict().items():
+        if name not in _HANDLED and value != _DEFAULTS.get(name, value):
+            return False
+    eos = config.eos_token_id
+    return isinstance(eos, int) and config.num_return_sequences <= config.num_beams and config.decoder_start_token_id is not None
+
+
+def _banned_ngram_tokens(sequences: list[list[int]], size: int) -> list[list[int]]:
+    """Per row: the tokens that would repeat an n-gram of ``size`` (NoRepeatNGramLogitsProcessor)."""
+    banned = []
+    for tokens in sequences:
+        prefix = tuple(tokens[len(tokens) - size + 1:])
+        banned.append([tokens[i + size - 1] for i in range(len(tokens) - size + 1)
+                       if tuple(tokens[i:i + size - 1]) == prefix])
+    return banned
+
+
+class _Decoder:
+    """One decoder step at a time over ``B * beams`` rows with shared cross-attention keys/values."""
+
+    def __init__(self, model, encoder_states: torch.Tensor, encoder_mask: Optional[torch.Tensor], beams: int):
+        self.decoder = model.model.decoder
+        self.lm_head = model.lm_head
+        self.bias = model.final_logits_bias
+        self.beams = beams
+        batch, length, _ = encoder_states.shape
+        self.cross = []
+        for layer in self.decoder.layers:
+            attn = layer.encoder_attn
+            shape = (batch, length, -1, attn.head_dim)
+            keys = attn.k_proj(encoder_states).view(shape).transpose(1, 2)  # (B, H, L, d)
+            values = attn.v_proj(encoder_states).view(shape).transpose(1, 2)
+            self.cross.append((keys, values))
+        # The stock path drops an all-ones mask (SDPA without a mask); padding gets the dtype's min.
+        self.cross_mask = None
+        if encoder_mask is not None and not bool(torch.all(encoder_mask == 1)):
+            mask = encoder_mask[:, None, None, :].to(encoder_states.dtype)  # (B, 1, 1, L)
+            self.cross_mask = (1.0 - mask).masked_fill((1.0 - mask).bool(), torch.finfo(encoder_states.dtype).min)
+        self.self_cache: list[Optional[tuple[torch.Tensor, torch.Tensor]]] = [None] * len(self.decoder.layers)
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep the self-attention cache of the rows the beams continue from."""
+        self.self_cache = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.self_cache]
+
+    def step(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
+        """Logits (N, V) for the next token after ``tokens`` (N,) at decoder ``position``."""
+        dec = self.decoder
+        rows = tokens.shape[0]
+        hidden = dec.embed_tokens(tokens[:, None])  # (N, 1, D), embed_scale included
+        positions = dec.embed_positions.weight[position + dec.embed_positions.offset]
+        hidden = dec.layernorm_embedding(hidden + positions)
+        for index, layer in enumerate(dec.layers):
+            hidden = layer.self_attn_layer_norm(hidden + self._self_attention(layer.self_attn, hidden, index))
+            hidden = layer.encoder_attn_layer_norm(hidden + self._cross_attention(layer.encoder_attn, hidden, index))
+            hidden = layer.final_layer_norm(hidden + layer.fc2(layer.activation_fn(layer.fc1(hidden))))
+        logits = self.lm_head(hidden) + self.bias.to(hidden.dtype)
+        return logits.view(rows, -1)
+
+    def _self_attention(self, attn, hidden: torch.Tensor, index: int) -> torch.Tensor:
+        rows = hidden.shape[0]
+        shape = (rows, 1, -1, attn.head_dim)
+        query = attn.q_proj(hidden).view(shape).transpose(1, 2)  # (N, H, 1, d)
+        key = attn.k_proj(hidden).view(shape).transpose(1, 2)
+        value = attn.v_proj(hidden).view(shape).transpose(1, 2)
+        if self.self_cache[index] is not None:
+            past_key, past_value = self.self_cache[index]
+            key, value = torch.cat([past_key, key], dim=-2), torch.cat([past_value, value], dim=-2)
+        self.self_cache[index] = (key, value)
+        out = F.scaled_dot_product_attention(query, key, value, scale=attn.scaling)  # (N, H, 1, d)
+        return attn.out_proj(out.transpose(1, 2).reshape(rows, 1, -1))
+
+    def _cross_attention(self, attn, hidden: torch.Tensor, index: int) -> torch.Tensor:
+        rows = hidden.shape[0]
+        batch = rows // self.beams
+        # The beams of clip b are the query rows of one call against clip b's keys and values.
+        query = attn.q_proj(hidden).view(batch, self.beams, -1, attn.head_dim).transpose(1, 2)  # (B, H, beams, d)
+        keys, values = self.cross[index]
+        out = F.scaled_dot_product_attention(query, keys, values, attn_mask=self.cross_mask, scale=attn.scaling,
+                                             is_causal=False)  # (B, H, beams, d)
+        return attn.out_proj(out.transpose(1, 2).reshape(rows, 1, -1))
+
+
+def _gather(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``tensor[b, index[b, j], ...]`` for (B, K, ...) tensors and (B, J) indices."""
+    while index.dim() < tensor.dim():
+        index = index.unsqueeze(-1)
+    return torch.take_along_dim(tensor, index, dim=1)
+
+
+@torch.no_grad()
+def beam_search(model, encoder_states: torch.Tensor, encoder_mask: Optional[torch.Tensor],
+                config: GenerationConfig) -> torch.Tensor:
+    """Token ids of beam search under ``config`` (check :func:`supported` first): (B * R, S).
+
+    Args:
+        model: an ``EnClapBartForConditionalGeneration`` in eval mode.
+        encoder_states: (B, L, D) encoder output.
+        encoder_mask: (B, L) encoder attention mask (1 = real row), or None.
+        config: beam-search settings (``num_beams`` >= 2, no sampling).
+
+    Returns:
+        (B * num_return_sequences, S) int64, best first per clip, padded with the pad id; S is
+        the longest returned caption, decoder start token included.
+    """
+    device = encoder_states.device
+    batch = encoder_states.shape[0]
+    beams, max_length = int(config.num_beams), int(config.max_length)
+    eos = int(config.eos_token_id)
+    pad = config.pad_token_id
+    fill = pad if pad else eos  # as the stock loop: `pad_token_id or eos_token_id`
+    length_penalty, early_stopping = config.length_penalty, config.early_stopping
+    ngram = config.no_repeat_ngram_size or 0
+    keep = 2 * beams  # one EOS id: the stock max(2, 1 + n_eos) * num_beams
+    top_beam_mask = torch.arange(keep, device=device) < beams
+
+    decoder = _Decoder(model, encoder_states, encoder_mask, beams)
+    prompt = 1
+    running = torch.full((batch, beams, max_length), fill, dtype=torch.long, device=device)
+    running[:, :, 0] = int(config.decoder_start_token_id)
+    finished = running.clone()
+    running_scores = torch.zeros(batch, beams, device=device)
+    running_scores[:, 1:] = -1e9
+    finished_scores = torch.full((batch, beams), -1e9, device=device)
+    finished_lengths = torch.zeros(batch, beams, dtype=torch.long, device=device)
+    is_finished = torch.zeros(batch, beams, dtype=torch.bool, device=device)
+    improvable = torch.ones(batch, 1, dtype=torch.bool, device=device)
+    batch_offset = torch.arange(batch, device=device).view(-1, 1) * beams
+    cur_len = prompt
+    while True:
+        flat = running[:, :, :cur_len].reshape(batch * beams, cur_len)
+        logits = decoder.step(flat[:, -1], cur_len - 1).to(dtype=torch.float32, copy=True)
+        log_probs = F.log_softmax(logits, dim=-1)  # (N, V)
+        vocab = log_probs.shape[-1]
+        # Logits processors in the stock order: no-repeat n-gram, then forced <s> / </s>.
+        if ngram > 0 and cur_len + 1 >= ngram:
+            for row, tokens in enumerate(_banned_ngram_tokens(flat.tolist(), ngram)):
+                if tokens:
+                    log_probs[row, tokens] = -float("inf")
+        forced = config.forced_bos_token_id if cur_len == 1 else None
+        if cur_len == max_length - 1 and config.forced_eos_token_id is not None:
+            forced = config.forced_eos_token_id
+        if forced is not None:
+            log_probs = torch.full_like(log_probs, -float("inf"))
+            log_probs[:, int(forced)] = 0
+        scores = (log_probs.view(batch, beams, vocab) + running_scores[:, :, None]).view(batch, beams * vocab)
+
+        # Top 2k continuations over all beams of a clip.
+        top_scores, top_index = torch.topk(scores, k=keep)
+        source_beam = top_index // vocab
+        top_sequences = _gather(running, source_beam)
+        top_sequences[:, :, cur_len] = top_index % vocab
+        hits = (top_sequences[:, :, cur_len] == eos) | (cur_len + 1 >= max_length)  # (B, 2k)
+
+        # The best k unfinished continuations run on.
+        live_scores = top_scores + hits.to(torch.float32) * -1.0e9
+        next_index = torch.topk(live_scores, k=beams)[1]
+        running = _gather(top_sequences, next_index)
+        running_scores = _gather(live_scores, next_index)
+        rows = _gather(source_beam + batch_offset, next_index).view(-1)
+
+        # Finished candidates among the top k join the k best finished hypotheses.
+        just_finished = hits & top_beam_mask[None, :]
+        final_scores = top_scores / ((cur_len + 1 - prompt) ** length_penalty)
+        full = torch.all(is_finished, dim=-1, keepdim=True) & (early_stopping is True)
+        final_scores += full.to(torch.float32) * -1.0e9
+        final_scores += (~improvable).to(torch.float32) * -1.0e9
+        final_scores += (~just_finished) * -1.0e9
+        merged_scores = torch.cat((finished_scores, final_scores), dim=1)
+        best = torch.topk(merged_scores, k=beams)[1]
+        finished = _gather(torch.cat((finished, top_sequences), dim=1), best)
+        finished_scores = _gather(merged_scores, best)
+        lengths = torch.full_like(final_scores, cur_len + 1, dtype=torch.long)
+        finished_lengths = _gather(torch.cat((finished_lengths, lengths), dim=1), best)
+        is_finished = _gather(torch.cat((is_finished, just_finished), dim=1), best)
+
+        decoder.reorder(rows)
+        cur_len += 1
+        if early_stopping == "never" and length_penalty > 0.0:
+            best_length = max_length - prompt
+        else:
+            best_length = cur_len - prompt
+        best_running = running_scores[:, :1] / (best_length ** length_penalty)
+        worst_finished = torch.where(is_finished, torch.min(finished_scores, dim=1, keepdim=True)[0], -1.0e9)
+        improvable = improvable & torch.any(best_running > worst_finished, dim=-1, keepdim=True)
+        open_beams = not (bool(torch.all(is_finished)) and early_stopping is True)
+        if not (bool(torch.any(improvable)) and open_beams and not bool(torch.all(hits))):
+            break
+
+    count = int(config.num_return_sequences)
+    sequences = finished[:, :count].reshape(batch * count, max_length)
+    length = int(finished_lengths[:, :count].max())
+    return sequences[:, :max(length, prompt)]
