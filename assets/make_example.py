@@ -6,7 +6,9 @@ byte:  python assets/make_example.py
 
 from __future__ import annotations
 
+import io
 import os
+import sys
 
 import numpy as np
 import soundfile as sf
@@ -34,12 +36,15 @@ def make_example(seed: int = 1115) -> np.ndarray:
 
 
 def main() -> None:
+    from common.io import atomic_write_bytes
+
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "example.wav")
-    tmp = path + ".tmp.wav"
-    sf.write(tmp, make_example(), SAMPLE_RATE, subtype="PCM_16")
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    sf.write(buffer, make_example(), SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    atomic_write_bytes(path, buffer.getvalue())
     print(f"wrote {path}")
 
 
 if __name__ == "__main__":
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root, not assets/
     main()

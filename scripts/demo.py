@@ -36,6 +36,7 @@ if str(ROOT) not in sys.path:  # run as `python scripts/demo.py`: make the packa
     sys.path.insert(0, str(ROOT))
 
 from common.errors import UserError  # noqa: E402
+from common.io import atomic_write_text  # noqa: E402
 
 #: Overrides of cfg/tiny.yaml that fit the demo in a few CPU minutes (measured in the README).
 TRAIN_OVERRIDES = (
@@ -159,9 +160,7 @@ def training_done(run_dir: Path, overrides: Sequence[str]) -> bool:
 
 def mark_training_done(run_dir: Path, overrides: Sequence[str]) -> None:
     """Records a finished training (atomically) so that a rerun of the demo reuses it."""
-    tmp = run_dir / (_STAMP + ".tmp")
-    tmp.write_text(json.dumps(list(overrides)), encoding="utf-8")
-    os.replace(tmp, run_dir / _STAMP)
+    atomic_write_text(run_dir / _STAMP, json.dumps(list(overrides)))
 
 
 def score_line(label: str, scores: dict, note: str) -> str:
