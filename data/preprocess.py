@@ -159,21 +159,32 @@ class Summary:
     done: int = 0
     skipped: int = 0
     failed: int = 0
-    long_clips: int = 0  # clips with more than MAX_FRAMES EnCodec frames (done + skipped)
+    long_clips: int = 0  # clips with more than max_frames EnCodec frames (done + skipped)
     audio_seconds: float = 0.0  # audio encoded in this run
     failures_file: Optional[Path] = None
     indexed: Optional[int] = None  # --pack: clips in the index this run wrote (None: no index written)
+    max_frames: int = MAX_FRAMES  # --max_frames: the frame limit of the recipe to train with
+    long_names: List[str] = dataclasses.field(default_factory=list)  # the long clips, first few named
+    short_names: List[str] = dataclasses.field(default_factory=list)  # clips shorter than one EnCodec frame
 
     def line(self) -> str:
         """The final one-line summary."""
         text = f"done {self.done}, skipped {self.skipped} (already present), failed {self.failed}"
         if self.failed:
             text += f" (listed in {self.failures_file})"
-        text += (f"; {self.long_clips} clip(s) exceed {MAX_FRAMES} EnCodec frames "
-                 f"({MAX_FRAMES / ENCODEC_FRAME_RATE:.1f} s): stored whole, cropped at load time")
+        text += (f"; {self.long_clips} clip(s) exceed {self.max_frames} EnCodec frames "
+                 f"({self.max_frames / ENCODEC_FRAME_RATE:.1f} s): stored whole, cropped at load time")
         if self.indexed is not None:
             text += f"; packed store indexed: {self.indexed} clip(s)"
         return text
+
+    def warnings(self, shown: int = 5) -> List[str]:
+        """The clips the user should hear about: over the frame limit, or shorter than one frame."""
+        what = (f"are longer than {self.max_frames} frames ({self.max_frames / ENCODEC_FRAME_RATE:.1f} s, "
+                "--max_frames): the model reads only that much of each", "hold less sound than one EnCodec frame "
+                f"({1000 / ENCODEC_FRAME_RATE:.1f} ms) and became a single frame")
+        return [f"{len(names)} clip(s) {text}: {', '.join(names[:shown])}{', ...' if len(names) > shown else ''}"
+                for names, text in zip((self.long_names, self.short_names), what) if names]
 
 
 def check_weights_args(args: argparse.Namespace) -> Optional[str]:
@@ -349,7 +360,7 @@ def run(args: argparse.Namespace, extractor=None) -> Summary:
     kinds = [kind for kind, skip in (("codes", args.skip_encodec), ("clap", args.skip_clap)) if not skip]
     sink = _PackedSink(pack, kinds, files, shard_index, shard_count, args.pack_shard_clips) if pack is not None \
         else _TreeSink(roots, files)
-    summary = Summary(failures_file=failures_file)
+    summary = Summary(failures_file=failures_file, max_frames=args.max_frames)
     pending = []
     for rel in files:
         frames = sink.done_frames(rel)
@@ -357,7 +368,8 @@ def run(args: argparse.Namespace, extractor=None) -> Summary:
             pending.append(rel)
         else:
             summary.skipped += 1
-            summary.long_clips += int(frames > MAX_FRAMES)
+            summary.long_clips += int(frames > summary.max_frames)
+            summary.long_names += [rel] if frames > summary.max_frames else []
     print(f"{len(all_files)} audio file(s) under {data_path}{shard_tag}: {len(files)} in this share, "
           f"{summary.skipped} already done, {len(pending)} to process", file=sys.stderr)
 
@@ -398,7 +410,12 @@ def run(args: argparse.Namespace, extractor=None) -> Summary:
                     continue
                 codes, clap_embedding = result
                 sink.add(pending[index], codes, clap_embedding)
-                summary.long_clips += int(codes is not None and codes.shape[0] > MAX_FRAMES)
+                if codes is not None and codes.shape[0] > summary.max_frames:
+                    summary.long_clips += 1
+                    summary.long_names.append(pending[index])
+                # One EnCodec frame is a hop of 320 samples at 24 kHz; less sound still gives a frame.
+                if len(wav24) < ENCODEC_SAMPLE_RATE // ENCODEC_FRAME_RATE:
+                    summary.short_names.append(pending[index])
                 summary.done += 1
                 summary.audio_seconds += len(wav24) / ENCODEC_SAMPLE_RATE
             progress.update(len(batch))
@@ -447,6 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip_encodec", action="store_true", help="do not compute EnCodec codes")
     p.add_argument("--skip_clap", action="store_true", help="do not compute CLAP embeddings")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--max_frames", type=int, default=MAX_FRAMES,
+                   help="frame limit of the recipe you will train with (cfg/tiny.yaml: 253 = 3.4 s); longer clips "
+                        "are counted and named")
     return p
 
 
@@ -468,6 +488,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     elapsed = time.perf_counter() - start
     print(summary.line())
+    for message in summary.warnings():
+        print(f"warning: {message}", file=sys.stderr)
     if summary.audio_seconds:
         print(f"{summary.audio_seconds:.1f} s of audio in {elapsed:.1f} s "
               f"({summary.audio_seconds / elapsed:.1f} audio-seconds per second)", file=sys.stderr)
