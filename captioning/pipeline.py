@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -28,9 +28,11 @@ from data.collator import EnClapCollator
 from data.dataset import CaptionDataset
 from data.clap_encoder import ClapEncoder
 from data.encodec_encoder import EncodecEncoder
-from data.encoders import (FeatureExtractor, build_clap, build_encodec, check_codebooks, decode,
+from data.batching import DEFAULT_MAX_BATCH_SECONDS, plan_batches
+from data.encoders import (FeatureExtractor, build_clap, build_encodec, check_codebooks,
                            resolve_clap_checkpoint)
 from data.masking import crop_codes
+from captioning.pieces import MIN_SECONDS, Piece, decode_input, split_input
 from captioning.rerank import RerankOptions, pick_best, score_candidates
 from modeling.generation import GenerationOptions, decode_captions, generate_ids
 from modeling.loading import load_pretrained
@@ -38,6 +40,9 @@ from modeling.loading import load_pretrained
 logger = logging.getLogger(__name__)
 
 LONG_AUDIO_MODES = ("truncate", "window")
+
+#: ``on_step(stage, done, total)``: stage "decode", "encode" or "generate" (see :meth:`EnClap.run`).
+StepCallback = Callable[[str, int, int], None]
 
 
 class PipelineError(UserError):
@@ -63,8 +68,12 @@ class CaptionResult:
             ``None`` when the input could not be read.
         segments: window mode only: the per-window captions with their times.
         duration: length of the audio in seconds.
+        start, end: the span the caption describes, in seconds (``end`` < ``duration`` when
+            truncated; window mode: the whole clip, each segment has its own span).
         truncated: the clip was longer than the model's maximum and only its start was used.
         error: one-line description of why the input failed, else ``None``.
+        warning: one-line caveat about a caption that was made (e.g. a clip too short to
+            describe), else ``None``.
     """
 
     source: str
@@ -73,6 +82,9 @@ class CaptionResult:
     duration: float = 0.0
     truncated: bool = False
     error: str | None = None
+    start: float = 0.0
+    end: float = 0.0
+    warning: str | None = None
 
 
 def _describe(source: Any, index: int) -> str:
@@ -105,6 +117,8 @@ class EnClap:
             random, of its weights.
         encodec: an already-built :class:`data.encoders.EncodecEncoder` to reuse (optional).
         clap: an already-built :class:`data.encoders.ClapEncoder` to reuse (optional).
+        max_batch_seconds: cap on an encoder batch's padded audio (clips x longest, seconds),
+            the one preprocessing uses: bounds GPU memory for long or mixed-length inputs.
     """
 
     def __init__(
@@ -119,6 +133,7 @@ class EnClap:
         seed: int = 0,
         encodec: EncodecEncoder | None = None,
         clap: ClapEncoder | None = None,
+        max_batch_seconds: float = DEFAULT_MAX_BATCH_SECONDS,
     ):
         if long_audio not in LONG_AUDIO_MODES:
             raise PipelineError(f"unknown long_audio mode {long_audio!r}: use one of {', '.join(LONG_AUDIO_MODES)}")
@@ -127,6 +142,7 @@ class EnClap:
         self.device = resolve_device(device)
         self.batch_size = batch_size
         self.long_audio = long_audio
+        self.max_batch_seconds = float(max_batch_seconds)
         # Said after a truncation warning; a caller without --long_audio (evaluate.py) replaces it.
         self.truncate_hint = "use long_audio='window' / --long_audio window to caption all of it"
 
@@ -231,57 +247,84 @@ class EnClap:
         options: GenerationOptions | None = None,
         rerank: RerankOptions | None = None,
         progress: bool = False,
+        on_step: StepCallback | None = None,
     ) -> list[CaptionResult]:
         """Caption inputs and report per-input errors instead of raising.
 
-        Inputs are decoded and encoded a chunk at a time (so memory stays bounded on long lists),
-        each chunk is sorted by length so that batches carry little padding, and the results
-        come back in input order.
+        Inputs are decoded a chunk at a time (so memory stays bounded on long lists). EnCodec
+        encodes only what the model reads (:mod:`captioning.pieces`), in batches of similar
+        length whose padded audio stays under ``max_batch_seconds`` (the cap preprocessing uses,
+        :func:`data.batching.plan_batches`), and the results come back in input order.
 
         Args:
             audio_or_paths: as for :meth:`caption`.
-            batch_size: clips per generate call.
+            batch_size: clips per encoder batch and per generate call.
             options: generation options.
             rerank: CLAP re-ranking options.
             progress: show a tqdm progress bar.
+            on_step: called as ``on_step(stage, done, total)`` with stage ``"decode"``,
+                ``"encode"`` or ``"generate"`` as the work advances (the demo page's progress).
         """
         sources = self._as_list(audio_or_paths)
         batch_size = batch_size or self.batch_size
+        step = on_step or (lambda stage, done, total: None)
         features = self.features  # build the encoders (and fail on missing weights) before any decoding
         results = [CaptionResult(source=_describe(src, i)) for i, src in enumerate(sources)]
         chunk = max(batch_size * 4, 16)
         bar = _progress(len(sources), progress, "captioning")
-        for start in range(0, len(sources), chunk):
-            idx = list(range(start, min(start + chunk, len(sources))))
-            # (result index, window start s, window end s, waveform (N,), sample rate)
-            pieces: list[tuple[int, float, float, np.ndarray, int]] = []
+        for first in range(0, len(sources), chunk):
+            idx = list(range(first, min(first + chunk, len(sources))))
+            pieces: list[Piece] = []
+            for done, i in enumerate(idx):
+                step("decode", done, len(idx))
+                pieces.extend(self._pieces(i, sources[i], results[i]))
+            step("decode", len(idx), len(idx))
+            items: list[dict | None] = [None] * len(pieces)
+            plan = plan_batches([p.encoded_seconds for p in pieces], batch_size, self.max_batch_seconds)
+            for done, batch in enumerate(plan):
+                step("encode", done, len(plan))
+                feats = features.extract_prepared([(pieces[j].wav24, pieces[j].wav48) for j in batch])
+                for j, (codes, clap) in zip(batch, feats):
+                    items[j] = {"codes": self._crop(codes), "clap_embedding": clap}
+            step("encode", len(plan), len(plan))
+            captions = self.caption_features(items, batch_size=batch_size, options=options, rerank=rerank,
+                                             on_step=step) if items else []
+            for piece, text in zip(pieces, captions):
+                res = results[piece.index]
+                if self.long_audio == "window":
+                    res.segments.append(Segment(start=piece.start, end=piece.end, caption=text))
+                else:
+                    res.caption = text
             for i in idx:
-                try:
-                    mono, sr = self._decode(sources[i])
-                except AudioError as exc:
-                    message = (str(exc).splitlines() or [type(exc).__name__])[0]
-                    results[i].error = message if results[i].source in message else f"{results[i].source}: {message}"
-                    continue
-                res = results[i]
-                res.duration = len(mono) / sr
-                pieces.extend((i, s, e, wav, sr) for s, e, wav in self._split(res, mono, sr))
-            if pieces:
-                feats = features.extract_arrays([(wav, sr) for _, _, _, wav, sr in pieces])
-                items = [{"codes": self._crop(codes), "clap_embedding": clap} for codes, clap in feats]
-                captions = self.caption_features(items, batch_size=batch_size, options=options, rerank=rerank)
-                for (i, s, e, _, _), text in zip(pieces, captions):
-                    if self.long_audio == "window":
-                        results[i].segments.append(Segment(start=s, end=e, caption=text))
-                    else:
-                        results[i].caption = text
-                for i in idx:
-                    if results[i].segments:
-                        results[i].caption = "\n".join(
-                            f"{seg.start:.2f}-{seg.end:.2f} s: {seg.caption}" for seg in results[i].segments
-                        )
+                if results[i].segments:
+                    results[i].caption = "\n".join(
+                        f"{seg.start:.2f}-{seg.end:.2f} s: {seg.caption}" for seg in results[i].segments
+                    )
             bar.update(len(idx))
         bar.close()
         return results
+
+    def _pieces(self, index: int, source: Any, res: CaptionResult) -> list[Piece]:
+        """Decode one input and cut it by the long-audio policy; a failure goes into ``res.error``."""
+        try:
+            mono, sr = decode_input(source)
+        except AudioError as exc:
+            message = (str(exc).splitlines() or [type(exc).__name__])[0]
+            res.error = message if res.source in message else f"{res.source}: {message}"
+            return []
+        res.duration = len(mono) / sr
+        pieces = split_input(index, mono, sr, self.encodec, self.max_frames, self.long_audio)
+        res.start, res.end = 0.0, pieces[-1].end
+        if res.duration < MIN_SECONDS:
+            res.warning = f"too short to describe ({res.duration:.2f} s < {MIN_SECONDS} s): the caption is unreliable"
+            logger.warning("%s: %s", res.source, res.warning)
+        if self.long_audio == "truncate" and res.end < res.duration:
+            res.truncated = True
+            logger.warning(
+                "%s is %.1f s long; only its first %.1f s (%d frames) are captioned (%s)",
+                res.source, res.duration, self.window_seconds, self.max_frames, self.truncate_hint,
+            )
+        return pieces
 
     @torch.inference_mode()
     def caption_features(
@@ -291,6 +334,7 @@ class EnClap:
         options: GenerationOptions | None = None,
         rerank: RerankOptions | None = None,
         progress: bool = False,
+        on_step: StepCallback | None = None,
     ) -> list[str]:
         """Caption precomputed features (evaluate.py's preprocessed mode uses this directly).
 
@@ -301,6 +345,7 @@ class EnClap:
             options: generation options.
             rerank: CLAP re-ranking options.
             progress: show a tqdm progress bar.
+            on_step: called as ``on_step("generate", done, total)`` before each batch and at the end.
 
         Returns:
             One caption per item, in item order.
@@ -313,6 +358,8 @@ class EnClap:
         captions: list[str | None] = [None] * len(items)
         bar = _progress(len(items), progress, "generating")
         for start in range(0, len(order), batch_size):
+            if on_step is not None:
+                on_step("generate", start, len(order))
             idx = order[start : start + batch_size]
             batch_items = [
                 {"codes": np.asarray(items[i]["codes"]), "clap_embedding": np.asarray(items[i]["clap_embedding"])}
@@ -322,6 +369,8 @@ class EnClap:
                 captions[i] = text
             bar.update(len(idx))
         bar.close()
+        if on_step is not None:
+            on_step("generate", len(order), len(order))
         return captions  # type: ignore[return-value]
 
     def caption_preprocessed(
@@ -367,34 +416,6 @@ class EnClap:
         if isinstance(audio_or_paths, tuple) and len(audio_or_paths) == 2 and np.isscalar(audio_or_paths[1]):
             return [audio_or_paths]  # one (array, sample_rate) pair
         return list(audio_or_paths)
-
-    @staticmethod
-    def _decode(source: Any) -> tuple[np.ndarray, int]:
-        """Any input -> (mono float32 (N,), sample rate), via the shared front end."""
-        if isinstance(source, (str, os.PathLike)) or (isinstance(source, tuple) and len(source) == 2):
-            return decode(source if not isinstance(source, tuple) else (source[0], int(source[1])))
-        raise AudioError(f"unsupported input {type(source).__name__}: pass a file path or an (array, sample_rate) pair")
-
-    def _split(self, res: CaptionResult, mono: np.ndarray, sr: int) -> Iterable[tuple[float, float, np.ndarray]]:
-        """Apply the long-audio policy: yields (start s, end s, waveform) pieces to caption."""
-        # EnCodec frames of the clip after resampling to 24 kHz (integer arithmetic, no float drift).
-        frames = self.encodec.num_frames(-(-len(mono) * self.encodec.sample_rate // sr))
-        if frames <= self.max_frames:
-            return [(0.0, res.duration, mono)]
-        if self.long_audio == "truncate":
-            res.truncated = True
-            logger.warning(
-                "%s is %.1f s long; only its first %.1f s (%d frames) are captioned (%s)",
-                res.source, res.duration, self.window_seconds, self.max_frames, self.truncate_hint,
-            )
-            # Features are computed on the whole clip, as preprocessing does (CLAP sees it all);
-            # the codes are cropped afterwards in _crop.
-            return [(0.0, self.window_seconds, mono)]
-        hop = int(round(self.window_seconds * sr))
-        return [
-            (s / sr, min(s + hop, len(mono)) / sr, mono[s : s + hop])
-            for s in range(0, len(mono), hop)
-        ]
 
     def _crop(self, codes: np.ndarray) -> np.ndarray:
         # The first max_frames frames, as evaluation of preprocessed features does.

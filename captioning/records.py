@@ -24,24 +24,30 @@ def format_records(results: Sequence, path: str) -> str:
     if path.lower().endswith(".jsonl"):
         lines = []
         for res in results:
-            record = {"file_path": res.source, "caption": res.caption, "duration": round(res.duration, 3)}
+            record = {"file_path": res.source, "caption": res.caption, "duration": round(res.duration, 3),
+                      "start": round(res.start, 3), "end": round(res.end, 3)}
             if res.segments:
                 record["segments"] = [
                     {"start": round(s.start, 3), "end": round(s.end, 3), "caption": s.caption} for s in res.segments
                 ]
             record["truncated"] = res.truncated
             record["error"] = res.error
+            record["warning"] = res.warning
             lines.append(json.dumps(record, ensure_ascii=False))
         return "\n".join(lines) + "\n"
     rows = []
     for res in results:
+        # start/end: the span captioned (a truncated clip ends where the model stopped reading).
+        warning = res.warning or ""
         if res.segments:
-            rows.extend([res.source, f"{seg.start:.3f}", f"{seg.end:.3f}", seg.caption, ""] for seg in res.segments)
+            rows.extend([res.source, f"{seg.start:.3f}", f"{seg.end:.3f}", seg.caption, "false", "", warning]
+                        for seg in res.segments)
         else:
             ok = res.error is None
-            rows.append([res.source, "0.000" if ok else "", f"{res.duration:.3f}" if ok else "", res.caption or "",
-                         res.error or ""])
-    return csv_text(["file_path", "start", "end", "caption", "error"], rows, lineterminator="\n")
+            rows.append([res.source, f"{res.start:.3f}" if ok else "", f"{res.end:.3f}" if ok else "",
+                         res.caption or "", str(res.truncated).lower() if ok else "", res.error or "", warning])
+    return csv_text(["file_path", "start", "end", "caption", "truncated", "error", "warning"], rows,
+                    lineterminator="\n")
 
 
 # --------------------------------------------------------------------------- part files
@@ -53,7 +59,8 @@ PART_NAME = re.compile(r"^(?P<prefix>[^.]+)\.(?P<seq>\d{6})-(?P<clips>\d+)\.json
 def result_to_json(res) -> dict:
     """A :class:`captioning.pipeline.CaptionResult` as a JSON-able dict (floats kept exact)."""
     return {"source": res.source, "caption": res.caption, "duration": res.duration, "truncated": res.truncated,
-            "error": res.error, "segments": [[s.start, s.end, s.caption] for s in res.segments]}
+            "error": res.error, "segments": [[s.start, s.end, s.caption] for s in res.segments],
+            "start": res.start, "end": res.end, "warning": res.warning}
 
 
 def result_from_json(record: dict):
@@ -62,7 +69,9 @@ def result_from_json(record: dict):
 
     return CaptionResult(source=record["source"], caption=record["caption"], duration=record["duration"],
                          truncated=record["truncated"], error=record["error"],
-                         segments=[Segment(start=a, end=b, caption=c) for a, b, c in record["segments"]])
+                         segments=[Segment(start=a, end=b, caption=c) for a, b, c in record["segments"]],
+                         start=record.get("start", 0.0), end=record.get("end", record["duration"]),
+                         warning=record.get("warning"))
 
 
 def part_files(folder: str) -> List[tuple]:

@@ -126,6 +126,18 @@ class EncodecEncoder:
         """Frames EnCodec produces for a 24 kHz clip: ceil(samples / 320)."""
         return int(math.ceil(num_samples / self.hop_length))
 
+    #: Frames encoded past the ones kept when encoding only a clip's start (see prefix_samples).
+    PREFIX_MARGIN_FRAMES = 1
+
+    def prefix_samples(self, frames: int) -> int:
+        """24 kHz samples to encode so that the first ``frames`` frames equal the whole clip's.
+
+        Every layer is causal (see ``_sconv1d``): output frame t reads input samples before
+        320 (t + 1) only, so ``frames`` hops would do; one frame more keeps the kept frames clear
+        of the reflection padding EnCodec adds at the end of whatever it encodes.
+        """
+        return (int(frames) + self.PREFIX_MARGIN_FRAMES) * self.hop_length
+
     # The encoder is causal: output frame t never sees input after t except through the
     # end padding, so garbage beyond a clip's valid length cannot leak into its valid
     # outputs as long as every strided/padded conv sees the clip padded as if alone.
