@@ -167,6 +167,7 @@ class _BlockedAttention(torch.autograd.Function):
     """
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu")
     def forward(ctx, q, k, v, bias, scale: float, p: float, seed: int, rows: int):
         batch, heads, length, _ = q.shape
         out = torch.empty_like(q)
@@ -195,6 +196,7 @@ class _BlockedAttention(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
+    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad_out):
         q, k, v, bias, out, lse = ctx.saved_tensors
         scale, p, seed, rows = ctx.scale, ctx.p, ctx.seed, ctx.rows
@@ -250,11 +252,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[
         rows: query rows per block.
 
     Returns:
-        (B, H, L, d) attention output.
+        (B, H, L, d) attention output, in the dtype of ``q``. Half-precision inputs (autocast)
+        are computed in float32, as the softmax of stock attention is.
     """
+    out_dtype = q.dtype
+    work = torch.float32 if out_dtype in (torch.float16, torch.bfloat16) else out_dtype
+    q, k, v = (t.to(work).contiguous() for t in (q, k, v))
     if bias is not None:
-        bias = bias.detach().to(q.dtype).reshape(bias.shape[0], 1, bias.shape[-1])
+        bias = bias.detach().to(work).reshape(bias.shape[0], 1, bias.shape[-1])
         bias = bias.expand(q.shape[0], 1, -1)
     seed = new_seed(generator) if p > 0 else 0
-    return _BlockedAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), bias, float(scale), float(p),
-                                   seed, int(rows))
+    with torch.autocast("cpu", enabled=False):
+        out = _BlockedAttention.apply(q, k, v, bias, float(scale), float(p), seed, int(rows))
+    return out.to(out_dtype)

@@ -210,3 +210,24 @@ def test_blocked_attention_and_cross_attention_shortcut_are_cpu_only():
                                side_effect=lambda self, h, **kw: (h, None)) as stock:
             attn(torch.randn(2, 3, 8, device=device), key_value_states=torch.randn(2, 5, 8, device=device))
         assert stock.call_count == stock_calls, device
+
+
+def test_encoder_layer_under_bf16_autocast_with_attention_dropout():
+    torch.manual_seed(0)
+    layer = _encoder_layer(0.0)
+    x = torch.randn(2, 30, 16)
+    mask = _padding_bias([30, 22], 30).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = layer._blocked_self_attention(x, mask)
+        stock = layer.self_attn(hidden_states=x, attention_mask=mask)[0]
+    assert ours.dtype == stock.dtype == torch.bfloat16
+    torch.testing.assert_close(ours.float(), stock.float(), rtol=2e-2, atol=2e-2 * stock.abs().max().item())
+
+    layer = _encoder_layer(0.2, dropout=0.1)
+    xi = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer._blocked_attention_applies(xi, mask, None, False)
+        out = layer(xi, mask, None)[0]
+    out.float().square().sum().backward()
+    assert torch.isfinite(xi.grad).all() and xi.grad.abs().max() > 0
+    assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
