@@ -107,3 +107,52 @@ def test_metric_preflight_fails_before_generation(tiny_ckpt, split, tmp_path, mo
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: ")
     assert "make setup" in err and "no_ckpt" not in err
+
+
+def _no_spice(monkeypatch):
+    """SPICE and SPIDEr cannot run, whatever this machine has; the other metrics are untouched."""
+    import scoring.java
+
+    real = scoring.java.check_requirements
+
+    def check(metrics=None, cache_dir=None, java_path=None):
+        reasons = real(metrics, cache_dir, java_path)
+        for name in scoring.java.normalize_metrics(metrics):
+            if name in ("spice", "spider"):
+                reasons[name] = "Stanford CoreNLP 3.6.0 jars missing; fix: make setup"
+        return reasons
+
+    monkeypatch.setattr(scoring.java, "check_requirements", check)
+
+
+def test_default_metrics_without_corenlp_score_what_they_can(tiny_ckpt, split, tmp_path, monkeypatch, capsys,
+                                                             caplog):
+    _no_spice(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    args = ["--ckpt", str(tiny_ckpt), "--random_encoders", "--device", "cpu", "--test_csv", str(split / "test.csv"),
+            "--from_preprocessed", "--encodec_path", str(split / "encodec"), "--clap_path", str(split / "clap"),
+            "--save_path", "preds.csv"]
+    assert evaluate.main(args) == 0
+    capsys.readouterr()
+    assert caplog.text.count("cannot compute SPICE, SPIDEr") == 1  # one warning (logged to stderr)
+    assert "scoring meteor, cider_d only" in caplog.text
+    scores = json.loads((tmp_path / "preds_scores.json").read_text())["scores"]
+    assert set(scores) == {"meteor", "cider_d"}
+    # Asked for by name, SPICE still fails in one line, before any generation, and says what runs.
+    assert evaluate.main(args[:-2] + ["--ckpt", str(tmp_path / "no_ckpt"), "--metrics", "cider_d", "spice"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot compute SPICE" in err
+    assert "--metrics cider_d" in err and "no_ckpt" not in err
+
+
+def test_degenerate_captions_and_relative_paths(tiny_ckpt, split, monkeypatch, capsys, caplog):
+    monkeypatch.chdir(split)
+    monkeypatch.setattr(EnClap, "caption_preprocessed", lambda self, *a, **k: [""] * len(REFS))
+    args = ["--ckpt", str(tiny_ckpt), "--random_encoders", "--device", "cpu", "--test_csv", "test.csv",
+            "--from_preprocessed", "--encodec_path", "encodec", "--clap_path", "clap", "--metrics", "cider_d"]
+    assert evaluate.main(args) == 0
+    err = caplog.text
+    assert f"4 of 4 captions for test clips are empty (0 distinct captions); the checkpoint {tiny_ckpt} looks " \
+           "under-trained" in err
+    assert evaluate.main(args[:6] + ["missing.csv"] + args[7:]) == 2
+    assert f"split file not found: {split / 'missing.csv'}" in capsys.readouterr().err
