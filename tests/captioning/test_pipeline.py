@@ -1,8 +1,9 @@
 """The EnClap captioning pipeline on a tiny checkpoint with random-weight encoders (CPU).
 
 Covers batch invariance (a clip alone == the same clip inside a batch of 8 of other lengths),
-input order, CLAP re-ranking (returns one of the candidates, deterministic, picks the best
-scored), the long-audio policies, and the one-line errors a user can cause.
+input order, different clips getting different captions, CLAP re-ranking, the long-audio
+policies (truncation encodes only the start, with the whole clip's codes), the encoder batches'
+padded-seconds cap, progress stages, and the one-line errors and warnings a user can cause.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ def test_audio_captions_alone_equal_captions_in_a_batch_of_8(pipeline, tmp_path)
     alone = [pipeline.caption(x, batch_size=1)[0] for x in inputs]
     assert batched == alone
     assert all(isinstance(c, str) and c for c in batched)
+    # A pipeline that ignored its input (or mixed inputs up) would give repeated captions.
+    assert len(set(batched)) == len(inputs), "different clips must get different captions"
 
 
 def test_stereo_file_captions_like_its_mean_downmix(pipeline, tmp_path):
@@ -86,6 +89,9 @@ def test_stereo_file_captions_like_its_mean_downmix(pipeline, tmp_path):
     path = tmp_path / "stereo.wav"
     sf.write(path, wav.T, SR, subtype="FLOAT")
     assert pipeline.caption(str(path)) == pipeline.caption((wav.mean(axis=0), SR)) == pipeline.caption((wav, SR))
+    # ...and not like its left channel alone or another clip.
+    assert pipeline.caption((wav[0], SR)) != pipeline.caption((wav, SR))
+    assert pipeline.caption((make_clip(19, 0.5), SR)) != pipeline.caption((wav, SR))
 
 
 def test_rerank_returns_one_of_the_beam_candidates_deterministically(pipeline):
@@ -140,6 +146,10 @@ def test_long_audio_truncate_warns_naming_the_file_and_keeps_the_start(pipeline,
     assert len(codes) > pipeline.max_frames
     expected = pipeline.caption_features([{"codes": codes[: pipeline.max_frames], "clap_embedding": clap}])
     assert result.caption == expected[0]
+    # The record says which span was captioned.
+    assert result.start == 0.0 and result.end == pytest.approx(pipeline.max_frames / 75.0)
+    assert result.duration == pytest.approx(2.0)
+    assert pipeline.caption((make_clip(20, 2.0), SR)) != [result.caption], "another long clip, another caption"
 
 
 def test_long_audio_window_captions_consecutive_windows(pipeline, tiny_ckpt, tmp_path):
@@ -156,6 +166,8 @@ def test_long_audio_window_captions_consecutive_windows(pipeline, tiny_ckpt, tmp
     for seg in result.segments:  # each window is captioned as that piece of audio alone
         piece = wav[round(seg.start * SR) : round(seg.end * SR)]
         assert seg.caption == pipeline.caption((piece, SR))[0]
+    assert len({seg.caption for seg in result.segments}) == 3, "different windows must get different captions"
+    assert (result.start, result.end) == (0.0, pytest.approx(2.0))
     assert not result.truncated
     assert result.caption.count("\n") == 2
 
@@ -214,3 +226,108 @@ def test_seed_reaches_both_random_encoders(tiny_ckpt):
     assert not np.array_equal(codes_a, codes_c), "another seed must give another random EnCodec"
     assert not np.allclose(clap_a, clap_c), "another seed must give another random CLAP"
 
+
+
+def test_truncation_encodes_only_the_start_and_gets_the_whole_clips_codes(tiny_ckpt, pipeline):
+    """At the released models' 1021 frames: a 20 s clip at 44.1 kHz, encoded whole vs its prefix."""
+    from captioning.pieces import encodec_prefix
+    from data.encoders import prepare_branches
+
+    wav = make_clip(21, 20.0, 44100)
+    whole = pipeline.encodec.encode([prepare_branches(wav, 44100)[0]])[0]  # (1500, 16)
+    prefix = encodec_prefix(wav, 44100, pipeline.encodec, 1021)
+    assert len(prefix) == (1021 + 1) * 320, "only the start (plus one frame) is encoded"
+    codes = pipeline.encodec.encode([prefix])[0]
+    np.testing.assert_array_equal(codes[:1021], whole[:1021])
+    assert not np.array_equal(whole[:1021], whole[400:1421]), "codes should vary along the clip"
+
+
+def test_long_clip_encodes_a_prefix_and_clap_hears_the_whole_clip(pipeline, monkeypatch):
+    seen = {}
+    encode, embed = pipeline.encodec.encode, pipeline.clap.encode
+    monkeypatch.setattr(pipeline.encodec, "encode", lambda wavs: seen.setdefault("codec", [len(w) for w in wavs]) and encode(wavs))
+    monkeypatch.setattr(pipeline.clap, "encode", lambda wavs: seen.setdefault("clap", [len(w) for w in wavs]) and embed(wavs))
+    (result,) = pipeline.run([(make_clip(22, 6.0), SR)])
+    assert result.truncated and result.end < result.duration == pytest.approx(6.0)
+    assert seen["codec"] == [(pipeline.max_frames + 1) * 320]  # 62 frames of 24 kHz audio, not 6 s
+    assert seen["clap"] == [6 * 48000]
+
+
+def test_encoder_batches_are_capped_in_padded_seconds_and_sorted_by_length(tiny_ckpt, pipeline, monkeypatch):
+    capped = EnClap(tiny_ckpt, device="cpu", encodec=pipeline.encodec, clap=pipeline.clap, batch_size=8,
+                    max_batch_seconds=1.0)
+    batches = []
+    extract = capped.features.extract_prepared
+    monkeypatch.setattr(capped.features, "extract_prepared",
+                        lambda prepared: batches.append([len(w) / 24000 for w, _ in prepared]) or extract(prepared))
+    seconds = [0.2, 0.7, 0.3, 0.6, 0.1, 0.4]
+    results = capped.run([(make_clip(30 + i, s), SR) for i, s in enumerate(seconds)])
+    assert all(r.error is None for r in results)
+    assert all(len(b) * max(b) <= 1.0 + 1e-6 for b in batches), batches  # padded audio under the cap
+    flat = [s for b in batches for s in b]
+    assert flat == sorted(flat, reverse=True) and len(batches) > 1
+    # The cap changes how clips are grouped, not their captions.
+    assert [r.caption for r in results] == [r.caption for r in pipeline.run([(make_clip(30 + i, s), SR)
+                                                                             for i, s in enumerate(seconds)])]
+
+
+def test_too_short_and_empty_inputs_say_so(pipeline, tmp_path):
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    empty_result, *short = pipeline.run([str(empty), (make_clip(40, 0.02), SR), (make_clip(41, 0.5), SR)])
+    assert "empty file" in empty_result.error and str(empty) in empty_result.error
+    assert short[0].caption and "too short to describe" in short[0].warning and "0.1 s" in short[0].warning
+    assert short[1].warning is None
+
+
+def test_progress_reports_decode_encode_generate(pipeline):
+    steps = []
+    pipeline.run([(make_clip(42, 0.5), SR), (make_clip(43, 0.3), SR)], on_step=lambda *a: steps.append(a))
+    stages = [stage for stage, _, _ in steps]
+    assert stages.index("decode") < stages.index("encode") < stages.index("generate")
+    assert ("generate", 2, 2) in steps and ("decode", 2, 2) in steps
+
+
+def test_pick_best_weighs_clap_similarity_against_mean_log_probability():
+    from captioning.rerank import pick_best
+
+    clap_sim = torch.tensor([0.1, 0.9, 0.5, 0.2, 0.3, 0.3])
+    logprob = torch.tensor([-0.1, -3.0, -0.5, -0.2, -1.0, -2.0])
+    # Scores by hand, group 0 (rows 0-3) and group 1 (rows 4-5):
+    #   clap 1, lm 0.5, four per clip: 0.05, -0.6, 0.25, 0.1 -> row 2
+    #   clap 1, lm 0.5, two per clip: (0.05, -0.6) -> 0; (0.25, 0.1) -> 2; (-0.2, -0.7) -> 4
+    assert pick_best(clap_sim, logprob, 2, RerankOptions(clap_weight=1.0, lm_weight=0.5)) == [0, 2, 4]
+    assert pick_best(clap_sim[:4], logprob[:4], 4, RerankOptions(clap_weight=1.0, lm_weight=0.5)) == [2]
+    assert pick_best(clap_sim[:4], logprob[:4], 4, RerankOptions(clap_weight=1.0, lm_weight=0.0)) == [1]
+    assert pick_best(clap_sim[:4], logprob[:4], 4, RerankOptions(clap_weight=0.0, lm_weight=1.0)) == [0]
+
+
+def test_rerank_by_language_model_alone_picks_the_best_mean_log_probability(pipeline):
+    """Mean token log-probabilities recomputed here one candidate at a time, by teacher forcing."""
+    items = made_up_items([25, 45, 33], seed=4)
+    options = GenerationOptions(num_beams=4)
+    inputs = pipeline._model_inputs(items)
+    sequences, texts, n = pipeline._sequences(inputs, options, 4, 0)
+    chosen = pipeline.caption_features(
+        items, options=options, rerank=RerankOptions(enabled=True, num_candidates=4, clap_weight=0.0, lm_weight=1.0))
+    pad = pipeline.tokenizer.pad_token_id
+    for b, caption in enumerate(chosen):
+        means = []
+        for row in sequences[b * n:(b + 1) * n]:
+            ids = row[row != pad]  # <start> tokens ... </s>
+            one = {k: v[b:b + 1] for k, v in inputs.items()}
+            with torch.no_grad():
+                logits = pipeline.model(**one, decoder_input_ids=ids[None, :-1]).logits[0]
+            logp = torch.log_softmax(logits.float(), -1)[torch.arange(len(ids) - 1), ids[1:]]
+            means.append(float(logp.mean()))
+        assert caption == texts[b * n + int(np.argmax(means))]
+
+
+def test_rerank_changes_the_top_beam_for_some_clip(pipeline):
+    items = made_up_items([20, 30, 40, 50, 60, 10], seed=5)
+    options = GenerationOptions(num_beams=4)
+    top = pipeline.caption_features(items, options=options)
+    chosen = pipeline.caption_features(
+        items, options=options, rerank=RerankOptions(enabled=True, num_candidates=4, clap_weight=1.0, lm_weight=0.0))
+    assert top == [c[0] for c in pipeline.candidates(items, options, num_candidates=4)]
+    assert any(a != b for a, b in zip(top, chosen)), "a re-ranker that never changes the pick is a no-op"
