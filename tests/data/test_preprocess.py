@@ -58,12 +58,26 @@ EXPECTED = ["test/d.npy", "test/e.npy", "train/a.npy", "train/b.npy", "train/sub
 
 def test_outputs_match_front_end_and_are_batch_invariant(small_tree, tmp_path):
     """One clip at a time and batches of five agree, and equal FeatureExtractor on each file alone."""
+    from data.encoders import build_feature_extractor
+
     outs = {}
     for batch_size, workers in ((1, 1), (5, 0)):
         out = tmp_path / f"bs{batch_size}"
         args = ["--data_path", small_tree, "--encodec_path", out / "enc", "--clap_path", out / "clap",
                 "--random_weights", "--batch_size", batch_size, "--num_workers", workers, "--quiet"]
-        rc = preprocess.main([str(a) for a in args])
+        if batch_size == 1:
+            rc = preprocess.main([str(a) for a in args])
+        else:
+            # On CPU the encoders default to one clip per forward pass, which would make this
+            # "batched" run encode clip by clip: make them take the whole batch, and check they did.
+            extractor = build_feature_extractor("cpu", random_weights=True, seed=0, max_batch_size=batch_size)
+            passes = []
+            for encoder in (extractor.encodec, extractor.clap):
+                encode = encoder.encode
+                encoder.encode = lambda wavs, encode=encode: passes.append(len(wavs)) or encode(wavs)
+            summary = preprocess.run(preprocess.build_parser().parse_args([str(a) for a in args]), extractor=extractor)
+            rc = 0 if not summary.failed else 1
+            assert max(passes) == batch_size, f"encoder passes of {passes} clips: the run did not batch"
         assert rc == 0
         outs[batch_size] = (_npy_tree(out / "enc"), _npy_tree(out / "clap"))
         assert sorted(outs[batch_size][0]) == EXPECTED and sorted(outs[batch_size][1]) == EXPECTED
