@@ -7,12 +7,19 @@ Inputs are files, folders (searched recursively for audio files) or glob pattern
 printed one per line as ``path<TAB>caption``; ``--output`` also writes them to a ``.csv`` or
 ``.jsonl`` file (atomically). A file that cannot be read is reported on stderr and the others are
 still captioned; the exit status is then 1.
+
+With ``--output``, a collection is captioned in chunks kept in ``OUTPUT.parts/``: a rerun of the
+same command skips what is done, and ``accelerate launch`` / ``torchrun`` spread the inputs over
+every process and machine (captioning/collection.py, docs/cluster.md)::
+
+    accelerate launch --multi_gpu --num_processes 8 inference.py --ckpt CKPT --input clips/ --output caps.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 
@@ -21,7 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", nargs="+", required=True, help="audio files, folders or glob patterns")
-    parser.add_argument("--output", default=None, help="also write the captions to this .csv or .jsonl file")
+    parser.add_argument("--output", default=None, help="also write the captions to this .csv or .jsonl file "
+                        "(resumable: finished chunks are kept in OUTPUT.parts/; required with several processes)")
+    parser.add_argument("--chunk_size", type=int, default=64,
+                        help="with --output: clips per part file, the most a crash can lose per process")
     add_pipeline_args(parser)
     add_generation_args(parser)
     return parser
@@ -31,14 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from captioning.cli import generation_from_args, pipeline_from_args, rerank_from_args
-    from captioning.records import OUTPUT_SUFFIXES, format_records
+    from captioning.collection import caption_collection, collection_settings
+    from captioning.records import OUTPUT_SUFFIXES
     from common.errors import UserError, one_line
-    from common.io import atomic_write_text
     from data.audio import expand_audio_inputs
     from scoring import degenerate_warning
 
     if args.output and not args.output.lower().endswith(OUTPUT_SUFFIXES):
         print(f"error: --output {args.output}: use a name ending in .csv or .jsonl", file=sys.stderr)
+        return 2
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.output:
+        print("error: several processes need --output FILE.csv|.jsonl to merge their captions into", file=sys.stderr)
         return 2
     files, problems = expand_audio_inputs(args.input)
     for problem in problems:
@@ -48,10 +61,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         options = generation_from_args(args)
-        pipeline = pipeline_from_args(args)
-        results = pipeline.run(
-            files, batch_size=args.batch_size, options=options, rerank=rerank_from_args(args), progress=True
-        )
+        pipeline, rerank = pipeline_from_args(args), rerank_from_args(args)
+        if args.output:
+            run = caption_collection(pipeline, files, args.output, collection_settings(args, options, rerank),
+                                     args.batch_size, options, rerank, chunk_size=args.chunk_size)
+            if not run.is_main:
+                return run.status  # the main process prints and reports for every rank
+            results = run.results
+            if run.captioned:
+                print(f"captioned {run.captioned} input(s) in {run.seconds:.1f} s on {run.world} process(es): "
+                      f"{run.captioned / max(run.seconds, 1e-9):.2f} clips/s", file=sys.stderr)
+        else:
+            results = pipeline.run(files, batch_size=args.batch_size, options=options, rerank=rerank, progress=True)
     except (UserError, ValueError) as exc:  # ValueError: a bad generation option
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
@@ -73,7 +94,6 @@ def main(argv: list[str] | None = None) -> int:
     if warning:
         logging.getLogger("inference").warning("%s", warning)
     if args.output:
-        atomic_write_text(args.output, format_records(results, args.output))
         print(f"wrote {args.output}", file=sys.stderr)
     if failed or problems:
         print(f"{failed + len(problems)} input(s) failed, {len(results) - failed} captioned", file=sys.stderr)
