@@ -51,7 +51,8 @@ def build_data(cfg: DictConfig, model_config, tokenizer, accelerator) -> TrainDa
                           "lower data.max_frames")
     roots = (cfg.data.encodec_base_path, cfg.data.clap_base_path)
     common = dict(max_frames=max_frames, seed=cfg.seed, num_rvq=model_config.num_rvq,
-                  codebook_size=model_config.encodec_vocab_size, clap_dim=model_config.d_clap, check_files=False)
+                  codebook_size=model_config.encodec_vocab_size, clap_dim=model_config.d_clap, check_files=False,
+                  layout=cfg.data.feature_layout)  # per-file trees or packed stores (docs/data.md)
     train_set = CaptionDataset(cfg.data.train_csv, *roots, train=True, masking_prob=cfg.data.encodec_masking_prob,
                                mask_span=cfg.data.encodec_masking_span, static_masks=cfg.data.static_masks, **common)
     val_set = CaptionDataset(cfg.data.val_csv, *roots, train=False, **common)
