@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.helpers import CAPTIONS as ALL_CAPTIONS
+from tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,7 +126,8 @@ def test_two_process_data_parallel_validation_equals_single_process(tmp_path):
     data = write_split(tmp_path / "data", 8, 9)  # 9 clips: shards of 5 and 4
     out = tmp_path / "run"
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "train.py"]
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(free_port()), "train.py"]  # a fixed port lets two test runs collide
     result = run_train(data + [f"output_dir={out}", "optim.epochs=3", "optim.batch_size=4", "optim.lr=5e-3",
                                "eval.batch_size=1", "eval.every_steps=4", "data.group_by_length=true"],
                        launcher=launcher)
