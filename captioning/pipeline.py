@@ -177,6 +177,11 @@ class EnClap:
             self._clap_ckpt = None if clap_ckpt is None else str(clap_ckpt)
 
     @property
+    def random_encoders(self) -> bool:
+        """Whether the encoders are built with random weights (captions are then meaningless)."""
+        return self._random_encoders
+
+    @property
     def encodec(self) -> EncodecEncoder:
         """The EnCodec encoder (built on first use)."""
         if self._encodec is None:

@@ -57,7 +57,8 @@ def supported(model, config: GenerationConfig) -> bool:
         if name not in _HANDLED and value != _DEFAULTS.get(name, value):
             return False
     eos = config.eos_token_id
-    return isinstance(eos, int) and config.num_return_sequences <= config.num_beams and config.decoder_start_token_id is not None
+    return (isinstance(eos, int) and config.num_return_sequences <= config.num_beams
+            and config.decoder_start_token_id is not None)
 
 
 def _banned_ngram_tokens(sequences: list[list[int]], size: int) -> list[list[int]]:

@@ -1,8 +1,14 @@
 """The demo page in a real headless browser (Debian chromium + chromedriver, via selenium).
 
-The page is served in-process on a free port of 127.0.0.1; the browser uploads a stereo 44.1 kHz
-WAV, presses Caption and reads the caption, which must equal the pipeline's own caption of
-that file. chromium comes from `make browser` (mk/browser.mk).
+The page is served in-process on a free port of 127.0.0.1. The browser uploads clips, presses
+Caption and reads what the page shows: the caption (equal to the pipeline's own caption of that
+file, and different for a different file), the random-encoder notice, the note shown on upload
+(length, the span a long clip will have captioned, an empty or unreadable file), errors and
+warnings in their own box, the button disabled while a request runs, the status line's steps,
+greyed-out options and their help lines. chromium comes from `make browser` (mk/browser.mk).
+
+``ENCLAP_SCREENSHOT=assets/demo_page.png`` makes the first test save its screenshot there (the
+README's picture of the page).
 """
 
 from __future__ import annotations
@@ -10,21 +16,32 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import time
+import warnings
 
 import numpy as np
 import pytest
 import soundfile as sf
 
 import gradio_app
-from modeling.generation import GenerationOptions
+from captioning import page
 from captioning.pipeline import EnClap
+from modeling.generation import GenerationOptions
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER", shutil.which("chromedriver") or "/usr/bin/chromedriver")
 BROWSER_FLAGS = [
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+    "--window-size=1100,1500",
 ]
+
+
+def tone_file(path, seconds, sr=44100, freq=660.0, channels=2):
+    t = np.arange(int(seconds * sr)) / sr
+    wav = np.stack([0.4 * np.sin(2 * np.pi * freq * t), 0.2 * np.sin(2 * np.pi * freq / 3 * t)][:channels], axis=1)
+    sf.write(path, wav, sr, subtype="PCM_16")
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -60,44 +77,167 @@ def browser(tmp_path_factory):
     driver.quit()
 
 
-def _caption_on_page(browser, url, upload=None):
+def _css(browser, selector):
     from selenium.webdriver.common.by import By
+
+    return browser.find_elements(By.CSS_SELECTOR, selector)
+
+
+def _wait(browser, condition, timeout=60):
     from selenium.webdriver.support.ui import WebDriverWait
 
+    return WebDriverWait(browser, timeout, poll_frequency=0.05).until(lambda d: condition())
+
+
+def _value(browser, selector):
+    found = _css(browser, selector)
+    return found[0].get_property("value") if found else ""
+
+
+def _open(browser, url):
     browser.get(url)
-    wait = WebDriverWait(browser, 60)
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#audio-input input[type=file]"))
-    if upload is not None:
-        browser.find_element(By.CSS_SELECTOR, "#audio-input input[type=file]").send_keys(str(upload))
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#audio-input audio"))
-    browser.find_element(By.CSS_SELECTOR, "#caption-button").click()
-    output = "#caption-output textarea"
-    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, output).get_property("value"))
-    timing = browser.find_element(By.CSS_SELECTOR, "#caption-timing textarea").get_property("value")
-    return browser.find_element(By.CSS_SELECTOR, output).get_property("value"), timing
+    _wait(browser, lambda: _css(browser, "#audio-input input[type=file]"))
 
 
-def test_upload_a_stereo_wav_and_read_the_caption(server, browser, pipeline, tmp_path):
-    t = np.arange(int(0.6 * 44100)) / 44100
-    left = 0.4 * np.sin(2 * np.pi * 660 * t)
-    clip = tmp_path / "stereo_44k.wav"
-    sf.write(clip, np.stack([left, 0.2 * np.sin(2 * np.pi * 220 * t)], axis=1), 44100, subtype="PCM_16")
-    caption, timing = _caption_on_page(browser, server, upload=clip)
-    assert caption == pipeline.caption(str(clip))[0]
+def _upload(browser, path, playable=True):
+    _css(browser, "#audio-input input[type=file]")[0].send_keys(str(path))
+    _wait(browser, lambda: _css(browser, "#clip-note")[0].text.strip())
+    if playable:
+        _wait(browser, lambda: _css(browser, "#audio-input audio"))
+    return _css(browser, "#clip-note")[0].text
+
+
+def _caption(browser):
+    _css(browser, "#caption-button")[0].click()
+    _wait(browser, lambda: _value(browser, "#caption-status textarea") in ("done", "stopped: see the message below"))
+    _wait(browser, lambda: _css(browser, "#caption-button")[0].is_enabled())
+    return (_value(browser, "#caption-output textarea"), _css(browser, "#caption-message")[0].text,
+            _value(browser, "#caption-timing textarea"))
+
+
+def test_upload_caption_and_screenshot(server, browser, pipeline, tmp_path):
+    _open(browser, server)
+    notice = _css(browser, "#random-notice")[0].text
+    assert "Random-weight encoders" in notice and "meaningless" in notice
+    first = tone_file(tmp_path / "stereo_44k.wav", 0.6)
+    note = _upload(browser, first)
+    assert "0.6 s clip" in note
+    caption, message, timing = _caption(browser)
+    assert caption == page.readable(pipeline.caption(str(first))[0])[0]
     assert " s on cpu" in timing
+    path = tmp_path / "page.png"
+    browser.save_screenshot(str(path))
+    assert path.stat().st_size > 10_000
+    if os.environ.get("ENCLAP_SCREENSHOT"):
+        shutil.copyfile(path, os.environ["ENCLAP_SCREENSHOT"])
+    # Another file, another caption: the page does not show a stale or input-independent one.
+    second = tone_file(tmp_path / "other.wav", 0.4, sr=16000, freq=180.0, channels=1)
+    _open(browser, server)
+    _upload(browser, second)
+    other, _, _ = _caption(browser)
+    assert other == page.readable(pipeline.caption(str(second))[0])[0] and other != caption
 
 
-def test_pressing_caption_without_audio_explains_what_to_do(server, browser):
-    caption, _ = _caption_on_page(browser, server)
-    assert caption == gradio_app.EMPTY_MESSAGE
+def test_long_clip_is_announced_on_upload_and_the_span_reported(server, browser, pipeline, tmp_path):
+    _open(browser, server)
+    long_clip = tone_file(tmp_path / "long.wav", 2.0, sr=16000, channels=1)
+    window = pipeline.window_seconds  # 61 frames = 0.81 s for the tiny model
+    note = _upload(browser, long_clip)
+    assert "2.0 s long" in note and f"0.0-{window:.1f} s" in note  # said before any work starts
+    caption, message, _ = _caption(browser)
+    assert caption and f"only 0.0-{window:.1f} s of this 2.0 s clip" in message
 
 
-def test_unreadable_audio_gives_a_message_not_a_traceback(pipeline, tmp_path):
+@pytest.mark.parametrize("name,content,expected", [
+    ("empty.wav", b"", "empty (0 bytes)"),
+    ("broken.wav", b"RIFF\x00\x00\x00\x00WAVEjunk" + bytes(range(200)), "could not be read as audio"),
+])
+def test_bad_files_are_refused_on_upload_with_a_web_worded_error(server, browser, tmp_path, name, content, expected):
+    _open(browser, server)
+    bad = tmp_path / name
+    bad.write_bytes(content)
+    _css(browser, "#audio-input input[type=file]")[0].send_keys(str(bad))
+    _wait(browser, lambda: expected in _css(browser, "#clip-note")[0].text)
+    note_box = _css(browser, "#clip-note .enclap-error")
+    assert note_box, "an error box, not a caption"
+    text = note_box[0].text
+    assert str(tmp_path) not in text and "remove it" not in text and "Traceback" not in text
+    time.sleep(0.5)
+    assert not _css(browser, "#audio-input audio"), "a refused file must not stay in the player as a 0:00 clip"
+    caption, message, _ = _caption(browser)
+    assert caption == "" and page.EMPTY_MESSAGE in message
+
+
+def test_too_short_clip_is_captioned_with_a_warning(server, browser, tmp_path):
+    _open(browser, server)
+    short = tone_file(tmp_path / "short.wav", 0.02, sr=8000, channels=1)
+    note = _upload(browser, short)
+    assert "too short to describe" in note and f"< {page.MIN_SECONDS} s" in note
+    caption, message, _ = _caption(browser)
+    assert caption and "too short to describe" in message
+    assert _css(browser, "#caption-message .enclap-warning")
+
+
+def test_button_is_disabled_and_status_follows_the_steps_while_a_request_runs(server, browser, pipeline, tmp_path,
+                                                                             monkeypatch):
+    run = pipeline.run
+
+    def slow_run(*args, on_step=None, **kwargs):
+        def step(stage, done, total):
+            time.sleep(0.4)  # slow enough for the browser to see every stage
+            on_step(stage, done, total)
+        return run(*args, on_step=step, **kwargs)
+
+    monkeypatch.setattr(pipeline, "run", slow_run)
+    _open(browser, server)
+    _upload(browser, tone_file(tmp_path / "clip.wav", 0.5))
+    _css(browser, "#caption-button")[0].click()
+    _wait(browser, lambda: not _css(browser, "#caption-button")[0].is_enabled(), timeout=10)
+    seen = set()
+
+    def finished():
+        status = _value(browser, "#caption-status textarea")
+        seen.add(status.split(" · ")[0])
+        return status == "done"
+
+    _wait(browser, finished)
+    assert {label for _, _, label in page.STAGES.values()} <= seen, seen
+    _wait(browser, lambda: _css(browser, "#caption-button")[0].is_enabled(), timeout=10)
+
+
+def test_options_have_help_and_inactive_ones_are_greyed_out(server, browser):
+    _open(browser, server)
+    _css(browser, "#options button, #options .label-wrap")[0].click()
+    _wait(browser, lambda: _css(browser, "#opt-top-p input[type=range]"))
+    body = _css(browser, "body")[0].text
+    for help_line in page.HELP.values():
+        assert help_line in body
+    assert not _css(browser, "#opt-top-p input[type=range]")[0].is_enabled()
+    assert not _css(browser, "#opt-candidates input[type=range]")[0].is_enabled()
+    _css(browser, "#opt-sample input[type=checkbox]")[0].click()
+    _wait(browser, lambda: _css(browser, "#opt-top-p input[type=range]")[0].is_enabled())
+    _css(browser, "#opt-rerank input[type=checkbox]")[0].click()
+    _wait(browser, lambda: _css(browser, "#opt-candidates input[type=range]")[0].is_enabled())
+
+
+def test_requests_log_no_deprecation_warning(server, browser, tmp_path):
+    _open(browser, server)
+    with warnings.catch_warnings(record=True) as seen:  # records warnings of the server's threads too
+        # build_demo installs the filter; pytest resets filters around each test, so again here.
+        page.quiet_known_warnings()
+        _upload(browser, tone_file(tmp_path / "w.wav", 0.3))
+        _caption(browser)
+    assert not [w for w in seen if "Deprecat" in w.category.__name__], [str(w.message) for w in seen]
+
+
+def test_request_level_messages_are_web_worded(pipeline, tmp_path):
     bad = tmp_path / "upload.wav"
     bad.write_bytes(b"not really a wav file")
-    text, timing = gradio_app.caption_file(pipeline, str(bad), GenerationOptions(), None)
-    assert text.startswith("Could not read this audio:") and "upload.wav" in text
-    assert "Traceback" not in text and timing == ""
+    caption, message, timing = page.run_request(pipeline, str(bad), GenerationOptions(), None)
+    assert caption == "" and timing == "" and "enclap-error" in message
+    assert "could not be read as audio" in message and str(tmp_path) not in message
+    assert page.readable("a\x1db \ufffd") == ("a\ufffdb \ufffd", True)
+    assert page.readable("a dog barks") == ("a dog barks", False)
 
 
 def test_binds_localhost_unless_asked(tiny_ckpt):
