@@ -64,6 +64,9 @@ def test_folder_of_mixed_formats_with_a_corrupt_file(tiny_ckpt, clips, reference
         assert row["error"] == ""
         assert row["caption"] == reference.caption(row["file_path"])[0]
         assert f"{row['file_path']}\t{row['caption']}" in captured.out
+        assert float(row["start"]) == 0.0 and row["truncated"] == "false"
+    captions = [by_name[n]["caption"] for n in ("a_stereo.wav", "b_24bit.flac", "c_vorbis.ogg", "d_8bit.wav")]
+    assert len(set(captions)) == 4, "different files must get different captions"
 
 
 def test_glob_and_jsonl_output(tiny_ckpt, clips, reference, tmp_path, capsys):
@@ -100,3 +103,18 @@ def test_user_errors_exit_2_with_one_line(tiny_ckpt, tmp_path, capsys):
     assert "nope" in err and len(err.strip().splitlines()) == 1
     assert inference.main(args(tiny_ckpt, "--input", clip, "--num_beams", "2", "--num_return_sequences", "3")) == 2
     assert "num_return_sequences" in capsys.readouterr().err
+
+
+def test_truncated_clip_reports_the_captioned_span(tiny_ckpt, tmp_path, capsys):
+    long_clip = tmp_path / "long.wav"
+    sf.write(long_clip, tone(6, 2.0, SR), SR)
+    out = tmp_path / "spans.csv"
+    assert inference.main(args(tiny_ckpt, "--input", long_clip, "--output", out)) == 0
+    (row,) = list(csv.DictReader(out.open()))
+    assert row["truncated"] == "true"
+    assert float(row["start"]) == 0.0 and float(row["end"]) == pytest.approx(61 / 75, abs=1e-3)  # not 2.0
+    jsonl = tmp_path / "spans.jsonl"
+    assert inference.main(args(tiny_ckpt, "--input", long_clip, "--output", jsonl)) == 0
+    record = json.loads(jsonl.read_text())
+    assert record["truncated"] is True and record["duration"] == pytest.approx(2.0)
+    assert record["end"] == pytest.approx(61 / 75, abs=1e-3)
