@@ -39,7 +39,7 @@ def train(cfg) -> int:
     from training.checkpoints import CheckpointManager, best_entry, save_checkpoint, write_summary
     from training.config import flat_config
     from training.data import build_data
-    from training.distributed import make_accelerator
+    from training.distributed import check_cluster, make_accelerator
     from training.logs import LossLog, open_run_folder
     from training.model import build_model_and_tokenizer
     from training.optim import build_optimizer, build_scheduler
@@ -52,6 +52,7 @@ def train(cfg) -> int:
     plan = check_recipe(cfg, check_model=resume_dir is None)  # user mistakes surface before anything heavy
     accelerator = make_accelerator(cfg)
     open_run_folder(cfg, accelerator, logger)
+    check_cluster(cfg, resume_dir, logger)  # all ranks share output_dir (tokenizer, checkpoints); timeout logged
     plan.log(logger)  # skipped metrics, the selection fallback, clips over the frame limit
     select_metric, metrics = plan.select_metric, plan.metrics
 

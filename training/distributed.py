@@ -134,6 +134,25 @@ def check_shared_folder(folder: str, what: str, agree_on: Any = None) -> None:
                                f"rank {'; '.join(differ)}; a machine sees a stale copy (docs/cluster.md)")
 
 
+def check_cluster(cfg: DictConfig, resume_dir: Optional[str], log: logging.Logger) -> None:
+    """The start of a run on several processes: every rank must see the same ``output_dir`` and
+    resume from the same checkpoint (else one line and stop), and the log says how long a rank
+    may wait in a collective.
+
+    Call on every rank after the main process made ``output_dir`` and before anything is shared
+    through it (the scratch tokenizer, checkpoints).
+    """
+    if _dist() is None:
+        return
+    check_shared_folder(cfg.output_dir, "output_dir", agree_on=resume_dir)
+    timeout = process_group_timeout()
+    minutes = timeout.total_seconds() / 60 if timeout is not None else cfg.distributed.timeout_minutes
+    machines = int(os.environ.get("WORLD_SIZE", "1")) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    log.info("%d processes on %d machine(s) share %s; process-group timeout %g min (distributed.timeout_minutes): "
+             "the other ranks wait up to that long, e.g. while the main process scores validation",
+             _dist().get_world_size(), machines, os.path.abspath(cfg.output_dir), minutes)
+
+
 def init_gloo_group(timeout_minutes: float = 30.0) -> bool:
     """Joins the process group a launcher describes (``WORLD_SIZE`` > 1), over gloo.
 
