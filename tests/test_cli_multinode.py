@@ -1,0 +1,95 @@
+"""Training as two machines on this host (two ``accelerate launch --num_machines 2`` commands, one
+CPU process each, gloo) gives the predictions and scores of two processes on one machine; the
+recipe's process-group timeout reaches the group; ranks that do not share a folder are refused."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.helpers import free_port
+from tests.test_cli_train import REPO, TINY, _env, read_predictions, write_split
+
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--multi_gpu", "--num_processes", "2",
+          "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
+def _train_command(launcher: list[str], overrides: list[str]) -> list[str]:
+    return launcher + ["train.py", "cfg/tiny.yaml"] + TINY + overrides
+
+
+def test_two_machines_equal_two_processes_on_one(tmp_path):
+    data = write_split(tmp_path / "data", 8, 9)
+    common = data + ["optim.epochs=2", "optim.batch_size=4", "optim.lr=5e-3", "eval.batch_size=2",
+                     "eval.every_steps=2", "distributed.timeout_minutes=7"]
+    one = subprocess.run(_train_command(LAUNCH + ["--num_machines", "1", "--main_process_port", str(free_port())],
+                                        common + [f"output_dir={tmp_path / 'one'}"]),
+                         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=400)
+    assert one.returncode == 0, one.stderr[-3000:]
+
+    port = str(free_port())
+    machines = [subprocess.Popen(
+        _train_command(LAUNCH + ["--num_machines", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+                                 "--main_process_port", port], common + [f"output_dir={tmp_path / 'two'}"]),
+        cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outputs = [machine.communicate(timeout=400) for machine in machines]
+    for machine, (_, err) in zip(machines, outputs):
+        assert machine.returncode == 0, err[-3000:]
+
+    log = (tmp_path / "two" / "train.log").read_text()
+    # The recipe's timeout, read back from the process group itself.
+    assert "2 processes on 2 machine(s)" in log and "process-group timeout 7 min" in log
+    assert "2 processes on 1 machine(s)" in (tmp_path / "one" / "train.log").read_text()
+    for step in ("step_00000002", "step_00000004"):
+        rows_one = read_predictions(tmp_path / "one" / "predictions" / f"{step}.csv")
+        rows_two = read_predictions(tmp_path / "two" / "predictions" / f"{step}.csv")
+        assert [r["file_path"] for r in rows_two] == [f"clips/{i}.npy" for i in range(9)]
+        assert rows_two == rows_one
+        scores = [json.loads((tmp_path / run / "checkpoints" / step / "trainer_state.json").read_text())["scores"]
+                  for run in ("one", "two")]
+        assert scores[1] == scores[0]
+
+
+SHARED_CHECK = textwrap.dedent("""
+    import sys
+    from common.errors import one_line
+    from training.distributed import DistributedError, check_shared_folder, end_group, init_gloo_group
+    started = init_gloo_group(timeout_minutes=1)
+    try:
+        check_shared_folder(sys.argv[1], "output_dir", agree_on=sys.argv[2])
+        print("shared")
+    except DistributedError as err:
+        print("refused:", one_line(err))
+    finally:
+        end_group(started)
+""")
+
+
+@pytest.mark.parametrize("case", ["shared", "node_local", "stale_resume"])
+def test_ranks_must_share_the_output_folder(tmp_path, case):
+    """Node-local disks are simulated by giving each rank its own folder under the same name."""
+    port = str(free_port())
+    procs = []
+    for rank in (0, 1):
+        folder = tmp_path / ("shared" if case != "node_local" else f"node{rank}") / "run"
+        folder.mkdir(parents=True, exist_ok=True)
+        resume = "step_2" if case != "stale_resume" or rank == 0 else "step_1"
+        env = {**_env(), "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        procs.append(subprocess.Popen([sys.executable, "-c", SHARED_CHECK, str(folder), resume], cwd=REPO, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = [p.communicate(timeout=120) for p in procs]
+    lines = [out.strip() for out, _ in results]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in results]
+    if case == "shared":
+        assert lines == ["shared", "shared"]
+        assert not [p for p in (tmp_path / "shared" / "run").iterdir()]  # the probe file is cleaned up
+    elif case == "node_local":
+        for line in lines:
+            assert line.startswith("refused: output_dir ") and "not one shared folder: rank(s) 1 (" in line
+    else:
+        for line in lines:
+            assert line.startswith("refused: ranks disagree about output_dir") and "step_1" in line
