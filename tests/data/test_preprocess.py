@@ -328,3 +328,72 @@ def test_seed_reaches_both_random_encoders(tmp_path):
     assert np.array_equal(codes_a, codes_b) and np.array_equal(clap_a, clap_b)
     assert not np.array_equal(codes_a, codes_c)
     assert not np.allclose(clap_a, clap_c)
+
+
+def test_two_processes_write_the_features_of_one_in_both_layouts(small_tree, tmp_path):
+    """accelerate launch (2 processes) and two --shard i/2 runs against one process, per-file and packed."""
+    from data.store import PackedStore
+    from tests.helpers import free_port
+
+    one = tmp_path / "one"
+    base = ["--data_path", str(small_tree), "--random_weights", "--quiet"]
+    assert preprocess.main(base + ["--encodec_path", str(one / "enc"), "--clap_path", str(one / "clap")]) == 0
+    assert preprocess.main(base + ["--pack", str(one / "store")]) == 0
+    # One thread per process, like this test process (tests/conftest.py): same float rounding.
+    env = {**ENV, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO)}
+    two = tmp_path / "two"
+    launched = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+         str(free_port()), "data/preprocess.py", *base, "--encodec_path", str(two / "enc"), "--clap_path",
+         str(two / "clap")], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert "(shard 1/2)" in launched.stderr  # really two shares
+    shards = [subprocess.Popen([sys.executable, "data/preprocess.py", *base, "--pack", str(two / "store"),
+                                "--pack_shard_clips", "2", "--shard", f"{i}/2"], cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    outs = [p.communicate(timeout=600) for p in shards]
+    assert [p.returncode for p in shards] == [0, 0], [err[-2000:] for _, err in outs]
+    assert sum("packed store indexed: 5 clip(s)" in out for out, _ in outs) >= 1  # by the share that ended last
+
+    _assert_same_trees(two / "enc", one / "enc")
+    _assert_same_trees(two / "clap", one / "clap")
+    packed_one, packed_two = PackedStore(one / "store"), PackedStore(two / "store")
+    assert sorted(packed_two.file_paths()) == sorted(packed_one.file_paths()) == EXPECTED
+    assert {p.name.split(".")[0] for p in (two / "store" / "shards").glob("*.json")} == {
+        "r00000-of-00002", "r00001-of-00002"}
+    for rel in EXPECTED:
+        codes, clap = np.load(one / "enc" / rel), np.load(one / "clap" / rel)
+        for packed in (packed_one, packed_two):
+            np.testing.assert_array_equal(packed.codes(rel), codes)
+            np.testing.assert_array_equal(packed.clap(rel), clap)
+    assert not np.array_equal(packed_two.clap(EXPECTED[0]), packed_two.clap(EXPECTED[1]))
+
+
+def test_each_process_and_shard_gets_its_own_gpu(monkeypatch, tmp_path, capsys):
+    import torch
+
+    from common.device import DeviceError
+    from data.batching import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert str(pick_device("cuda", 1, 2, sharded_by_flag=False)) == "cuda:1"  # explicit cuda under a launcher
+    assert str(pick_device("auto", 1, 2, sharded_by_flag=False)) == "cuda:1"
+    assert str(pick_device("cuda:0", 1, 2, sharded_by_flag=False)) == "cuda:0"  # an index is taken as given
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(DeviceError, match="LOCAL_RANK=2 asks for GPU 2, but only 2 GPU"):
+        pick_device("cuda", 2, 3, sharded_by_flag=False)
+    monkeypatch.delenv("LOCAL_RANK")
+    assert [str(pick_device("cuda", i, 4, sharded_by_flag=True)) for i in range(4)] == [
+        "cuda:0", "cuda:1", "cuda:0", "cuda:1"]  # separate --shard i/4 runs spread over the GPUs
+    assert str(pick_device("cuda", 3, 4, sharded_by_flag=False)) == "cuda:0"
+
+    # Through the command line: LOCAL_RANK beyond the visible GPUs is one line, exit 2.
+    _write_clip(tmp_path / "w" / "a.wav", 0.2, 16000)
+    monkeypatch.setenv("LOCAL_RANK", "5")
+    rc = preprocess.main(["--data_path", str(tmp_path / "w"), "--pack", str(tmp_path / "st"), "--device", "cuda",
+                          "--random_weights", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("error: LOCAL_RANK=5") and "CUDA_VISIBLE_DEVICES" in err[-1]
