@@ -236,12 +236,14 @@ def missing_features(file_paths: Sequence[str], roots: Sequence[Path]) -> List[s
     Returns:
         ``"ROOT/file_path"`` strings, one per missing file, in CSV order.
     """
-    missing = []
-    for fp in dict.fromkeys(file_paths):  # unique, in order
-        for root in roots:
-            if not (root / fp).is_file():
-                missing.append(str(root / fp))
-    return missing
+    from data.store import StoreError, open_source  # a root may be a per-file tree or a packed store
+
+    try:
+        sources = [open_source(root, None) for root in roots]
+    except StoreError as err:
+        raise MetadataError(str(err)) from None
+    return [source.describe(fp) for fp in dict.fromkeys(file_paths) for source in sources  # unique, in order
+            if not source.exists(fp)]
 
 
 def csv_file_paths(path: Path) -> List[str]:

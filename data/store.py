@@ -226,12 +226,12 @@ class PackedSource:
         return self.store.frames(file_path)
 
 
-def open_source(root: str | os.PathLike, kind: str, layout: str = "auto", _cache: Optional[dict] = None):
+def open_source(root: str | os.PathLike, kind: Optional[str], layout: str = "auto", _cache: Optional[dict] = None):
     """One kind of feature under ``root``, in whichever layout it is.
 
     Args:
         root: a per-file tree root or a packed store folder.
-        kind: ``codes`` or ``clap``.
+        kind: ``codes`` or ``clap``; None for whatever the root holds (existence checks).
         layout: ``auto`` (packed when the folder has ``index.json`` or ``shards/``), ``files`` or ``packed``.
         _cache: shares one opened :class:`PackedStore` between the two kinds of one folder.
 
@@ -241,12 +241,12 @@ def open_source(root: str | os.PathLike, kind: str, layout: str = "auto", _cache
     if layout not in LAYOUTS:
         raise StoreError(f"unknown feature layout {layout!r}: use one of {', '.join(LAYOUTS)}")
     if layout == "files" or (layout == "auto" and not is_packed(root)):
-        return TreeSource(root, kind)
+        return TreeSource(root, kind or "features")
     key = os.path.realpath(root)
     cache = {} if _cache is None else _cache
     if key not in cache:
         cache[key] = PackedStore(root)
-    return PackedSource(cache[key], kind)
+    return PackedSource(cache[key], kind or cache[key].kinds[0])
 
 
 class FeatureStore:

@@ -178,3 +178,18 @@ def test_store_survives_pickling_for_spawned_workers(tmp_path):
     copy = pickle.loads(pickle.dumps(opened))
     np.testing.assert_array_equal(copy.codes(names[1]), np.load(tmp_path / "enc" / names[1]))
     assert os.path.isdir(tmp_path / "st" / "shards")
+
+
+def test_make_csv_check_reads_a_packed_store(tmp_path, capsys):
+    from data import make_csv
+
+    names = write_tree(tmp_path, 3)
+    store.pack_trees(str(tmp_path / "enc"), str(tmp_path / "clap"), str(tmp_path / "st"), progress=False)
+    good, bad = tmp_path / "good.csv", tmp_path / "bad.csv"
+    good.write_text("file_path,caption\n" + "".join(f"{n},x\n" for n in names))
+    bad.write_text(f"file_path,caption\n{names[0]},x\ntrain/gone.npy,y\n")
+    roots = ["--encodec_path", str(tmp_path / "st"), "--clap_path", str(tmp_path / "st")]
+    assert make_csv.main(["check", str(good), *roots]) == 0
+    assert make_csv.main(["check", str(bad), *roots]) == 1
+    err = capsys.readouterr().err
+    assert "train/gone.npy in the packed store" in err and names[0] not in err
