@@ -24,6 +24,12 @@ export TOKENIZERS_PARALLELISM=false
 # Without an `accelerate config` file, say what accelerate would assume anyway (one process),
 # so it does not warn about every unset launcher option.
 ACCELERATE_CFG="${HF_HOME:-$HOME/.cache/huggingface}/accelerate/default_config.yaml"
+# A cluster job gives the launcher its machines in ENCLAP_LAUNCH_ARGS (e.g. --multi_gpu
+# --num_machines 2 --machine_rank $SLURM_NODEID ...; docs/cluster.md); word-split on purpose.
+if [ -n "${ENCLAP_LAUNCH_ARGS:-}" ]; then
+  # shellcheck disable=SC2086
+  exec "$PYTHON" -m accelerate.commands.launch --quiet $ENCLAP_LAUNCH_ARGS "$REPO/train.py" "$CFG" "$@"
+fi
 if [ -f "$ACCELERATE_CFG" ]; then
   exec "$PYTHON" -m accelerate.commands.launch --quiet "$REPO/train.py" "$CFG" "$@"
 fi

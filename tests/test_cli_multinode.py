@@ -31,11 +31,15 @@ def test_two_machines_equal_two_processes_on_one(tmp_path):
                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=400)
     assert one.returncode == 0, one.stderr[-3000:]
 
+    # The two machines start as a cluster job starts them (docs/cluster.md): train.sh on each,
+    # the launcher's machine options in ENCLAP_LAUNCH_ARGS.
     port = str(free_port())
     machines = [subprocess.Popen(
-        _train_command(LAUNCH + ["--num_machines", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
-                                 "--main_process_port", port], common + [f"output_dir={tmp_path / 'two'}"]),
-        cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+        ["sh", "train.sh", "cfg/tiny.yaml"] + TINY + common + [f"output_dir={tmp_path / 'two'}"], cwd=REPO,
+        env={**_env(), "ENCLAP_LAUNCH_ARGS": " ".join(LAUNCH[4:] + [
+            "--num_machines", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+            "--main_process_port", port])},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
     outputs = [machine.communicate(timeout=400) for machine in machines]
     for machine, (_, err) in zip(machines, outputs):
         assert machine.returncode == 0, err[-3000:]
