@@ -69,7 +69,8 @@ def evaluate(args: argparse.Namespace) -> int:
     from common.io import atomic_write_text, write_predictions_csv
     from data.audio import audio_for_feature_path
     from data.dataset import DataError, read_split
-    from scoring import compute_scores, degenerate_warning, format_scores, preflight, usable_metrics
+    from scoring import compute_scores, format_scores, preflight, usable_metrics
+    from scoring.diversity import checkpoint_hint, degenerate_warning
 
     log = logging.getLogger("evaluate")
     for name in ("test_csv", "encodec_path", "clap_path", "audio_path", "save_path"):
@@ -119,8 +120,7 @@ def evaluate(args: argparse.Namespace) -> int:
                         pipeline.window_seconds)
         predictions = [res.caption for res in results]
     seconds = time.perf_counter() - start
-    warning = degenerate_warning(predictions, f"the checkpoint {args.ckpt} looks under-trained (see the validation "
-                                 "warnings in its train.log)", "test clips")
+    warning = degenerate_warning(predictions, checkpoint_hint(args.ckpt), "test clips")
     if warning:
         log.warning("%s", warning)
     # 4. Score once, on the whole split.

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from captioning.records import OUTPUT_SUFFIXES
     from common.errors import UserError, one_line
     from data.audio import expand_audio_inputs
-    from scoring import degenerate_warning
+    from scoring.diversity import checkpoint_hint, degenerate_warning
 
     if args.output and not args.output.lower().endswith(OUTPUT_SUFFIXES):
         print(f"error: --output {args.output}: use a name ending in .csv or .jsonl", file=sys.stderr)
@@ -89,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{res.source}\t{res.caption}")
     captions = [text for res in results if res.error is None
                 for text in ([seg.caption for seg in res.segments] if res.segments else [res.caption])]
-    warning = degenerate_warning(captions, f"the checkpoint {args.ckpt} looks under-trained (see the validation "
-                                 "warnings in its train.log)", "inputs")
+    warning = degenerate_warning(captions, checkpoint_hint(args.ckpt), "inputs")
     if warning:
         logging.getLogger("inference").warning("%s", warning)
     if args.output:

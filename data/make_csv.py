@@ -307,9 +307,15 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add_feature_roots(p: argparse.ArgumentParser) -> None:
+    def add_feature_roots(p: argparse.ArgumentParser, modes: bool = True) -> None:
         p.add_argument("--encodec_path", type=Path, help="root of the EnCodec .npy tree (from data/preprocess.py)")
         p.add_argument("--clap_path", type=Path, help="root of the CLAP .npy tree (from data/preprocess.py)")
+        if modes:  # the table-writing commands: what to do about missing feature files
+            mode = p.add_mutually_exclusive_group()
+            mode.add_argument("--check", action="store_true",
+                              help="after writing, list feature files missing under the roots; exit 1 if any")
+            mode.add_argument("--drop_missing", action="store_true",
+                              help="leave out clips whose feature files are missing under the roots")
 
     for name, dirs, fmt, meta_help in (
         ("audiocaps", AUDIOCAPS_SPLIT_DIRS, AUDIOCAPS_FILE_FORMAT,
@@ -324,11 +330,6 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--split_dirs", default=dirs, help="feature sub-folders for train,valid,test")
         p.add_argument("--file_format", default=fmt, help="template of file_path (see module docstring)")
         add_feature_roots(p)
-        mode = p.add_mutually_exclusive_group()
-        mode.add_argument("--check", action="store_true",
-                          help="after writing, list feature files missing under the roots; exit 1 if any")
-        mode.add_argument("--drop_missing", action="store_true",
-                          help="leave out clips whose feature files are missing under the roots")
 
     p = sub.add_parser("own", help="write train/valid/test CSVs for your own audio folder and caption table",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -342,16 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file_column", default="file", help="column naming the audio file")
     p.add_argument("--caption_column", default="caption", help="column holding the caption")
     add_feature_roots(p)
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--check", action="store_true",
-                      help="after writing, list feature files missing under the roots; exit 1 if any")
-    mode.add_argument("--drop_missing", action="store_true",
-                      help="leave out clips whose feature files are missing under the roots")
 
     p = sub.add_parser("check", help="check that every file_path of existing CSVs has its feature files",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("csv", type=Path, nargs="+", help="CSV files in design §5 format")
-    add_feature_roots(p)
+    add_feature_roots(p, modes=False)
     return parser
 
 

@@ -85,3 +85,8 @@ def degenerate_warning(captions: Sequence[str], hint: str, what: str = "clips") 
     if stats.one_caption:
         parts.append(f"{stats.top_count} of {stats.total} {what} got the same caption {stats.top_caption!r}")
     return f"{' and '.join(parts)} ({stats.distinct} distinct caption{'s' if stats.distinct != 1 else ''}); {hint}"
+
+
+def checkpoint_hint(ckpt) -> str:
+    """The hint of :func:`degenerate_warning` for captions from a finished checkpoint (evaluation, inference)."""
+    return f"the checkpoint {ckpt} looks under-trained (see the validation warnings in its train.log)"

@@ -98,3 +98,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def without_spice(check_requirements):
+    """Wraps ``scoring.java.check_requirements`` so SPICE and SPIDEr cannot run, whatever this
+    machine has (the other metrics keep their real requirements)."""
+    from scoring.names import normalize_metrics
+
+    def check(metrics=None, cache_dir=None, java_path=None):
+        reasons = check_requirements(metrics, cache_dir, java_path)
+        for name in normalize_metrics(metrics):
+            if name in ("spice", "spider"):
+                reasons[name] = "Stanford CoreNLP 3.6.0 jars missing; fix: make setup"
+        return reasons
+
+    return check

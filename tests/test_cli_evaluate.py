@@ -17,6 +17,7 @@ import soundfile as sf
 
 import evaluate
 from captioning.pipeline import EnClap
+from tests.helpers import without_spice
 
 METRICS = ["cider_d", "rouge_l", "bleu_4"]  # fast ones; SPICE needs CoreNLP jars this machine cannot fetch
 REFS = [
@@ -113,16 +114,7 @@ def _no_spice(monkeypatch):
     """SPICE and SPIDEr cannot run, whatever this machine has; the other metrics are untouched."""
     import scoring.java
 
-    real = scoring.java.check_requirements
-
-    def check(metrics=None, cache_dir=None, java_path=None):
-        reasons = real(metrics, cache_dir, java_path)
-        for name in scoring.java.normalize_metrics(metrics):
-            if name in ("spice", "spider"):
-                reasons[name] = "Stanford CoreNLP 3.6.0 jars missing; fix: make setup"
-        return reasons
-
-    monkeypatch.setattr(scoring.java, "check_requirements", check)
+    monkeypatch.setattr(scoring.java, "check_requirements", without_spice(scoring.java.check_requirements))
 
 
 def test_default_metrics_without_corenlp_score_what_they_can(tiny_ckpt, split, tmp_path, monkeypatch, capsys,

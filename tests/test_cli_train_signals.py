@@ -37,14 +37,8 @@ NO_SPICE = textwrap.dedent("""
     import sys
     sys.path.insert(0, {repo!r})
     import scoring.java
-    real = scoring.java.check_requirements
-    def check(metrics=None, cache_dir=None, java_path=None):
-        reasons = real(metrics, cache_dir, java_path)
-        for name in scoring.java.normalize_metrics(metrics):
-            if name in ("spice", "spider"):
-                reasons[name] = "Stanford CoreNLP 3.6.0 jars missing; fix: make setup"
-        return reasons
-    scoring.java.check_requirements = check
+    from tests.helpers import without_spice
+    scoring.java.check_requirements = without_spice(scoring.java.check_requirements)
     import train
     sys.exit(train.main(sys.argv[1:]))
 """)
