@@ -199,7 +199,8 @@ def check_weights_args(args: argparse.Namespace) -> Optional[str]:
         raise UsageError(f"--clap_ckpt is required: download 630k-audioset-fusion-best.pt from {CLAP_CHECKPOINT_URL} "
                          "(or pass --random_weights for a test run)")
     if not Path(args.clap_ckpt).is_file():
-        raise UsageError(f"--clap_ckpt not found: {args.clap_ckpt} (download it from {CLAP_CHECKPOINT_URL})")
+        raise UsageError(f"--clap_ckpt not found: {Path(args.clap_ckpt).absolute()} "
+                         f"(download it from {CLAP_CHECKPOINT_URL})")
     return str(args.clap_ckpt)
 
 
