@@ -465,9 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip_encodec", action="store_true", help="do not compute EnCodec codes")
     p.add_argument("--skip_clap", action="store_true", help="do not compute CLAP embeddings")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--max_frames", type=int, default=MAX_FRAMES,
-                   help="frame limit of the recipe you will train with (cfg/tiny.yaml: 253 = 3.4 s); longer clips "
-                        "are counted and named")
+    p.add_argument("--max_frames", type=int, default=MAX_FRAMES, help="frame limit of the recipe you will train "
+                   "with (cfg/tiny.yaml: 253 = 3.4 s); longer clips are counted and named")
     return p
 
 
