@@ -35,17 +35,18 @@ def train(cfg) -> int:
     from tqdm.auto import tqdm
 
     from modeling import GenerationOptions
+    from modeling.modeling_enclap import mcm_max_rows
     from scoring import format_scores
     from training.checkpoints import CheckpointManager, best_entry, save_checkpoint, write_summary
     from training.config import flat_config
     from training.data import build_data
-    from training.distributed import check_cluster, make_accelerator
+    from training.distributed import allow_unused_parameters, check_cluster, make_accelerator
     from training.logs import LossLog, open_run_folder
     from training.model import build_model_and_tokenizer
     from training.optim import build_optimizer, build_scheduler
     from training.preflight import check_recipe
     from training.sampler import step_seed
-    from training.validation import predictions_path, undertrained_hint, validate
+    from training.validation import predictions_path, undertrained_hint, validate, validation_loader
 
     manager = CheckpointManager(cfg.output_dir, keep_best=cfg.eval.keep_best)
     resume_dir = manager.latest()
@@ -65,11 +66,16 @@ def train(cfg) -> int:
     generation_config = GenerationOptions().to_generation_config(model.config)
     if cfg.data.encodec_masking_prob == 0:
         model.mcm_heads.requires_grad_(False)  # MCM off: the heads never get a gradient
+    allow_unused_parameters(accelerator, model)
+    model.to(accelerator.device)  # before the optimizer: AdamW runs fused when the parameters are on CUDA
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim.lr_scheduler, cfg.optim.warmup_steps, total_steps,
                                 cfg.optim.time_scale)
     model.train()
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # Built once: its workers (as many as the training loader's) persist between validations.
+    val_loader = validation_loader(data.val_set, data.collator, accelerator, cfg.eval.batch_size,
+                                   data.loader.num_workers)
     if cfg.log.trackers:
         accelerator.init_trackers(cfg.log.project_name, config=flat_config(cfg))
 
@@ -94,7 +100,8 @@ def train(cfg) -> int:
             epoch, batch_in_epoch = epoch + 1, 0
         result = validate(model, data.val_set, data.collator, tokenizer, accelerator, generation_config, metrics,
                           cfg.eval.batch_size, predictions_path(cfg.output_dir, global_step),
-                          hint=undertrained_hint(global_step, len(data.train_set), cfg.optim.epochs, cfg.optim.lr))
+                          hint=undertrained_hint(global_step, len(data.train_set), cfg.optim.epochs, cfg.optim.lr),
+                          loader=val_loader)
         scores = result.scores
         logger.info("validation at step %d (epoch %.2f):\n%s", global_step,
                     epoch + batch_in_epoch / batches_per_epoch, format_scores(scores))
@@ -130,6 +137,8 @@ def train(cfg) -> int:
                 torch.manual_seed(step_seed(cfg.seed, accelerator.process_index, global_step))
             inputs = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()
                       if isinstance(v, torch.Tensor)}
+            if "mcm_labels" in batch:  # counted on the host: the MCM loss then never waits for the GPU
+                inputs["mcm_max_rows"] = mcm_max_rows(batch["mcm_labels"])
             with contextlib.nullcontext() if is_step else accelerator.no_sync(model):
                 out = model(**inputs)
                 accelerator.backward(out.loss / group_size)

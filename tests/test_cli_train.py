@@ -193,8 +193,9 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path):
 
 def test_training_shortcuts_off_gives_the_same_weights(tmp_path):
     data = write_split(tmp_path / "data", 8, 3)
-    # Dropout and MCM on: both paths must draw the same masks and take the same steps.
-    common = data + ["optim.epochs=2", "optim.batch_size=4", "model.dropout=0.1", "eval.every_steps=4"]
+    # MCM on, dropout off: with dropout the shortcuts draw their masks from their own, cheaper
+    # generator (modeling/attention.py; tested there), so only without it are the steps equal.
+    common = data + ["optim.epochs=2", "optim.batch_size=4", "model.dropout=0.0", "eval.every_steps=4"]
     runs = {}
     for flag in ("true", "false"):
         out = tmp_path / f"efficient_{flag}"

@@ -375,6 +375,8 @@ def validate_config(cfg: DictConfig) -> None:
     need(cfg.optim.time_scale is None or cfg.optim.time_scale > 0, "optim.time_scale", "a positive integer or null")
     need(not (cfg.optim.lr_scheduler == "inverse_sqrt" and cfg.optim.warmup_steps == 0 and cfg.optim.time_scale is None),
          "optim.time_scale", "a positive integer when optim.warmup_steps is 0 with inverse_sqrt")
+    if cfg.optim.mixed_precision in ("False", "false"):  # YAML reads `no` as a boolean: `mixed_precision=no`
+        cfg.optim.mixed_precision = "no"
     need(cfg.optim.mixed_precision in (None, "no", "fp16", "bf16", "fp8"), "optim.mixed_precision",
          "null, no, fp16, bf16 or fp8")
     need(0 <= cfg.data.encodec_masking_prob <= 1, "data.encodec_masking_prob", "a number in [0, 1]")

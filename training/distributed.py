@@ -29,9 +29,12 @@ def make_accelerator(cfg: DictConfig):
     """The ``Accelerator`` of the recipe ``cfg``.
 
     ``split_batches``: the configured batch is global, and a prepared scheduler steps once per
-    optimizer step whatever the number of processes. A batch whose clips are too short for an
-    MCM span leaves that codebook's head without a target (design §3), so DDP is told to
-    tolerate unused parameters.
+    optimizer step whatever the number of processes. DDP runs without
+    ``find_unused_parameters`` (which costs a graph traversal per step): every trainable
+    parameter gets a gradient every step, the MCM heads of codebooks without a masked row an
+    exact zero (``masked_codec_loss``), the heads none when MCM is off because they are frozen
+    then; :func:`allow_unused_parameters` covers a model with layer drop. On CUDA, float32
+    matmuls may use TF32 (:func:`allow_tf32_matmuls`).
     """
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, InitProcessGroupKwargs
@@ -39,14 +42,46 @@ def make_accelerator(cfg: DictConfig):
     # Validation is scored on the main process while the other ranks wait in a collective; with
     # NCCL's default of 600 s, SPICE on a full split kills the run. The recipe sets the wait.
     timeout = datetime.timedelta(minutes=cfg.distributed.timeout_minutes)
-    return Accelerator(
+    accelerator = Accelerator(
         mixed_precision=cfg.optim.mixed_precision,
         dataloader_config=DataLoaderConfiguration(split_batches=True),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False),
                          InitProcessGroupKwargs(timeout=timeout)],
         log_with=list(cfg.log.trackers) or None,
         project_dir=cfg.output_dir,
     )
+    allow_tf32_matmuls(accelerator.device)
+    return accelerator
+
+
+def allow_tf32_matmuls(device) -> bool:
+    """Lets CUDA float32 matmuls of training use TF32 tensor cores (returns whether it did).
+
+    Training only: with bf16 autocast most matmuls are bf16 anyway, and what stays float32
+    (losses, fp32 runs) gains without a visible change in training. Feature extraction keeps
+    PyTorch's defaults off, so that EnCodec codes do not depend on the device.
+    """
+    import torch
+
+    if getattr(device, "type", str(device)) != "cuda":
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = True
+    return True
+
+
+def allow_unused_parameters(accelerator, model) -> bool:
+    """Turns DDP's ``find_unused_parameters`` on for a model whose layers may be skipped (layer
+    drop); call before ``accelerator.prepare``. Returns whether it did."""
+    config = model.config
+    if not (getattr(config, "encoder_layerdrop", 0) or getattr(config, "decoder_layerdrop", 0)):
+        return False
+    if accelerator.ddp_handler is not None:
+        accelerator.ddp_handler.find_unused_parameters = True
+    else:
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
+    return True
 
 
 def _dist():

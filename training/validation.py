@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch.utils.data import DataLoader, Subset
@@ -28,22 +29,37 @@ def val_references(dataset) -> tuple[list[list[str]], list[str]]:
     return [list(base.references[i]) for i in indices], [base.file_paths[i] for i in indices]
 
 
+def validation_loader(dataset, collator, accelerator, batch_size: int, num_workers: int = 0) -> DataLoader:
+    """This process's validation clips ``p, p+P, ...`` in batches; build it once per run.
+
+    With workers, ``persistent_workers`` keeps them alive from one validation to the next (no
+    start-up per validation), and on CUDA the batches come in pinned memory so that the copies
+    to the device do not block.
+    """
+    indices = list(range(accelerator.process_index, len(dataset), accelerator.num_processes))
+    return DataLoader(Subset(dataset, indices), batch_size=batch_size, collate_fn=collator, num_workers=num_workers,
+                      pin_memory=accelerator.device.type == "cuda", persistent_workers=num_workers > 0)
+
+
 def generate_validation(model, dataset, collator, tokenizer, accelerator, batch_size: int, generation_config,
-                        num_workers: int = 0) -> list[str]:
+                        num_workers: int = 0, loader: Optional[DataLoader] = None) -> list[str]:
     """Captions every validation clip exactly once across processes.
 
     Process ``p`` of ``P`` captions clips ``p, p+P, ...`` (no padding, so no duplicates) with the
     pipeline's generation routine; ``(index, caption)`` pairs are gathered and sorted on every
     process.
 
+    Args:
+        loader: :func:`validation_loader` of ``dataset`` (built here when None).
+
     Returns:
         The list of predictions in dataset order (on every process).
     """
     from accelerate.utils import gather_object
 
-    indices = list(range(accelerator.process_index, len(dataset), accelerator.num_processes))
-    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, collate_fn=collator,
-                        num_workers=num_workers, pin_memory=accelerator.device.type == "cuda")
+    if loader is None:
+        loader = validation_loader(dataset, collator, accelerator, batch_size, num_workers)
+    indices = list(loader.dataset.indices)
     unwrapped = accelerator.unwrap_model(model)
     was_training = unwrapped.training
     unwrapped.eval()
@@ -74,12 +90,14 @@ class Validation:
 
 
 def validate(model, dataset, collator, tokenizer, accelerator, generation_config, metrics, batch_size: int,
-             predictions_path: str, num_workers: int = 0, hint: str = "") -> Validation:
+             predictions_path: str, num_workers: int = 0, hint: str = "",
+             loader: Optional[DataLoader] = None) -> Validation:
     """Generate (all processes), then write the predictions and score them once (main process).
 
     Args:
         hint: what to do when the captions are degenerate (see :func:`undertrained_hint`);
             the main process logs it in the warning.
+        loader: :func:`validation_loader` of ``dataset``, kept for the whole run (persistent workers).
 
     Returns:
         The scores and caption statistics, on every process.
@@ -87,7 +105,7 @@ def validate(model, dataset, collator, tokenizer, accelerator, generation_config
     from accelerate.utils import broadcast_object_list
 
     predictions = generate_validation(model, dataset, collator, tokenizer, accelerator, batch_size,
-                                      generation_config, num_workers)
+                                      generation_config, num_workers, loader)
     box = [None]
     if accelerator.is_main_process:
         refs, files = val_references(dataset)
