@@ -193,3 +193,17 @@ def test_make_csv_check_reads_a_packed_store(tmp_path, capsys):
     assert make_csv.main(["check", str(bad), *roots]) == 1
     err = capsys.readouterr().err
     assert "train/gone.npy in the packed store" in err and names[0] not in err
+
+
+def test_preprocessed_evaluation_reads_a_packed_store(tmp_path, tiny_ckpt):
+    """evaluate.py --from_preprocessed goes through EnClap.caption_preprocessed: same captions from either layout."""
+    from captioning.pipeline import EnClap
+
+    names = write_tree(tmp_path, 4, seed=7, max_frames=40)
+    store.pack_trees(str(tmp_path / "enc"), str(tmp_path / "clap"), str(tmp_path / "st"), progress=False)
+    csv_path = tmp_path / "test.csv"
+    csv_path.write_text("file_path,caption_1\n" + "".join(f"{n},x\n" for n in names))
+    pipeline = EnClap(tiny_ckpt, device="cpu")
+    from_files = pipeline.caption_preprocessed(str(csv_path), str(tmp_path / "enc"), str(tmp_path / "clap"))
+    from_store = pipeline.caption_preprocessed(str(csv_path), str(tmp_path / "st"), str(tmp_path / "st"))
+    assert from_store == from_files and len(set(from_files)) > 1
