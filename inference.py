@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: several processes need --output FILE.csv|.jsonl to merge their captions into", file=sys.stderr)
         return 2
     files, problems = expand_audio_inputs(args.input)
-    for problem in problems:
+    for problem in problems if os.environ.get("RANK", "0") == "0" else []:  # said once, not once per rank
         print(f"error: {problem}", file=sys.stderr)
     if not files:
         print("error: nothing to caption (check --input)", file=sys.stderr)
