@@ -84,15 +84,15 @@ def test_a_run_that_never_captions_has_no_best_and_says_so(tmp_path):
 
 def test_spice_unavailable_selects_checkpoints_by_cider_d(tmp_path):
     script = NO_SPICE.format(repo=str(REPO))
-    result = _run(tmp_path, script, ["output_dir=run", "optim.epochs=1", "eval.metrics=[meteor,cider_d,spice,spider]",
+    result = _run(tmp_path, script, ["output_dir=run", "optim.epochs=1", "eval.metrics=[cider_d,spice,spider]",
                                      "eval.select_metric=spider"])
     assert result.returncode == 0, result.stderr[-3000:]
     log = (tmp_path / "run" / "train.log").read_text()
     assert log.count("cannot compute SPICE, SPIDEr: Stanford CoreNLP 3.6.0 jars missing; fix: make setup") == 1
     assert "selection metric spider is unavailable here; selecting checkpoints by cider_d instead" in log
-    assert "metrics meteor, cider_d, selecting by cider_d" in log
+    assert "metrics cider_d, selecting by cider_d" in log
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["select_metric"] == "cider_d" and set(summary["best_scores"]) == {"meteor", "cider_d"}
+    assert summary["select_metric"] == "cider_d" and set(summary["best_scores"]) == {"cider_d"}
     state = json.loads(next((tmp_path / "run" / "checkpoints").glob("step_*/trainer_state.json")).read_text())
     assert state["select_metric"] == "cider_d"
     assert (tmp_path / "run" / "best").is_dir()  # paths were typed relative to tmp_path, and landed there
