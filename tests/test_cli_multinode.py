@@ -1,6 +1,7 @@
 """Training as two machines on this host (two ``accelerate launch --num_machines 2`` commands, one
-CPU process each, gloo) gives the predictions and scores of two processes on one machine; the
-recipe's process-group timeout reaches the group; ranks that do not share a folder are refused."""
+CPU process each, gloo), reading a packed store, gives the predictions and scores of two
+processes on one machine reading the per-file trees; the recipe's process-group timeout reaches
+the group; ranks that do not share a folder are refused."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import textwrap
 
 import pytest
 
+from data import store
 from tests.helpers import free_port
 from tests.test_cli_train import REPO, TINY, _env, read_predictions, write_split
 
@@ -33,9 +35,15 @@ def test_two_machines_equal_two_processes_on_one(tmp_path):
 
     # The two machines start as a cluster job starts them (docs/cluster.md): train.sh on each,
     # the launcher's machine options in ENCLAP_LAUNCH_ARGS.
+    # ... and read the same clips from a packed store (with a loader worker): the batches, so the
+    # predictions, must not change with the layout either.
+    store.pack_trees(str(tmp_path / "data" / "enc"), str(tmp_path / "data" / "clap"), str(tmp_path / "packed"),
+                     shard_clips=4, progress=False)
+    packed = [f"data.encodec_base_path={tmp_path / 'packed'}", f"data.clap_base_path={tmp_path / 'packed'}",
+              "data.feature_layout=packed", "data.num_workers=1"]
     port = str(free_port())
     machines = [subprocess.Popen(
-        ["sh", "train.sh", "cfg/tiny.yaml"] + TINY + common + [f"output_dir={tmp_path / 'two'}"], cwd=REPO,
+        ["sh", "train.sh", "cfg/tiny.yaml"] + TINY + common + packed + [f"output_dir={tmp_path / 'two'}"], cwd=REPO,
         env={**_env(), "ENCLAP_LAUNCH_ARGS": " ".join(LAUNCH[4:] + [
             "--num_machines", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
             "--main_process_port", port])},
