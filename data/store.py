@@ -1,34 +1,23 @@
-"""Feature stores: where a split's codes and CLAP embeddings live on disk, in either of two layouts.
+"""Feature stores: where a split's codes and CLAP embeddings live, in either of two layouts.
 
 * **files** (design §5): one ``.npy`` per clip under each root, ``<root>/<file_path>``.
-* **packed**: a folder holding a few large shard files and one index (docs/data.md, "Packed
-  store")::
+* **packed**: ``STORE/index.json`` (file_path -> shard, first frame, frames, row) and, per shard,
+  ``STORE/shards/<name>.codes.npy`` ((sum of T, 16) int16), ``<name>.clap.npy`` ((clips, 512)
+  float32) and ``<name>.json`` (its clip list, written last: the shard's commit mark).
 
-      STORE/index.json                         file_path -> (shard, first frame, frames, row)
-      STORE/shards/<name>.codes.npy            (sum of T, 16) int16: the clips' codes, one after another
-      STORE/shards/<name>.clap.npy             (clips, 512) float32: one embedding per row
-      STORE/shards/<name>.json                 the shard's own list (written last: its commit mark)
+Plain ``.npy`` shards with an offsets index because numpy memory-maps them by itself (a clip is a
+slice of an open map: no file opened per clip), they stay readable with numpy alone, and no
+dependency is added (docs/data.md, "Packed feature store", has the comparison). Codes are kept
+as int16 (all below 1024) and handed out as int64 like the per-file layout's.
 
-Why plain ``.npy`` shards with an offsets index (and not HDF5, safetensors or WebDataset): numpy
-memory-maps a ``.npy`` file by itself, so a clip is a slice of an open map (no file opened per
-clip, only the pages read), shards stay readable with nothing but numpy, and there is no new
-dependency. Codes are stored as int16 (every code is below 1024), a quarter of the int64 bytes;
-they are handed out as int64 like the per-file layout's.
-
-Writing (:class:`PackedWriter`) is resumable and atomic per shard: the two arrays are written
-through :mod:`common.io` and the shard's ``.json`` last, so a shard without its ``.json`` does
-not exist for readers or for a resumed run. Each process (``--shard i/N`` or a launcher's rank)
-writes its own shards; the process that finishes its share last writes ``index.json``
-(:func:`finish_share`), and ``python -m data.store index STORE`` rebuilds it by hand.
-
-Readers never see the layout: :class:`FeatureStore` gives ``(codes, embedding)`` for a CSV's
-``file_path`` from two roots, each a per-file tree or a packed store (detected from the folder,
-or stated with ``layout``). ``python -m data.store pack`` converts per-file trees into a store.
+:class:`PackedWriter` writes one process's shards, each atomically (:mod:`common.io`); the share
+that finishes last writes the index (:func:`finish_share`). :class:`FeatureStore` reads a CSV's
+``file_path`` from two roots of either layout. ``python -m data.store pack|index|info`` converts
+per-file trees, rebuilds an index, describes a store.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -121,6 +110,9 @@ class PackedStore:
     def __init__(self, root: str | os.PathLike):
         self.root = os.fspath(root)
         path = os.path.join(self.root, INDEX_NAME)
+        if not os.path.isdir(self.root):
+            raise StoreError(f"packed feature store not found: {os.path.abspath(self.root)} (check the path, or "
+                             "write it with data/preprocess.py --pack)")
         if not os.path.isfile(path):
             raise StoreError(f"packed feature store {os.path.abspath(self.root)} has no {INDEX_NAME}: preprocessing "
                              f"is unfinished (rerun it) or run `python -m data.store index {self.root}`")
@@ -469,67 +461,7 @@ def finish_share(root: str | os.PathLike, index: int, count: int) -> Optional[in
     return None
 
 
-# --------------------------------------------------------------------------- command line
+if __name__ == "__main__":  # python -m data.store pack|index|info (data/store_cli.py)
+    from data.store_cli import main
 
-
-def pack_trees(encodec_root: str, clap_root: str, out: str, shard_clips: int = DEFAULT_SHARD_CLIPS,
-               progress: bool = True) -> Tuple[int, int]:
-    """Converts per-file trees into a packed store (resumable); returns ``(packed now, already there)``.
-
-    Every ``.npy`` under ``encodec_root`` is taken, with the embedding of the same relative name.
-
-    Raises:
-        StoreError: a root is missing, or an embedding is missing for some codes file.
-    """
-    from tqdm import tqdm
-
-    for root in (encodec_root, clap_root):
-        if not os.path.isdir(root):
-            raise StoreError(f"feature tree not found: {os.path.abspath(root)}")
-    names = sorted(p.relative_to(encodec_root).as_posix() for p in Path(encodec_root).rglob("*.npy"))
-    missing = [n for n in names if not os.path.isfile(os.path.join(clap_root, n))]
-    if missing:
-        raise StoreError(f"{len(missing)} codes file(s) have no embedding under {os.path.abspath(clap_root)}, "
-                         f"e.g. {missing[0]} (preprocess them first)")
-    done = done_files(out) if os.path.isdir(out) else {}
-    todo = [n for n in names if n not in done]
-    start_share(out, 0, 1)
-    writer = PackedWriter(out, "pack", shard_clips=shard_clips)
-    for name in tqdm(todo, desc="packing", unit="clip", disable=not progress or not todo):
-        writer.add(name, np.load(os.path.join(encodec_root, name)), np.load(os.path.join(clap_root, name)))
-    writer.flush()
-    finish_share(out, 0, 1)
-    return len(todo), len(names) - len(todo)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m data.store pack|index|info``; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m data.store", description="Packed feature stores (docs/data.md).")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("pack", help="convert per-file .npy trees into a packed store (resumable)")
-    p.add_argument("--encodec_path", required=True, help="root of the codes tree")
-    p.add_argument("--clap_path", required=True, help="root of the CLAP embeddings tree")
-    p.add_argument("--out", required=True, help="the store folder to write")
-    p.add_argument("--shard_clips", type=int, default=DEFAULT_SHARD_CLIPS, help="clips per shard")
-    p = sub.add_parser("index", help="(re)build index.json from the committed shards")
-    p.add_argument("store")
-    p = sub.add_parser("info", help="print what a store holds")
-    p.add_argument("store")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "pack":
-            packed, present = pack_trees(args.encodec_path, args.clap_path, args.out, args.shard_clips)
-            print(f"packed {packed} clip(s) into {args.out} ({present} already there)")
-        elif args.command == "index":
-            print(f"indexed {build_index(args.store)} clip(s) in {os.path.join(args.store, INDEX_NAME)}")
-        else:
-            store = PackedStore(args.store)
-            print(f"{args.store}: {len(store)} clip(s), {len(store.shards)} shard(s), holds {', '.join(store.kinds)}")
-    except StoreError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
     sys.exit(main())

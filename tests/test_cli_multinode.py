@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from data import store
+from data import store_cli
 from tests.helpers import free_port
 from tests.test_cli_train import REPO, TINY, _env, read_predictions, write_split
 
@@ -37,7 +37,7 @@ def test_two_machines_equal_two_processes_on_one(tmp_path):
     # the launcher's machine options in ENCLAP_LAUNCH_ARGS.
     # ... and read the same clips from a packed store (with a loader worker): the batches, so the
     # predictions, must not change with the layout either.
-    store.pack_trees(str(tmp_path / "data" / "enc"), str(tmp_path / "data" / "clap"), str(tmp_path / "packed"),
+    store_cli.pack_trees(str(tmp_path / "data" / "enc"), str(tmp_path / "data" / "clap"), str(tmp_path / "packed"),
                      shard_clips=4, progress=False)
     packed = [f"data.encodec_base_path={tmp_path / 'packed'}", f"data.clap_base_path={tmp_path / 'packed'}",
               "data.feature_layout=packed", "data.num_workers=1"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from common.errors import UserError
-from data import store
+from data import store, store_cli
 from data.collator import EnClapCollator
 from data.dataset import CaptionDataset, DataError
 
@@ -34,7 +34,7 @@ def write_tree(root, n, seed=0, min_frames=5, max_frames=90):
 
 def test_round_trip_over_several_shards(tmp_path):
     names = write_tree(tmp_path, 7)
-    packed, present = store.pack_trees(str(tmp_path / "enc"), str(tmp_path / "clap"), str(tmp_path / "st"),
+    packed, present = store_cli.pack_trees(str(tmp_path / "enc"), str(tmp_path / "clap"), str(tmp_path / "st"),
                                        shard_clips=3, progress=False)
     assert (packed, present) == (7, 0)
     assert len(list((tmp_path / "st" / "shards").glob("*.json"))) == 3  # 3 + 3 + 1 clips
@@ -53,13 +53,13 @@ def test_round_trip_over_several_shards(tmp_path):
 def test_converter_resumes_and_index_is_rebuilt(tmp_path):
     write_tree(tmp_path, 5)
     out = tmp_path / "st"
-    assert store.pack_trees(str(tmp_path / "enc"), str(tmp_path / "clap"), str(out), 2, progress=False) == (5, 0)
-    assert store.pack_trees(str(tmp_path / "enc"), str(tmp_path / "clap"), str(out), 2, progress=False) == (0, 5)
+    assert store_cli.pack_trees(str(tmp_path / "enc"), str(tmp_path / "clap"), str(out), 2, progress=False) == (5, 0)
+    assert store_cli.pack_trees(str(tmp_path / "enc"), str(tmp_path / "clap"), str(out), 2, progress=False) == (0, 5)
     (out / "index.json").unlink()
     with pytest.raises(store.StoreError, match="has no index.json") as err:
         store.PackedStore(out)
     assert "\n" not in str(err.value)
-    assert store.main(["index", str(out)]) == 0
+    assert store_cli.main(["index", str(out)]) == 0
     assert len(store.PackedStore(out)) == 5
 
 
@@ -121,7 +121,7 @@ def _batches(dataset, collator, order):
 @pytest.mark.parametrize("train", [True, False])
 def test_packed_and_per_file_layouts_give_identical_batches(tmp_path, tokenizer, train):
     names = write_tree(tmp_path, 9, seed=3, max_frames=140)
-    store.pack_trees(str(tmp_path / "enc"), str(tmp_path / "clap"), str(tmp_path / "st"), 4, progress=False)
+    store_cli.pack_trees(str(tmp_path / "enc"), str(tmp_path / "clap"), str(tmp_path / "st"), 4, progress=False)
     csv_path = tmp_path / "split.csv"
     if train:
         csv_path.write_text("file_path,caption\n" + "".join(f"{n},a dog barks number {i}\n" for i, n in enumerate(names)))
@@ -152,7 +152,7 @@ def test_packed_and_per_file_layouts_give_identical_batches(tmp_path, tokenizer,
 
 def test_layouts_can_be_stated_and_mixed(tmp_path):
     names = write_tree(tmp_path, 3)
-    store.pack_trees(str(tmp_path / "enc"), str(tmp_path / "clap"), str(tmp_path / "st"), progress=False)
+    store_cli.pack_trees(str(tmp_path / "enc"), str(tmp_path / "clap"), str(tmp_path / "st"), progress=False)
     csv_path = tmp_path / "s.csv"
     csv_path.write_text("file_path,caption\n" + "".join(f"{n},x\n" for n in names))
     mixed = CaptionDataset(str(csv_path), str(tmp_path / "st"), str(tmp_path / "clap"), train=False)
@@ -172,7 +172,7 @@ def test_store_survives_pickling_for_spawned_workers(tmp_path):
     import pickle
 
     names = write_tree(tmp_path, 2)
-    store.pack_trees(str(tmp_path / "enc"), str(tmp_path / "clap"), str(tmp_path / "st"), progress=False)
+    store_cli.pack_trees(str(tmp_path / "enc"), str(tmp_path / "clap"), str(tmp_path / "st"), progress=False)
     opened = store.PackedStore(tmp_path / "st")
     opened.codes(names[0])  # opens a map
     copy = pickle.loads(pickle.dumps(opened))
@@ -184,7 +184,7 @@ def test_make_csv_check_reads_a_packed_store(tmp_path, capsys):
     from data import make_csv
 
     names = write_tree(tmp_path, 3)
-    store.pack_trees(str(tmp_path / "enc"), str(tmp_path / "clap"), str(tmp_path / "st"), progress=False)
+    store_cli.pack_trees(str(tmp_path / "enc"), str(tmp_path / "clap"), str(tmp_path / "st"), progress=False)
     good, bad = tmp_path / "good.csv", tmp_path / "bad.csv"
     good.write_text("file_path,caption\n" + "".join(f"{n},x\n" for n in names))
     bad.write_text(f"file_path,caption\n{names[0]},x\ntrain/gone.npy,y\n")
@@ -200,7 +200,7 @@ def test_preprocessed_evaluation_reads_a_packed_store(tmp_path, tiny_ckpt):
     from captioning.pipeline import EnClap
 
     names = write_tree(tmp_path, 4, seed=7, max_frames=40)
-    store.pack_trees(str(tmp_path / "enc"), str(tmp_path / "clap"), str(tmp_path / "st"), progress=False)
+    store_cli.pack_trees(str(tmp_path / "enc"), str(tmp_path / "clap"), str(tmp_path / "st"), progress=False)
     csv_path = tmp_path / "test.csv"
     csv_path.write_text("file_path,caption_1\n" + "".join(f"{n},x\n" for n in names))
     pipeline = EnClap(tiny_ckpt, device="cpu")
