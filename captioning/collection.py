@@ -86,6 +86,7 @@ def _prepare(parts: str, settings: dict, sources: Sequence[str]) -> dict:
     os.makedirs(parts, exist_ok=True)
     path = os.path.join(parts, SETTINGS_NAME)
     wanted = json.dumps(settings, sort_keys=True, indent=1)
+    settings = json.loads(wanted)  # compared as JSON reads them back (tuples become lists)
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as handle:
             saved = json.load(handle)
@@ -146,10 +147,12 @@ def caption_collection(pipeline, sources: Sequence[str], output: str, settings: 
     is_main = rank == 0
     parts = parts_folder(output)
     try:
-        plan = None
+        plan, before = None, set()
         if is_main:
             try:
                 plan = _prepare(parts, settings, sources)
+                # Listed before any rank may write (they wait for the plan): what this run adds.
+                before = {name for name, *_ in part_files(parts)}
             except UserError as err:
                 plan = {"error": str(err)}
         plan = broadcast(plan)
@@ -158,14 +161,12 @@ def caption_collection(pipeline, sources: Sequence[str], output: str, settings: 
         check_shared_folder(parts, "--output folder")
         digests = all_gather(hashlib.sha1("\n".join(sources).encode("utf-8")).hexdigest())
         if len(set(digests)) > 1:
-            raise CollectionError(f"ranks see different inputs ({', '.join(map(str, range(world)))} -> "
-                                  f"{len(set(digests))} different lists); give file lists or folders every machine "
-                                  "sees the same way")
+            raise CollectionError(f"the {world} ranks found {len(set(digests))} different input lists; give files, "
+                                  "folders or globs that every machine sees the same way (a shared file system)")
         pending: List[int] = plan["pending"]
         if is_main and plan["skipped"]:
             print(f"skipped {plan['skipped']} input(s) already captioned in {parts}", file=sys.stderr)
 
-        before = {name for name, *_ in part_files(parts)}
         prefix = f"r{rank:05d}-of-{world:05d}"
         seqs = [seq for _, p, seq, _ in part_files(parts) if p == prefix]
         seq = max(seqs) + 1 if seqs else 0
@@ -178,8 +179,8 @@ def caption_collection(pipeline, sources: Sequence[str], output: str, settings: 
                                    rerank=rerank)
             write_part(parts, prefix, seq, results)
             seq += 1
-            for res in results:  # reported per rank as they happen; listed together at the end
-                if res.error is not None:
+            for res in results:  # reported per rank as they happen; the main rank lists all at the end
+                if res.error is not None and world > 1:
                     print(f"error: [rank {rank}] {res.error}", file=sys.stderr)
             if is_main:
                 bar.n = _captioned_so_far(parts, before)
