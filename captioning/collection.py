@@ -17,7 +17,7 @@ process), ``accelerate launch`` or ``torchrun`` (any number of processes and mac
 * the main rank's progress bar counts the clips of every rank (from the part-file names) and
   shows clips/s over all of them.
 
-Ranks coordinate through the shared output folder (checked at start, design §10 and
+Ranks coordinate through the shared output folder (checked at start, see
 docs/cluster.md) and a gloo process group used only for a few small messages at start, so no
 rank ever waits in a collective while others caption.
 """
