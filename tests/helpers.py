@@ -113,3 +113,22 @@ def without_spice(check_requirements):
         return reasons
 
     return check
+
+
+def sigkill_when(command, ready, cwd, env, timeout: float = 300) -> None:
+    """Run ``command`` and SIGKILL it as soon as ``ready()`` is true (a crash mid-run, for resume tests).
+
+    Raises:
+        AssertionError: the process ended (or the timeout passed) before ``ready()`` held.
+    """
+    import signal
+    import subprocess
+    import time
+
+    victim = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and victim.poll() is None and not ready():
+        time.sleep(0.005)
+    assert victim.poll() is None, "the run finished before it could be killed"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()

@@ -7,10 +7,8 @@ import csv
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +21,7 @@ from captioning.pipeline import EnClap
 from captioning.records import format_records, part_files
 from captioning.rerank import RerankOptions
 from modeling.generation import GenerationOptions
-from tests.helpers import free_port
+from tests.helpers import free_port, sigkill_when
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -125,14 +123,8 @@ def test_a_killed_run_resumes_and_two_processes_equal_one_byte_for_byte(tiny_ckp
 
     # One process, SIGKILLed after two chunks of 2, then rerun: only the rest is captioned.
     one = tmp_path / "one.csv"
-    victim = subprocess.Popen(_inference(tiny_ckpt, clips, one, extra=["--chunk_size", "2"]), cwd=REPO, env=_env(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and victim.poll() is None and len(part_files(parts_folder(str(one)))) < 2:
-        time.sleep(0.01)
-    assert victim.poll() is None, "finished before it could be killed"
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    sigkill_when(_inference(tiny_ckpt, clips, one, extra=["--chunk_size", "2"]),
+                 lambda: len(part_files(parts_folder(str(one)))) >= 2, REPO, _env())
     done = sum(n for *_, n in part_files(parts_folder(str(one))))
     assert 4 <= done < 11 and not one.exists()
     rerun = subprocess.run(_inference(tiny_ckpt, clips, one, extra=["--chunk_size", "2"]), cwd=REPO, env=_env(),

@@ -5,10 +5,8 @@ fast on CPU. The kill/resume test runs the CLI as a subprocess and SIGKILLs it m
 """
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ import pytest
 import soundfile as sf
 
 from data import infer_clap, infer_encodec, preprocess
+from tests.helpers import sigkill_when
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
@@ -149,13 +148,7 @@ def test_kill_then_resume_equals_uninterrupted_run(tmp_path):
     out = tmp_path / "out"
     args = [sys.executable, "data/preprocess.py", "--data_path", str(wavs), "--encodec_path", str(out / "enc"),
             "--clap_path", str(out / "clap"), "--random_weights", "--quiet"]
-    victim = subprocess.Popen(args, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and victim.poll() is None and len(list((out / "clap").rglob("*.npy"))) < 2:
-        time.sleep(0.005)
-    assert victim.poll() is None, "the run finished before it could be killed"
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    sigkill_when(args, lambda: len(list((out / "clap").rglob("*.npy"))) >= 2, REPO, ENV)
     done_before = len(list((out / "clap").rglob("*.npy")))
     assert 2 <= done_before < expected
 
