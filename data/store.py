@@ -113,6 +113,9 @@ class PackedStore:
         if not os.path.isdir(self.root):
             raise StoreError(f"packed feature store not found: {os.path.abspath(self.root)} (check the path, or "
                              "write it with data/preprocess.py --pack)")
+        if not os.path.isfile(path) and not os.path.isdir(os.path.join(self.root, SHARDS_DIR)):
+            raise StoreError(f"{os.path.abspath(self.root)} is not a packed feature store (no {INDEX_NAME}); write one "
+                             "with data/preprocess.py --pack or python -m data.store pack, or read it as files")
         if not os.path.isfile(path):
             raise StoreError(f"packed feature store {os.path.abspath(self.root)} has no {INDEX_NAME}: preprocessing "
                              f"is unfinished (rerun it) or run `python -m data.store index {self.root}`")

@@ -158,7 +158,7 @@ def test_layouts_can_be_stated_and_mixed(tmp_path):
     mixed = CaptionDataset(str(csv_path), str(tmp_path / "st"), str(tmp_path / "clap"), train=False)
     assert mixed.store.layout == "mixed"
     np.testing.assert_array_equal(mixed[0]["clap_embedding"], np.load(tmp_path / "clap" / names[0]))
-    with pytest.raises(DataError, match="has no index.json"):
+    with pytest.raises(DataError, match="enc is not a packed feature store"):
         CaptionDataset(str(csv_path), str(tmp_path / "enc"), str(tmp_path / "clap"), train=False, layout="packed")
     # A packed store that lacks a clip names the clip and the store in one line.
     (tmp_path / "s.csv").write_text("file_path,caption\ntrain/missing.npy,x\n")
