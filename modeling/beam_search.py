@@ -9,6 +9,9 @@ processors written for any model). This module runs the same arithmetic with not
 * cross-attention keys and values are projected once per clip and read once per step: the beams
   of a clip are the query rows of one attention call against their clip's keys and values;
 * only the self-attention cache (a few kB per step) is reordered between steps;
+* on the steps where a token is forced (``<s>`` first, ``</s>`` at ``max_length``) every score is
+  replaced, so the LM head (a 50265-row matrix product) is skipped there, and the forced ``</s>``
+  step, the last one, runs no decoder layer at all;
 * the decoder layers are called through their own sub-modules (``q_proj``, ``fc1``, the layer
   norms ...) with the same kernels as the stock path, so logits match it;
 * the beam bookkeeping is the stock algorithm of transformers' ``_beam_search`` (top ``2k``
@@ -98,8 +101,11 @@ class _Decoder:
         """Keep the self-attention cache of the rows the beams continue from."""
         self.self_cache = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.self_cache]
 
-    def step(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
-        """Logits (N, V) for the next token after ``tokens`` (N,) at decoder ``position``."""
+    def step(self, tokens: torch.Tensor, position: int, logits: bool = True) -> Optional[torch.Tensor]:
+        """Logits (N, V) for the next token after ``tokens`` (N,) at decoder ``position``.
+
+        With ``logits=False`` only the caches advance (the LM head is skipped) and None is returned.
+        """
         dec = self.decoder
         rows = tokens.shape[0]
         hidden = dec.embed_tokens(tokens[:, None])  # (N, 1, D), embed_scale included
@@ -109,8 +115,9 @@ class _Decoder:
             hidden = layer.self_attn_layer_norm(hidden + self._self_attention(layer.self_attn, hidden, index))
             hidden = layer.encoder_attn_layer_norm(hidden + self._cross_attention(layer.encoder_attn, hidden, index))
             hidden = layer.final_layer_norm(hidden + layer.fc2(layer.activation_fn(layer.fc1(hidden))))
-        logits = self.lm_head(hidden) + self.bias.to(hidden.dtype)
-        return logits.view(rows, -1)
+        if not logits:
+            return None
+        return (self.lm_head(hidden) + self.bias.to(hidden.dtype)).view(rows, -1)
 
     def _self_attention(self, attn, hidden: torch.Tensor, index: int) -> torch.Tensor:
         rows = hidden.shape[0]
@@ -182,22 +189,26 @@ def beam_search(model, encoder_states: torch.Tensor, encoder_mask: Optional[torc
     improvable = torch.ones(batch, 1, dtype=torch.bool, device=device)
     batch_offset = torch.arange(batch, device=device).view(-1, 1) * beams
     cur_len = prompt
+    vocab = model.lm_head.out_features
     while True:
         flat = running[:, :, :cur_len].reshape(batch * beams, cur_len)
-        logits = decoder.step(flat[:, -1], cur_len - 1).to(dtype=torch.float32, copy=True)
-        log_probs = F.log_softmax(logits, dim=-1)  # (N, V)
-        vocab = log_probs.shape[-1]
-        # Logits processors in the stock order: no-repeat n-gram, then forced <s> / </s>.
-        if ngram > 0 and cur_len + 1 >= ngram:
-            for row, tokens in enumerate(_banned_ngram_tokens(flat.tolist(), ngram)):
-                if tokens:
-                    log_probs[row, tokens] = -float("inf")
+        # Logits processors in the stock order: no-repeat n-gram, then forced <s> / </s>. A forced
+        # token replaces every score, so on those steps the LM head's logits are never needed.
         forced = config.forced_bos_token_id if cur_len == 1 else None
         if cur_len == max_length - 1 and config.forced_eos_token_id is not None:
             forced = config.forced_eos_token_id
         if forced is not None:
-            log_probs = torch.full_like(log_probs, -float("inf"))
+            if cur_len + 1 < max_length:  # the last step's cache would never be read: skip it whole
+                decoder.step(flat[:, -1], cur_len - 1, logits=False)  # the self-attention cache grows
+            log_probs = torch.full((batch * beams, vocab), -float("inf"), device=device)
             log_probs[:, int(forced)] = 0
+        else:
+            logits = decoder.step(flat[:, -1], cur_len - 1).to(dtype=torch.float32, copy=True)
+            log_probs = F.log_softmax(logits, dim=-1)  # (N, V)
+            if ngram > 0 and cur_len + 1 >= ngram:
+                for row, tokens in enumerate(_banned_ngram_tokens(flat.tolist(), ngram)):
+                    if tokens:
+                        log_probs[row, tokens] = -float("inf")
         scores = (log_probs.view(batch, beams, vocab) + running_scores[:, :, None]).view(batch, beams * vocab)
 
         # Top 2k continuations over all beams of a clip.
