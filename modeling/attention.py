@@ -115,13 +115,16 @@ def _single_threaded() -> None:
 def _run_shared(tasks: Sequence[Callable[[], None]]) -> None:
     """Runs ``tasks`` spread over ``torch.get_num_threads()`` threads, each op single-threaded.
 
-    The calling thread takes a share; the intra-op thread count is restored afterwards.
+    The calling thread takes a share; the intra-op thread count is restored afterwards. The
+    tasks run without autograd (grad mode is per thread: a pool thread would otherwise record
+    a graph for every op on a tensor that requires grad, and keep it alive).
     """
     global _pool
     threads = min(torch.get_num_threads(), len(tasks))
     if threads <= 1:
-        for task in tasks:
-            task()
+        with torch.no_grad():
+            for task in tasks:
+                task()
         return
     saved = torch.get_num_threads()
     with _pool_lock:
@@ -131,8 +134,9 @@ def _run_shared(tasks: Sequence[Callable[[], None]]) -> None:
         torch.set_num_threads(1)
         try:
             def run(share):
-                for task in share:
-                    task()
+                with torch.no_grad():
+                    for task in share:
+                        task()
 
             futures = [_pool.submit(run, tasks[i::threads]) for i in range(1, threads)]
             run(tasks[0::threads])

@@ -231,3 +231,18 @@ def test_encoder_layer_under_bf16_autocast_with_attention_dropout():
     out.float().square().sum().backward()
     assert torch.isfinite(xi.grad).all() and xi.grad.abs().max() > 0
     assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
+
+
+def test_pool_threads_record_no_graph():
+    """Grad mode is per thread: the pool's threads must not build graphs that keep blocks alive."""
+    q, k, v = _qkv(batch=4, length=20)
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        out = attention(q, k, v, None, 0.3, 0.2, rows=8)
+        assert type(out.grad_fn).__name__.startswith("_BlockedAttention")
+        out.sum().backward()
+    finally:
+        torch.set_num_threads(saved)
+    for t in (q, k, v):
+        assert t.grad is not None and not t.grad.requires_grad and t.grad.grad_fn is None
