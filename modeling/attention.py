@@ -10,7 +10,8 @@ dropout cost and the top of its memory peak.
 * :class:`MaskStream` / :func:`keep_mask`: Bernoulli keep-masks from numpy's SFC64 generator,
   32 random bits per element compared with a threshold (keep probability ``1 - p`` rounded to
   a multiple of 2**-32), ~10x cheaper than ``bernoulli_``. The same seed gives the same masks.
-* :func:`dropout`: inverted dropout with that mask (the bool mask is kept for backward).
+* :func:`dropout`: inverted dropout with that mask; it keeps only the mask's seed and draws
+  the mask again in backward.
 * :func:`attention`: ``dropout(softmax(Q K^T * scale + bias)) V`` computed one block of query
   rows at a time, so that a block's scores stay in cache. Forward keeps Q, K, V, the output and
   one log-sum-exp per query row; backward recomputes each block's probabilities and redraws
@@ -79,18 +80,18 @@ def keep_mask(shape: Sequence[int], p: float, generator: Optional[torch.Generato
 
 
 class _Dropout(torch.autograd.Function):
+    """Inverted dropout that keeps only its seed: backward draws the same mask again."""
+
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float):
-        keep = keep_mask(x.shape, p)
-        ctx.save_for_backward(keep)
+        ctx.seed, ctx.p, ctx.shape = new_seed(), p, x.shape
         ctx.scale = 1.0 / (1.0 - p)
-        return (x * keep).mul_(ctx.scale)
+        return (x * MaskStream(ctx.seed).draw(x.shape, p)).mul_(ctx.scale)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        (keep,) = ctx.saved_tensors
-        return (grad * keep).mul_(ctx.scale), None
+        return (grad * MaskStream(ctx.seed).draw(ctx.shape, ctx.p)).mul_(ctx.scale), None
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
@@ -173,8 +174,9 @@ class _BlockedAttention(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu")
     def forward(ctx, q, k, v, bias, scale: float, p: float, seed: int, rows: int):
-        batch, heads, length, _ = q.shape
-        out = torch.empty_like(q)
+        batch, heads, length, dim = q.shape
+        # (B, L, H, d): the layout the output projection reads, so that it saves this very tensor.
+        out = q.new_empty(batch, length, heads, dim)
         lse = q.new_empty(batch, heads, length, 1)
         inv_keep = 1.0 / (1.0 - p)
 
@@ -191,7 +193,7 @@ class _BlockedAttention(torch.autograd.Function):
                 if stream is not None:
                     s.mul_(stream.draw(s.shape, p))
                 block = torch.bmm(s, v[b])  # (H, r, d)
-                out[b, :, start:stop] = block.mul_(z.reciprocal_().mul_(inv_keep if p > 0 else 1.0))
+                out[b, start:stop] = block.mul_(z.reciprocal_().mul_(inv_keep if p > 0 else 1.0)).transpose(0, 1)
 
         _run_shared([lambda b=b: entry(b) for b in range(batch)])
         ctx.save_for_backward(q, k, v, bias, out, lse)
@@ -205,10 +207,11 @@ class _BlockedAttention(torch.autograd.Function):
         q, k, v, bias, out, lse = ctx.saved_tensors
         scale, p, seed, rows = ctx.scale, ctx.p, ctx.seed, ctx.rows
         batch, heads, length, _ = q.shape
-        grad_out = grad_out.contiguous()
+        # (B, L, H, d) like the output -> (B, H, L, d) like q
+        grad_out = grad_out.transpose(1, 2).contiguous()
         grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         # D_i = sum_j dO_ij O_ij = sum_j dP_ij P_ij: the row term of the softmax backward.
-        delta = (grad_out * out).sum(-1, keepdim=True)  # (B, H, L, 1)
+        delta = (grad_out * out.transpose(1, 2)).sum(-1, keepdim=True)  # (B, H, L, 1)
         keep_p = 1.0 - p
 
         def entry(b: int) -> None:
@@ -256,8 +259,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[
         rows: query rows per block.
 
     Returns:
-        (B, H, L, d) attention output, in the dtype of ``q``. Half-precision inputs (autocast)
-        are computed in float32, as the softmax of stock attention is.
+        (B, H, L, d) attention output, in the dtype of ``q``: a transposed view of a contiguous
+        (B, L, H, d) tensor, so ``out.transpose(1, 2).reshape(B, L, H * d)`` copies nothing.
+        Half-precision inputs (autocast) are computed in float32, as stock attention's softmax is.
     """
     out_dtype = q.dtype
     work = torch.float32 if out_dtype in (torch.float16, torch.bfloat16) else out_dtype
@@ -268,4 +272,4 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[
     seed = new_seed(generator) if p > 0 else 0
     with torch.autocast("cpu", enabled=False):
         out = _BlockedAttention.apply(q, k, v, bias, float(scale), float(p), seed, int(rows))
-    return out.to(out_dtype)
+    return out.to(out_dtype).transpose(1, 2)

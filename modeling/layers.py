@@ -8,9 +8,13 @@ apply: evaluation, no gradient, attention weights or head masks requested, a dec
 
 * :class:`EnClapBartEncoderLayer` runs the feed-forward half of the layer (layer norm, ``fc1``,
   activation, dropout, ``fc2``, dropout, residual) as one autograd function that keeps only its
-  input, ``fc1``'s output and the dropout masks for the backward pass. The layer-norm output and
-  the activation output, a (B, L, ffn_dim) tensor, are recomputed there instead of being stored:
-  about a third less activation memory per encoder layer for one extra activation and layer norm.
+  input, ``fc1``'s output and (on CPU) the seeds of its dropout masks for the backward pass. The
+  layer-norm output, the activation output, a (B, L, ffn_dim) tensor, and the masks are
+  recomputed there instead of being stored. On CPU with attention dropout, its self-attention
+  runs :func:`modeling.attention.attention` (blocked, the dropout mask redrawn in backward)
+  instead of SDPA's fallback that materialises the attention matrix and its mask. Dropout masks
+  on CPU come from :class:`modeling.attention.MaskStream` (same keep probability, cheaper than
+  ``bernoulli_``; different draws from stock dropout, so only dropout-free runs are equal).
 * :class:`EnClapCrossAttention`: with teacher forcing a decoder layer has S (caption tokens)
   queries against L (~750) encoder rows. ``softmax(q K^T) V`` with ``K = E W_k^T + b_k`` and
   ``V = E W_v^T + b_v`` is computed as ``softmax((q W_k) E^T + q b_k) (P E) W_v^T + b_v``, which
@@ -26,20 +30,35 @@ import torch
 import torch.nn.functional as F
 from transformers.models.bart.modeling_bart import BartAttention, BartEncoderLayer
 
-from .attention import attention, dropout, keep_mask
+from .attention import MaskStream, attention, dropout, new_seed
 
 
-def _dropout_mask(like: torch.Tensor, p: float) -> Optional[torch.Tensor]:
-    """A boolean keep-mask for dropout with probability ``p`` (None when ``p == 0``).
+class _Mask:
+    """A dropout keep-mask with probability ``1 - p``, or nothing when ``p == 0``.
 
-    On CPU from :func:`modeling.attention.keep_mask` (same keep probability, a fraction of the
-    cost of ``bernoulli_``); elsewhere ``bernoulli_``.
+    On CPU only a seed is kept and the mask is drawn from it when needed
+    (:class:`modeling.attention.MaskStream`: same keep probability, a fraction of the cost of
+    ``bernoulli_``, no (B, L, ffn_dim) bool tensor kept for backward); elsewhere the mask is
+    drawn with ``bernoulli_`` and kept.
     """
-    if p <= 0.0:
-        return None
-    if like.device.type == "cpu":
-        return keep_mask(like.shape, p)
-    return torch.empty_like(like, dtype=torch.bool).bernoulli_(1.0 - p)
+
+    def __init__(self, like: torch.Tensor, p: float):
+        self.p, self.shape, self.seed, self.tensor = p, like.shape, None, None
+        if p <= 0.0:
+            return
+        if like.device.type == "cpu":
+            self.seed = new_seed()
+        else:
+            self.tensor = torch.empty_like(like, dtype=torch.bool).bernoulli_(1.0 - p)
+
+    def get(self) -> Optional[torch.Tensor]:
+        if self.seed is not None:
+            return MaskStream(self.seed).draw(self.shape, self.p)
+        return self.tensor
+
+
+def _dropout_mask(like: torch.Tensor, p: float) -> _Mask:
+    return _Mask(like, p)
 
 
 def _apply_mask(x: torch.Tensor, mask: Optional[torch.Tensor], p: float) -> torch.Tensor:
@@ -65,24 +84,27 @@ class _FeedForward(torch.autograd.Function):
         ln1 = F.layer_norm(h1, ln.normalized_shape, ln_weight, ln_bias, ln.eps)
         pre = F.linear(ln1, fc1_weight, fc1_bias)  # (B, L, ffn_dim), kept for backward
         act_mask = _dropout_mask(pre, layer.activation_dropout)
-        out = F.linear(_apply_mask(layer.activation_fn(pre), act_mask, layer.activation_dropout), fc2_weight, fc2_bias)
+        out = F.linear(_apply_mask(layer.activation_fn(pre), act_mask.get(), layer.activation_dropout), fc2_weight,
+                       fc2_bias)
         out_mask = _dropout_mask(out, layer.dropout)
-        out = _apply_mask(out, out_mask, layer.dropout)
+        out = _apply_mask(out, out_mask.get(), layer.dropout)
         ctx.layer, ctx.out_dtype = layer, out.dtype
-        ctx.save_for_backward(h1, pre, act_mask, out_mask, ln_weight, ln_bias, fc1_weight, fc2_weight)
+        ctx.masks = (act_mask, out_mask)  # seeds on CPU: the masks are drawn again in backward
+        ctx.save_for_backward(h1, pre, ln_weight, ln_bias, fc1_weight, fc2_weight)
         return ln1 + out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        h1, pre, act_mask, out_mask, ln_weight, ln_bias, fc1_weight, fc2_weight = ctx.saved_tensors
+        h1, pre, ln_weight, ln_bias, fc1_weight, fc2_weight = ctx.saved_tensors
+        act_mask, out_mask = ctx.masks
         layer = ctx.layer
         need = ctx.needs_input_grad
-        grad_out = _apply_mask(grad.to(ctx.out_dtype), out_mask, layer.dropout)  # d loss / d fc2 output
+        grad_out = _apply_mask(grad.to(ctx.out_dtype), out_mask.get(), layer.dropout)  # d loss / d fc2 output
 
         with torch.enable_grad():
             pre_leaf = pre.detach().requires_grad_()
-            act = _apply_mask(layer.activation_fn(pre_leaf), act_mask, layer.activation_dropout)
+            act = _apply_mask(layer.activation_fn(pre_leaf), act_mask.get(), layer.activation_dropout)
         rows_out = _rows(grad_out)
         grad_fc2_w = (rows_out.t() @ _rows(act.detach()).to(rows_out.dtype)).to(fc2_weight.dtype) if need[5] else None
         grad_fc2_b = rows_out.sum(0).to(fc2_weight.dtype) if need[6] else None

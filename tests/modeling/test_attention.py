@@ -240,7 +240,8 @@ def test_pool_threads_record_no_graph():
     try:
         torch.set_num_threads(2)
         out = attention(q, k, v, None, 0.3, 0.2, rows=8)
-        assert type(out.grad_fn).__name__.startswith("_BlockedAttention")
+        node = out.grad_fn.next_functions[0][0]  # out is a transposed view of the function's output
+        assert type(node).__name__.startswith("_BlockedAttention")
         out.sum().backward()
     finally:
         torch.set_num_threads(saved)
