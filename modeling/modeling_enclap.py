@@ -574,6 +574,9 @@ class EnClapBartForConditionalGeneration(BartForConditionalGeneration):
             # generate() repeats each clip max(num_beams, num_return_sequences) times.
             copies = max(kwargs.get("num_beams", config.num_beams), kwargs.get("num_return_sequences", config.num_return_sequences) or 1)
             kwargs["past_key_values"] = self._shared_cross_attention_cache(encoder_outputs.last_hidden_state, copies)
+        # A copy: transformers expands the encoder output per beam in place, which would change
+        # the caller's object (a second generate on it would see every clip num_beams times).
+        encoder_outputs = BaseModelOutput(**encoder_outputs)
         return super().generate(encoder_outputs=encoder_outputs, attention_mask=attention_mask, **kwargs)
 
     def _shared_cross_attention_cache(self, encoder_states: torch.Tensor, copies: int) -> "BeamSharedCrossAttentionCache":

@@ -67,3 +67,17 @@ def test_banned_ngrams_are_the_tokens_that_would_repeat_one():
     # 3-grams of [5, 1, 2, 9, 1, 2]: the last two tokens (1, 2) were followed by 9 before.
     assert beam_search._banned_ngram_tokens([[5, 1, 2, 9, 1, 2], [1, 2, 3]], 3) == [[9], []]
     assert beam_search._banned_ngram_tokens([[4, 4, 4]], 2) == [[4, 4]]
+
+
+def test_generate_leaves_the_callers_encoder_output_alone(tiny_model):
+    codes, clap = random_clips(2, [20, 9])
+    inputs = make_batch(codes, clap)
+    with torch.no_grad():
+        encoded = tiny_model.get_encoder()(**inputs)
+    config = GenerationOptions().to_generation_config(tiny_model.config)
+    first = tiny_model.generate(encoder_outputs=encoded, attention_mask=inputs["attention_mask"],
+                                generation_config=config, share_cross_attention=False)
+    assert encoded.last_hidden_state.shape[0] == 2  # the stock loop expands per beam, on a copy
+    again = tiny_model.generate(encoder_outputs=encoded, attention_mask=inputs["attention_mask"],
+                                generation_config=config, share_cross_attention=False)
+    assert torch.equal(first, again)
