@@ -37,7 +37,7 @@ def train(cfg) -> int:
     from modeling import GenerationOptions
     from modeling.modeling_enclap import mcm_max_rows
     from scoring import format_scores
-    from training.checkpoints import CheckpointManager, best_entry, save_checkpoint, write_summary
+    from training.checkpoints import CheckpointManager, best_entry, resume_position, save_checkpoint, write_summary
     from training.config import flat_config
     from training.data import build_data
     from training.distributed import allow_unused_parameters, check_cluster, make_accelerator
@@ -79,14 +79,7 @@ def train(cfg) -> int:
     if cfg.log.trackers:
         accelerator.init_trackers(cfg.log.project_name, config=flat_config(cfg))
 
-    global_step, start_epoch, start_batch, history = 0, 0, 0, []
-    if resume_dir is not None:
-        accelerator.load_state(os.path.join(resume_dir, "state"))
-        state = manager.read_state(resume_dir)
-        global_step, start_epoch, start_batch = state["global_step"], state["epoch"], state["batch_in_epoch"]
-        history = state["history"]
-        logger.info("resuming from %s (step %d, epoch %d, batch %d)", resume_dir, global_step, start_epoch,
-                    start_batch)
+    global_step, start_epoch, start_batch, history = resume_position(manager, accelerator, resume_dir, logger)
     n_params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
     logger.info("model: %.1f M parameters; %d training examples, %d validation clips; %d processes on %s; "
                 "global batch %d x %d accumulation; %d optimizer steps (%d per epoch); metrics %s, selecting by %s; "

@@ -178,3 +178,20 @@ def write_summary(manager: CheckpointManager, history: list[dict], select_metric
                "best_dir": manager.best_dir if best else None, "final_step": final_step, "history": history}
     atomic_write_text(os.path.join(manager.output_dir, "summary.json"), json.dumps(summary, indent=2))
     return best
+
+
+def resume_position(manager: CheckpointManager, accelerator, resume_dir: Optional[str],
+                    logger) -> tuple[int, int, int, list[dict]]:
+    """Load the Accelerate state of ``resume_dir`` (weights, optimizer, schedule, RNG) when given.
+
+    Returns:
+        ``(global_step, epoch, batch_in_epoch, history)`` to continue from; zeros and an empty
+        history for a fresh run.
+    """
+    if resume_dir is None:
+        return 0, 0, 0, []
+    accelerator.load_state(os.path.join(resume_dir, "state"))
+    state = manager.read_state(resume_dir)
+    logger.info("resuming from %s (step %d, epoch %d, batch %d)", resume_dir, state["global_step"], state["epoch"],
+                state["batch_in_epoch"])
+    return state["global_step"], state["epoch"], state["batch_in_epoch"], state["history"]
