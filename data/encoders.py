@@ -167,11 +167,24 @@ def resolve_clap_checkpoint(clap_ckpt: Optional[Union[str, os.PathLike]]) -> str
             f"download {CLAP_CHECKPOINT_URL} and pass --clap_ckpt PATH") from exc
 
 
+def exact_float32(device: Union[str, torch.device]) -> None:
+    """Turn TF32 off for CUDA matmuls and cuDNN convolutions before encoding on a GPU.
+
+    Features must not depend on the device or the batch (design §2): TF32 rounds float32
+    inputs to 10 mantissa bits, and cuDNN convolutions (EnCodec is convolutional) use it by
+    default on recent GPUs, which would move codes across quantiser boundaries.
+    """
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+
 def build_encodec(device: Union[str, torch.device] = "cpu", random_weights: bool = False, seed: int = 0,
                   max_batch_size: Optional[int] = None) -> "EncodecEncoder":
     """The EnCodec encoder: Meta's weights, or seeded random ones (``random_weights``)."""
     from data.encodec_encoder import EncodecEncoder
 
+    exact_float32(device)
     return EncodecEncoder(device=device, pretrained=not random_weights, seed=seed, max_batch_size=max_batch_size)
 
 
@@ -181,6 +194,7 @@ def build_clap(device: Union[str, torch.device] = "cpu", random_weights: bool = 
     """The CLAP encoder: the checkpoint ``clap_ckpt`` (None: the hub cache), or seeded random weights."""
     from data.clap_encoder import ClapEncoder
 
+    exact_float32(device)
     path = None if random_weights else resolve_clap_checkpoint(clap_ckpt)
     return ClapEncoder(ckpt_path=path, device=device, seed=seed, max_batch_size=max_batch_size)
 

@@ -300,3 +300,14 @@ def test_random_weight_encodec_codes_depend_on_the_audio():
     assert set(codes_tone[:, 0]) != set(codes_noise[:, 0])
     again = EncodecEncoder(pretrained=False, seed=3).encode([torch.from_numpy(tone)])[0]
     assert np.array_equal(again, codes_tone)
+
+
+def test_encoders_on_a_gpu_turn_tf32_off(monkeypatch):
+    from data.encoders import exact_float32
+
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    exact_float32("cpu")  # the CPU never uses TF32: the flags are left alone
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    exact_float32(torch.device("cuda", 0))
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
