@@ -302,12 +302,15 @@ def test_random_weight_encodec_codes_depend_on_the_audio():
     assert np.array_equal(again, codes_tone)
 
 
-def test_encoders_on_a_gpu_turn_tf32_off(monkeypatch):
+def test_encoders_on_a_gpu_turn_tf32_off():
     from data.encoders import exact_float32
 
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
-    exact_float32("cpu")  # the CPU never uses TF32: the flags are left alone
-    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
-    exact_float32(torch.device("cuda", 0))
-    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        exact_float32("cpu")  # the CPU never uses TF32: the flags are left alone
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        exact_float32(torch.device("cuda", 0))
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
