@@ -132,3 +132,19 @@ def sigkill_when(command, ready, cwd, env, timeout: float = 300) -> None:
     assert victim.poll() is None, "the run finished before it could be killed"
     victim.send_signal(signal.SIGKILL)
     victim.wait()
+
+
+def saved_tensor_bytes(run, module=None) -> int:
+    """Bytes of the tensors autograd keeps for backward during ``run()`` (``module``'s weights excluded)."""
+    weights = {p.untyped_storage().data_ptr() for p in module.parameters()} if module is not None else set()
+    kept = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()
+    return sum(kept.values())

@@ -14,7 +14,7 @@ from transformers.models.bart.modeling_bart import BartAttention
 
 from modeling.attention import MaskStream, attention, dropout, keep_mask, keep_threshold
 from modeling.layers import EnClapBartEncoderLayer, EnClapCrossAttention
-from tests.helpers import make_tiny_config
+from tests.helpers import make_tiny_config, saved_tensor_bytes
 
 
 def _within_sigmas(count: int, n: int, prob: float, sigmas: float = 5.0) -> bool:
@@ -168,18 +168,6 @@ def test_encoder_layer_gradients_with_attention_dropout():
     assert torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-6)
 
 
-def _saved_bytes(run) -> int:
-    kept = {}
-
-    def pack(t):
-        kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        run()
-    return sum(kept.values())
-
-
 def test_blocked_attention_keeps_no_attention_matrix():
     torch.manual_seed(0)
     layer = _encoder_layer(0.1)
@@ -187,7 +175,7 @@ def test_blocked_attention_keeps_no_attention_matrix():
     stored = {}
     for efficient in (False, True):
         layer.efficient_training = efficient
-        stored[efficient] = _saved_bytes(lambda: layer(x, None, None))
+        stored[efficient] = saved_tensor_bytes(lambda: layer(x, None, None))
     # Stock SDPA with dropout keeps the (B, H, L, L) probabilities and mask: 2*2*300*300*(4+1)
     # bytes = 1.8 MB, against ~40 (B, L, 16) float tensors (~0.8 MB) for the whole layer.
     assert stored[True] < 0.5 * stored[False], stored

@@ -13,7 +13,7 @@ from torch.func import functional_call
 
 from modeling import EnClapBartForConditionalGeneration
 from modeling.layers import EnClapBartEncoderLayer, EnClapCrossAttention
-from tests.helpers import make_batch, make_tiny_config, random_clips
+from tests.helpers import make_batch, make_tiny_config, random_clips, saved_tensor_bytes
 
 
 def _training_batch():
@@ -57,22 +57,6 @@ def test_efficient_training_matches_stock_bart():
         torch.testing.assert_close(grad, stock[name], rtol=0, atol=1e-5 * scale, msg=name)
 
 
-def _saved_activation_bytes(module: torch.nn.Module, run) -> int:
-    """Bytes of the tensors autograd keeps for backward during ``run()``, weights excluded."""
-    weights = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    kept = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in weights:
-            kept[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        run()
-    return sum(kept.values())
-
-
 def test_shortcuts_store_less():
     torch.manual_seed(0)
     config = make_tiny_config(100, d_model=16, encoder_attention_heads=2, encoder_ffn_dim=64)
@@ -82,7 +66,7 @@ def test_shortcuts_store_less():
     stored = {}
     for efficient in (False, True):
         layer.efficient_training = efficient
-        stored[efficient] = _saved_activation_bytes(layer, lambda: layer(x, None, None))
+        stored[efficient] = saved_tensor_bytes(module=layer, run=lambda: layer(x, None, None))
     # Stock keeps ~15 (B, L, d) tensors (the two (B, L, 4d) ones around the activation among
     # them); the efficient layer drops the activation output and the layer-norm output.
     assert stored[True] < 0.75 * stored[False], stored
@@ -92,7 +76,7 @@ def test_shortcuts_store_less():
     enc = torch.randn(2, 60, 8, dtype=torch.float64, requires_grad=True)
     for efficient in (False, True):
         attn.efficient_training = efficient
-        stored[efficient] = _saved_activation_bytes(attn, lambda: attn(hidden, key_value_states=enc))
+        stored[efficient] = saved_tensor_bytes(module=attn, run=lambda: attn(hidden, key_value_states=enc))
     assert stored[True] < 0.75 * stored[False], stored  # no (B, L, D) keys and values
 
 
