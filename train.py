@@ -60,7 +60,7 @@ def train(cfg) -> int:
     # ---------------------------------------------------------------- model, data, optimisation
     model, tokenizer = build_model_and_tokenizer(cfg, accelerator, plan.train_captions, resume_dir)
     model.set_efficient_training(cfg.model.efficient_training)
-    data = build_data(cfg, model.config, tokenizer, accelerator)
+    data = build_data(cfg, model.config, tokenizer, accelerator, plan.train_frames)  # lengths read once
     accum, batches_per_epoch = cfg.optim.gradient_accumulation_steps, data.batches_per_epoch
     total_steps = data.steps_per_epoch * cfg.optim.epochs
     generation_config = GenerationOptions().to_generation_config(model.config)

@@ -229,13 +229,20 @@ class CaptionDataset(Dataset):
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         self._epoch.fill_(int(epoch))
 
-    def clip_frames(self) -> list[int]:
-        """Frames per example after cropping, from the ``.npy`` headers or the store's index (for length grouping)."""
+    def clip_frames(self, known: dict[str, int] | None = None) -> list[int]:
+        """Frames per example after cropping, from the ``.npy`` headers or the store's index (for length grouping).
+
+        Args:
+            known: frames already read per ``file_path`` (e.g. by the recipe checks); only the
+                clips missing from it are read again.
+        """
+        known = known or {}
         cache: dict[str, int] = {}
         try:
             for file_path in self.file_paths:
                 if file_path not in cache:
-                    cache[file_path] = min(self.store.frames(file_path), self.max_frames)
+                    frames = known[file_path] if file_path in known else self.store.frames(file_path)
+                    cache[file_path] = min(frames, self.max_frames)
         except StoreError as error:
             raise DataError(str(error)) from None
         return [cache[p] for p in self.file_paths]
@@ -298,7 +305,8 @@ class CaptionDataset(Dataset):
                 self._warned_crop = True
                 logger.warning("%s has %d frames; evaluating on its first %d (%.1f s at %d frames/s). "
                                "Longer clips of this split are cropped the same way.",
-                               codes_source, codes.shape[0], self.max_frames, self.max_frames / ENCODEC_FRAME_RATE, ENCODEC_FRAME_RATE)
+                               codes_source, codes.shape[0], self.max_frames, self.max_frames / ENCODEC_FRAME_RATE,
+                               ENCODEC_FRAME_RATE)
             codes = crop_codes(codes, self.max_frames, None)
         codes = np.array(codes, dtype=np.int64)  # (T', 16), copied out of the memory map
         if codes.min() < 0 or codes.max() >= self.codebook_size:

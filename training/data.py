@@ -38,8 +38,13 @@ class TrainData:
     steps_per_epoch: int
 
 
-def build_data(cfg: DictConfig, model_config, tokenizer, accelerator) -> TrainData:
+def build_data(cfg: DictConfig, model_config, tokenizer, accelerator,
+               known_frames: dict[str, int] | None = None) -> TrainData:
     """Datasets, collator, sampler and loader for the recipe and the model being trained.
+
+    Args:
+        known_frames: frames per training clip already read by the recipe checks (reused by
+            length grouping instead of reading every header again).
 
     Raises:
         ConfigError: ``data.max_frames`` beyond what the model's positions allow.
@@ -63,7 +68,7 @@ def build_data(cfg: DictConfig, model_config, tokenizer, accelerator) -> TrainDa
                               bos_token_id=model_config.bos_token_id, eos_token_id=model_config.eos_token_id)
     sampler = GlobalBatchSampler(len(train_set), cfg.optim.batch_size, accelerator.num_processes,
                                  accelerator.process_index, seed=cfg.seed,
-                                 lengths=train_set.clip_frames() if cfg.data.group_by_length else None)
+                                 lengths=train_set.clip_frames(known_frames) if cfg.data.group_by_length else None)
     loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=collator, num_workers=cfg.data.num_workers,
                         pin_memory=cfg.data.pin_memory and accelerator.device.type == "cuda")
     batches = len(sampler)

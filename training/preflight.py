@@ -39,6 +39,8 @@ class RecipePlan:
             one cannot run here).
         skipped_metrics: requested metrics that cannot run here.
         train_captions: the training captions (for a scratch tokenizer).
+        train_frames: frames per training clip when the checks read them (fresh runs), so
+            that length grouping does not read every header again.
         warnings: one-line messages for the run's log (skipped metrics, the selection
             metric's fallback, clips over the frame limit, one-frame clips).
     """
@@ -48,6 +50,7 @@ class RecipePlan:
     skipped_metrics: tuple[str, ...]
     train_captions: list[str]
     warnings: list[str] = field(default_factory=list)
+    train_frames: dict[str, int] = field(default_factory=dict)
 
     def log(self, log: logging.Logger) -> None:
         """Logs :attr:`warnings` (call once the run's log file is open)."""
@@ -163,6 +166,7 @@ def check_recipe(cfg: DictConfig, check_model: bool = True) -> RecipePlan:
         limit, source = MAX_FRAMES, "BART's 1024 positions - 3"  # bart-base/large and the released models
     else:
         source = "data.max_frames"
+    frames: dict[str, dict[str, int]] = {}
     if check_model:  # a resumed run has said it already
         frames = {"training": frame_counts(train_probe), "validation": frame_counts(val_probe)}
         warnings += limit_warnings(frames, limit, source)
@@ -180,4 +184,5 @@ def check_recipe(cfg: DictConfig, check_model: bool = True) -> RecipePlan:
                         f"selecting checkpoints by {fallback} instead")
         select_metric = fallback
     return RecipePlan(metrics=metrics, select_metric=select_metric, skipped_metrics=skipped,
-                      train_captions=list(train_probe.captions), warnings=warnings)
+                      train_captions=list(train_probe.captions), warnings=warnings,
+                      train_frames=frames.get("training", {}))

@@ -133,6 +133,10 @@ def test_packed_and_per_file_layouts_give_identical_batches(tmp_path, tokenizer,
     assert per_file.store.layout == "files" and packed.store.layout == "packed"
     assert packed.clip_frames() == per_file.clip_frames()
     assert max(per_file.clip_frames()) == 61 and min(per_file.clip_frames()) < 61
+    # Lengths already read (by the recipe checks) are taken as given and still cropped to max_frames.
+    known = {per_file.file_paths[0]: 7, per_file.file_paths[-1]: 1000}
+    reused = per_file.clip_frames(known)
+    assert reused[0] == 7 and reused[-1] == 61 and reused[1:-1] == per_file.clip_frames()[1:-1]
     collator = EnClapCollator(tokenizer)
     order = list(np.random.default_rng(0).permutation(len(names)))  # shuffled, as a sampler serves them
     for epoch in (0, 1):
