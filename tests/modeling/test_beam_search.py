@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modeling import EnClapBartForConditionalGeneration, beam_search
+from modeling import beam_search
 from modeling.generation import GenerationOptions
 from tests.helpers import make_batch, random_clips
 
@@ -81,3 +81,19 @@ def test_generate_leaves_the_callers_encoder_output_alone(tiny_model):
     again = tiny_model.generate(encoder_outputs=encoded, attention_mask=inputs["attention_mask"],
                                 generation_config=config, share_cross_attention=False)
     assert torch.equal(first, again)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 4, 5, 12])
+@pytest.mark.parametrize("bias", [True, False])
+def test_decoder_linear_layers_compute_what_the_module_computes(rows, bias):
+    torch.manual_seed(rows)
+    layer = torch.nn.Linear(48, 80, bias=bias)
+    x = torch.randn(rows, 1, 48)
+    expected = layer(x)
+    got = beam_search._linear(layer, x)
+    assert got.shape == expected.shape == (rows, 1, 80) and got.is_contiguous()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    if rows > beam_search._SKINNY_ROWS:  # the module's own kernel: bit for bit
+        assert torch.equal(got, expected)
+    other = beam_search._linear(layer, x.flip(0) + 1.0)
+    assert not torch.allclose(other, got), "different rows must give different outputs"
