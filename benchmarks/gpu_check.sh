@@ -2,7 +2,8 @@
 # One-command GPU check: the train-step and inference benchmarks on CUDA at bart-base size, in
 # under 8 minutes on one GPU. Prints the GPU's name, training examples/s and peak GPU memory
 # (ours and the authors' way, bf16 as the GPU recipes train, design §6), and the beam-4
-# real-time factor of captioning (seconds of compute per second of audio).
+# real-time factor of captioning (seconds of compute per second of audio), with the one-clip
+# latency against stock generate.
 #
 #   sh benchmarks/gpu_check.sh                  # run it (needs a CUDA device)
 #   sh benchmarks/gpu_check.sh --dry-run        # print the commands only (works anywhere)
@@ -86,6 +87,9 @@ echo "== summary (GPU: $GPU; $(($(date +%s) - START)) s)"
 grep -E '^dropout [0-9.]+ +(original|sdpa|ours) +[0-9]' "$OUT/train_step.txt" \
     | awk -v batch="$BATCH" '{printf "train step, bart-base, bf16, batch %s x 750 frames, dropout %s, %-8s %s examples/s, peak GPU memory %s GiB\n", batch, $2, $3, $4, $(NF-4)}'
 grep '^speedup:' "$OUT/train_step.txt" | sed 's/^/train step (dropout 0.1) /'
-PER_CLIP=$(sed -n 's/^batched.*(\([0-9.]*\) s\/clip).*/\1/p' "$OUT/inference.txt")
-[ -n "$PER_CLIP" ] || fail 4 "no 'batched ... s/clip' line in the inference benchmark's output"
+ONE=$(sed -n 's/^ *one clip: stock \([0-9.]*\) s\/clip, .*ours \([0-9.]*\); stock\/ours \([0-9.]*\)x.*/\2 \1 \3/p' "$OUT/inference.txt")
+PER_CLIP=$(sed -n 's/^ *batch of [0-9]*: .*ours \([0-9.]*\); .*/\1/p' "$OUT/inference.txt")
+[ -n "$ONE" ] && [ -n "$PER_CLIP" ] || fail 4 "no 'one clip' / 'batch of' lines in the inference benchmark's output"
+set -- $ONE
+echo "inference, beam 4, one 10 s clip from features: ours $1 s, stock generate $2 s (x$3)"
 awk -v s="$PER_CLIP" -v n="$CLIPS" 'BEGIN {printf "inference, beam 4, %d clips of 10 s in batches of %d: %.3f s per clip, real-time factor %.4f\n", n, n, s, s / 10}'

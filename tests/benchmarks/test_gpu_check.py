@@ -1,5 +1,6 @@
-"""benchmarks/gpu_check.sh on a CPU: argument handling, the no-GPU error, and its summary
-(computed from benchmark outputs that a stand-in interpreter prints)."""
+"""benchmarks/gpu_check.sh on a CPU: argument handling, the no-GPU error, and its summary, computed
+from what a stand-in interpreter prints: the training step's lines in their format, and a real
+run of the inference benchmark at a small size on the CPU (so a change of its output is caught)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,10 +62,9 @@ case "$1" in
         echo "dropout 0    original  50.000 examples/s (  0.32 s/step) peak GPU memory  29.00 GiB first-step loss 15.0"
         echo "dropout 0    ours     100.000 examples/s (  0.16 s/step) peak GPU memory  12.00 GiB first-step loss 15.0"
         echo "speedup: 2.25";;
-    benchmarks/inference.py)
-        echo "one clip at a time :    9.60 s   3.333 clips/s  (0.300 s/clip)"
-        echo "batched (bs 32)    :    2.40 s  13.333 clips/s  (0.075 s/clip)"
-        echo "speedup: 4.00";;
+    benchmarks/inference.py)  # the real benchmark, small and on the CPU
+        exec "{python}" benchmarks/inference.py --size small --clips 2 --batch_size 2 --repeats 1 \
+            --long_seconds 14 --max_length 6;;
     *) exit 9;;
 esac
 """
@@ -72,18 +73,23 @@ esac
 @pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils timeout")
 def test_summary_from_the_benchmarks_outputs(tmp_path):
     fake = tmp_path / "python"
-    fake.write_text(FAKE_PYTHON)
+    fake.write_text(FAKE_PYTHON.replace("{python}", sys.executable))
     fake.chmod(0o755)
-    run = _run("--python", str(fake), "--batch", "16", "--clips", "32", env={**os.environ})
+    run = _run("--python", str(fake), "--batch", "16", "--clips", "2", env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert run.returncode == 0, run.stdout + run.stderr
     out = run.stdout
     assert "GPU: Fake GPU 80GB" in out
     assert re.search(r"dropout 0\.1, ours +90\.000 examples/s, peak GPU memory 12\.50 GiB", out), out
     assert re.search(r"dropout 0\.1, original +40\.000 examples/s, peak GPU memory 30\.00 GiB", out), out
     assert "train step (dropout 0.1) speedup: 2.25" in out
-    # 0.075 s of compute per 10 s clip.
-    rtf = float(re.search(r"real-time factor ([0-9.]+)", out)[1])
-    assert rtf == pytest.approx(0.075 / 10, abs=1e-4)
+    # The inference summary repeats the benchmark's own figures (printed above it).
+    one = re.search(r"one clip: stock ([0-9.]+) s/clip, shared [0-9.]+, ours ([0-9.]+); stock/ours ([0-9.]+)x", out)
+    batch = re.search(r"batch of 2: stock [0-9.]+ s/clip, shared [0-9.]+, ours ([0-9.]+);", out)
+    assert one and batch, out
+    stock, ours, ratio = one.groups()
+    assert f"one 10 s clip from features: ours {ours} s, stock generate {stock} s (x{ratio})" in out
+    rtf = float(re.search(r"2 clips of 10 s in batches of 2: ([0-9.]+) s per clip, real-time factor ([0-9.]+)", out)[2])
+    assert rtf == pytest.approx(float(batch[1]) / 10, abs=1e-4)
 
 
 def test_a_failing_benchmark_fails_the_check(tmp_path):
