@@ -105,7 +105,7 @@ def train(cfg) -> int:
         is_best = best is not None and best["step"] == global_step
         save_checkpoint(manager, accelerator, model, tokenizer, global_step, {
             "global_step": global_step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "scores": scores,
-            "select_metric": select_metric, "history": history}, is_best)
+            "all_empty": result.stats.all_empty, "select_metric": select_metric, "history": history}, is_best)
         if is_best:
             logger.info("new best %s %.4f at step %d -> %s", select_metric, scores[select_metric], global_step,
                         manager.best_dir)

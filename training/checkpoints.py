@@ -96,7 +96,8 @@ class CheckpointManager:
 
         Args:
             metric: key of ``trainer_state["scores"]`` to rank by (higher is better; ties
-                keep the earlier checkpoint).
+                keep the earlier checkpoint). A pass whose captions were all empty
+                (``"all_empty": true``) ranks last whatever its score, as in :func:`best_entry`.
 
         Returns:
             The deleted folders.
@@ -106,8 +107,11 @@ class CheckpointManager:
             return []
         scored = []
         for step, folder in found:
-            value = self.read_state(folder).get("scores", {}).get(metric)
-            scored.append((-(value if value is not None else -math.inf), step, folder))
+            state = self.read_state(folder)
+            value = state.get("scores", {}).get(metric)
+            if value is None or state.get("all_empty", False):
+                value = -math.inf
+            scored.append((-value, step, folder))
         keep = {folder for _, _, folder in sorted(scored)[: self.keep_best]} | {found[-1][1]}
         removed = []
         for _, folder in found:

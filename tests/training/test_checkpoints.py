@@ -8,11 +8,11 @@ from pathlib import Path
 from training.checkpoints import CheckpointManager
 
 
-def _fake_checkpoint(manager: CheckpointManager, step: int, score: float) -> str:
+def _fake_checkpoint(manager: CheckpointManager, step: int, score: float, all_empty: bool = False) -> str:
     tmp = manager.tmp_path(step)
     (Path(tmp) / "model").mkdir()
     (Path(tmp) / "model" / "weights.txt").write_text(str(step))
-    return manager.commit(tmp, step, {"global_step": step, "scores": {"cider_d": score}})
+    return manager.commit(tmp, step, {"global_step": step, "scores": {"cider_d": score}, "all_empty": all_empty})
 
 
 def test_checkpoint_manager_latest_ignores_incomplete(tmp_path):
@@ -37,3 +37,15 @@ def test_checkpoint_rotation_keeps_best_k_and_newest(tmp_path):
     manager.update_best(str(Path(manager.path(4)) / "model"))
     assert (tmp_path / "best" / "weights.txt").read_text() == "4"
     assert not (tmp_path / "best.tmp").exists() and not (tmp_path / "best.old").exists()
+
+
+def test_rotation_never_keeps_an_all_empty_pass_among_the_best(tmp_path):
+    # An all-empty pass can score above the others (e.g. a metric that rewards brevity), yet is
+    # never a best checkpoint; it survives only while it is the newest (for resume).
+    manager = CheckpointManager(str(tmp_path), keep_best=2)
+    for step, score, empty in [(1, 0.3, False), (2, 0.9, True), (3, 0.1, False), (4, 0.5, False)]:
+        _fake_checkpoint(manager, step, score, all_empty=empty)
+        manager.rotate("cider_d")
+        if step == 2:
+            assert 2 in [s for s, _ in manager.complete()]
+    assert [step for step, _ in manager.complete()] == [1, 4]
