@@ -83,6 +83,7 @@ def evaluate(args: argparse.Namespace) -> int:
         raise DataError("give --audio_path WAVS, or --from_preprocessed with --encodec_path and --clap_path")
     options = generation_from_args(args)
     # 1. Metrics first: a missing jar must not surface after the whole generation.
+    skipped = None
     if args.metrics is None:  # the defaults: score what this machine can, say what it cannot
         metrics, skipped = usable_metrics(None)
         if skipped:
@@ -131,6 +132,7 @@ def evaluate(args: argparse.Namespace) -> int:
         write_predictions_csv(args.save_path, split.file_paths, predictions, split.references)
         report = {
             "scores": scores,
+            "skipped_metrics": skipped,
             "num_clips": len(predictions),
             "test_csv": args.test_csv,
             "ckpt": str(args.ckpt),

@@ -132,8 +132,9 @@ def test_default_metrics_without_corenlp_score_what_they_can(tiny_ckpt, split, t
     capsys.readouterr()
     assert caplog.text.count("cannot compute SPICE, SPIDEr") == 1  # one warning (logged to stderr)
     assert "scoring meteor, cider_d only" in caplog.text
-    scores = json.loads((tmp_path / "preds_scores.json").read_text())["scores"]
-    assert set(scores) == {"meteor", "cider_d"}
+    report = json.loads((tmp_path / "preds_scores.json").read_text())
+    assert set(report["scores"]) == {"meteor", "cider_d"}
+    assert "cannot compute SPICE, SPIDEr" in report["skipped_metrics"]  # the file says what is missing
     # Asked for by name, SPICE still fails in one line, before any generation, and says what runs.
     assert evaluate.main(args[:-2] + ["--ckpt", str(tmp_path / "no_ckpt"), "--metrics", "cider_d", "spice"]) == 2
     err = capsys.readouterr().err.strip()

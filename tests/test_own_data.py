@@ -121,7 +121,7 @@ def test_own_data_from_table_to_fine_tuning(tmp_path):
     rows = _rows(home / "eval" / "test.csv")
     assert [r["file_path"] for r in rows] == [r["file_path"] for r in test]
     report = json.loads((home / "eval" / "test_scores.json").read_text())
-    assert report["num_clips"] == 2 and set(report["scores"]) == {"cider_d"}
+    assert report["num_clips"] == 2 and set(report["scores"]) == {"cider_d"} and report["skipped_metrics"] is None
 
     # 5. Fine-tune from that checkpoint (train.py itself this time, no wrapper): the log says
     #    which folder and step it starts from.
