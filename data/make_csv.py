@@ -236,14 +236,19 @@ def missing_features(file_paths: Sequence[str], roots: Sequence[Path]) -> List[s
     Returns:
         ``"ROOT/file_path"`` strings, one per missing file, in CSV order.
     """
-    from data.store import StoreError, open_source  # a root may be a per-file tree or a packed store
-
-    try:
-        sources = [open_source(root, None) for root in roots]
-    except StoreError as err:
-        raise MetadataError(str(err)) from None
+    sources = _feature_sources(roots)
     return [source.describe(fp) for fp in dict.fromkeys(file_paths) for source in sources  # unique, in order
             if not source.exists(fp)]
+
+
+def _feature_sources(roots: Sequence[Path]) -> list:
+    """One reader per feature root: a per-file tree or a packed store (``data.store``)."""
+    from data.store import StoreError, open_source
+
+    try:
+        return [open_source(root, None) for root in roots]
+    except StoreError as err:
+        raise MetadataError(str(err)) from None
 
 
 def csv_file_paths(path: Path) -> List[str]:
@@ -256,14 +261,15 @@ def drop_missing(tables: Dict[str, list], roots: Sequence[Path]) -> Dict[str, in
 
     Args:
         tables: output of :func:`audiocaps_tables` / :func:`clotho_tables`.
-        roots: feature roots.
+        roots: feature roots (per-file trees or packed stores).
 
     Returns:
         ``{split: number of clips dropped}``.
     """
+    sources = _feature_sources(roots)
     dropped = {}
     for split, table in tables.items():
-        missing_clips = {fp for fp, _ in table if any(not (r / fp).is_file() for r in roots)}
+        missing_clips = {fp for fp, _ in table if any(not source.exists(fp) for source in sources)}
         tables[split] = [row for row in table if row[0] not in missing_clips]
         dropped[split] = len(missing_clips)
     return dropped

@@ -119,6 +119,27 @@ def test_check_and_drop_missing(tmp_path, capsys):
                           "--encodec_path", str(enc), "--clap_path", str(clap)]) == 0
 
 
+def test_drop_missing_reads_a_packed_store(tmp_path, capsys):
+    from data.store_cli import pack_trees
+
+    meta = _clotho_metadata(tmp_path / "meta")
+    enc, clap = tmp_path / "enc", tmp_path / "clap"
+    for rel in ["development/Birds, morning.npy", "validation/v1.npy", "evaluation/e1.npy"]:  # no rain.npy
+        for root, array in ((enc, np.zeros((4, 16), dtype=np.int64)), (clap, np.ones(512, dtype=np.float32))):
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            np.save(root / rel, array)
+    store = tmp_path / "store"
+    pack_trees(str(enc), str(clap), str(store), progress=False)
+    out = tmp_path / "csv"
+    args = ["clotho", "--metadata_dir", str(meta), "--out_dir", str(out), "--encodec_path", str(store),
+            "--clap_path", str(store)]
+    assert make_csv.main(args + ["--drop_missing"]) == 0
+    assert "train: dropped 1 clip(s) without feature files" in capsys.readouterr().err
+    train = _read(out / "train.csv")
+    assert len(train) == 1 + 5 and all(r[0] == "development/Birds, morning.npy" for r in train[1:])
+    assert len(_read(out / "valid.csv")) == 2 and len(_read(out / "test.csv")) == 2  # kept: in the store
+
+
 def test_shipped_example_csvs_have_spec_format():
     for dataset in ("audiocaps", "clotho"):
         for split in ("train", "valid", "test"):
