@@ -1,7 +1,8 @@
 """Tests of the preprocessing CLI (data/preprocess.py) and its two original-style wrappers.
 
 Random-weight encoders (``--random_weights``) and a few short generated clips keep these
-fast on CPU. The kill/resume test runs the CLI as a subprocess and SIGKILLs it mid-run.
+fast on CPU. In-process runs share one set of encoders (building them costs more than encoding
+the clips); the kill/resume test runs the CLI as a subprocess and SIGKILLs it mid-run.
 """
 
 import os
@@ -17,7 +18,10 @@ from data import infer_clap, infer_encodec, preprocess
 from tests.helpers import sigkill_when
 
 REPO = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+# One torch thread per CLI process, like this test process (tests/conftest.py): another thread
+# count rounds floats differently, which can flip residual codes.
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1",
+       "MKL_NUM_THREADS": "1"}
 
 
 def _write_clip(path: Path, seconds: float, sr: int, channels: int = 1, seed: int = 0, fmt: str = None):
@@ -34,9 +38,17 @@ def _npy_tree(root: Path):
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*.npy"))}
 
 
-def _run_cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "data/preprocess.py", *map(str, args)], cwd=REPO, env=ENV,
-                          capture_output=True, text=True, timeout=timeout)
+def _run(extractor, *args) -> preprocess.Summary:
+    """``data/preprocess.py ARGS`` in this process, with already built encoders."""
+    return preprocess.run(preprocess.build_parser().parse_args([str(a) for a in args]), extractor=extractor)
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    """The seeded random-weight encoders that ``--random_weights`` (seed 0) builds, built once."""
+    from data.encoders import build_feature_extractor
+
+    return build_feature_extractor("cpu", random_weights=True, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -55,29 +67,36 @@ def small_tree(tmp_path_factory):
 EXPECTED = ["test/d.npy", "test/e.npy", "train/a.npy", "train/b.npy", "train/sub/c.npy"]
 
 
-def test_outputs_match_front_end_and_are_batch_invariant(small_tree, tmp_path):
-    """One clip at a time and batches of five agree, and equal FeatureExtractor on each file alone."""
-    from data.encoders import build_feature_extractor
+@pytest.fixture(scope="module")
+def one_process(small_tree, extractor, tmp_path_factory):
+    """``small_tree`` preprocessed by one process, one clip at a time, decoded in a worker: the
+    per-file trees ``enc/`` and ``clap/``, and the packed store ``store/``."""
+    out = tmp_path_factory.mktemp("one")
+    base = ["--data_path", small_tree, "--random_weights", "--quiet", "--batch_size", 1, "--num_workers", 1]
+    summary = _run(extractor, *base, "--encodec_path", out / "enc", "--clap_path", out / "clap")
+    assert (summary.done, summary.failed) == (5, 0)
+    summary = _run(extractor, *base, "--pack", out / "store")
+    assert (summary.done, summary.failed, summary.indexed) == (5, 0, 5)
+    return out
 
+
+def test_outputs_match_front_end_and_are_batch_invariant(small_tree, one_process, extractor, tmp_path, monkeypatch):
+    """One clip at a time and batches of five agree, and equal FeatureExtractor on each file alone."""
+    bs5 = tmp_path / "bs5"
+    with monkeypatch.context() as patch:
+        # On CPU the encoders default to one clip per forward pass, which would make this
+        # "batched" run encode clip by clip: make them take the whole batch, and check they did.
+        passes = []
+        for encoder in (extractor.encodec, extractor.clap):
+            patch.setattr(encoder, "max_batch_size", 5)
+            encode = encoder.encode
+            patch.setattr(encoder, "encode", lambda wavs, encode=encode: passes.append(len(wavs)) or encode(wavs))
+        summary = _run(extractor, "--data_path", small_tree, "--encodec_path", bs5 / "enc", "--clap_path",
+                       bs5 / "clap", "--random_weights", "--batch_size", 5, "--num_workers", 0, "--quiet")
+    assert max(passes) == 5, f"encoder passes of {passes} clips: the run did not batch"
+    assert (summary.done, summary.failed) == (5, 0)
     outs = {}
-    for batch_size, workers in ((1, 1), (5, 0)):
-        out = tmp_path / f"bs{batch_size}"
-        args = ["--data_path", small_tree, "--encodec_path", out / "enc", "--clap_path", out / "clap",
-                "--random_weights", "--batch_size", batch_size, "--num_workers", workers, "--quiet"]
-        if batch_size == 1:
-            rc = preprocess.main([str(a) for a in args])
-        else:
-            # On CPU the encoders default to one clip per forward pass, which would make this
-            # "batched" run encode clip by clip: make them take the whole batch, and check they did.
-            extractor = build_feature_extractor("cpu", random_weights=True, seed=0, max_batch_size=batch_size)
-            passes = []
-            for encoder in (extractor.encodec, extractor.clap):
-                encode = encoder.encode
-                encoder.encode = lambda wavs, encode=encode: passes.append(len(wavs)) or encode(wavs)
-            summary = preprocess.run(preprocess.build_parser().parse_args([str(a) for a in args]), extractor=extractor)
-            rc = 0 if not summary.failed else 1
-            assert max(passes) == batch_size, f"encoder passes of {passes} clips: the run did not batch"
-        assert rc == 0
+    for batch_size, out in ((1, one_process), (5, bs5)):
         outs[batch_size] = (_npy_tree(out / "enc"), _npy_tree(out / "clap"))
         assert sorted(outs[batch_size][0]) == EXPECTED and sorted(outs[batch_size][1]) == EXPECTED
         assert not list(out.rglob("*.partial"))
@@ -85,23 +104,15 @@ def test_outputs_match_front_end_and_are_batch_invariant(small_tree, tmp_path):
     # from the clip-alone one only by float rounding (batched matrix products).
     assert outs[1][0] == outs[5][0]
     for rel in EXPECTED:
-        alone = np.load(tmp_path / "bs1" / "clap" / rel)
-        batched = np.load(tmp_path / "bs5" / "clap" / rel)
+        alone = np.load(one_process / "clap" / rel)
+        batched = np.load(bs5 / "clap" / rel)
         np.testing.assert_allclose(batched, alone, rtol=0, atol=1e-6)
 
     # The same features as the shared front end gives for each file on its own (the path that
     # inference and the demo take), with the shapes and dtypes of design §2.
-    import torch
-
-    from data.clap_encoder import ClapEncoder
-    from data.encodec_encoder import EncodecEncoder
-    from data.encoders import FeatureExtractor
-
-    torch.manual_seed(0)
-    extractor = FeatureExtractor(EncodecEncoder(pretrained=False), ClapEncoder(ckpt_path=None))
     src = {"test/d.npy": "test/d.ogg", "test/e.npy": "test/e.wav", "train/a.npy": "train/a.wav",
            "train/b.npy": "train/b.flac", "train/sub/c.npy": "train/sub/c.WAV"}
-    out = tmp_path / "bs1"
+    out = one_process
     for rel, audio in src.items():
         codes, clap = extractor.extract([str(small_tree / audio)])[0]
         saved_codes = np.load(out / "enc" / rel)
@@ -126,7 +137,7 @@ def _assert_same_trees(got: Path, want: Path):
             raise AssertionError(f"{rel} differs: {diff} of {b.size} values")
 
 
-def test_kill_then_resume_equals_uninterrupted_run(tmp_path):
+def test_kill_then_resume_equals_uninterrupted_run(extractor, tmp_path):
     """SIGKILL mid-run, rerun: every output complete and byte-identical to an uninterrupted run."""
     wavs = tmp_path / "wavs"
     for i in range(7):
@@ -136,13 +147,11 @@ def test_kill_then_resume_equals_uninterrupted_run(tmp_path):
     _write_clip(wavs / "long.wav", 10.5, 8000, seed=99)
     expected = 8
 
-    # The uninterrupted reference run. A separate process like the others: the test process
-    # runs torch on one thread (tests/conftest.py), and another thread count rounds floats
-    # differently, which can flip residual codes.
+    # The uninterrupted reference run, in this process (one torch thread, like the CLI processes: see ENV).
     ref = tmp_path / "ref"
-    proc = _run_cli("--data_path", wavs, "--encodec_path", ref / "enc", "--clap_path", ref / "clap",
-                    "--random_weights", "--quiet")
-    assert proc.returncode == 0, proc.stderr
+    summary = _run(extractor, "--data_path", wavs, "--encodec_path", ref / "enc", "--clap_path", ref / "clap",
+                   "--random_weights", "--quiet")
+    assert (summary.done, summary.failed) == (expected, 0)
     assert len(_npy_tree(ref / "enc")) == expected and len(_npy_tree(ref / "clap")) == expected
 
     out = tmp_path / "out"
@@ -159,15 +168,14 @@ def test_kill_then_resume_equals_uninterrupted_run(tmp_path):
     stale.parent.mkdir(parents=True, exist_ok=True)
     stale.write_bytes(pending.read_bytes()[:40])
 
-    proc = _run_cli("--data_path", wavs, "--encodec_path", out / "enc", "--clap_path", out / "clap",
-                    "--random_weights", "--quiet")
-    assert proc.returncode == 0, proc.stderr
-    skipped = int(proc.stdout.split("skipped ")[1].split()[0])
-    assert skipped >= done_before - 1  # a clip killed between its two writes is redone
+    # The rerun of the same command (here in this process: resuming reads only the output trees).
+    summary = _run(extractor, *args[2:])
+    assert summary.failed == 0 and summary.done + summary.skipped == expected
+    assert summary.skipped >= done_before - 1  # a clip killed between its two writes is redone
     _assert_same_trees(out / "enc", ref / "enc")
     _assert_same_trees(out / "clap", ref / "clap")
     assert not list(out.rglob("*.partial"))
-    assert "0 clip(s) exceed 1021 EnCodec frames" in proc.stdout  # 10.5 s = 788 frames
+    assert "0 clip(s) exceed 1021 EnCodec frames" in summary.line()  # 10.5 s = 788 frames
 
 
 def test_bad_files_are_listed_and_the_rest_is_done(tmp_path, capsys):
@@ -323,31 +331,23 @@ def test_seed_reaches_both_random_encoders(tmp_path):
     assert not np.allclose(clap_a, clap_c)
 
 
-def test_two_processes_write_the_features_of_one_in_both_layouts(small_tree, tmp_path):
-    """accelerate launch (2 processes) and two --shard i/2 runs against one process, per-file and packed."""
+def test_two_processes_write_the_features_of_one_in_both_layouts(small_tree, one_process, tmp_path):
+    """accelerate launch: two processes, each writing its share of the per-file trees (by RANK) and of a
+    packed store (by --shard RANK/2), give the features of one process in both layouts."""
     from data.store import PackedStore
     from tests.helpers import free_port
 
-    one = tmp_path / "one"
-    base = ["--data_path", str(small_tree), "--random_weights", "--quiet"]
-    assert preprocess.main(base + ["--encodec_path", str(one / "enc"), "--clap_path", str(one / "clap")]) == 0
-    assert preprocess.main(base + ["--pack", str(one / "store")]) == 0
-    # One thread per process, like this test process (tests/conftest.py): same float rounding.
-    env = {**ENV, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO)}
-    two = tmp_path / "two"
+    one, two = one_process, tmp_path / "two"
+    env = {**ENV, "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO)}  # one thread per process (ENV)
     launched = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--multi_gpu", "--num_processes", "2",
          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-         str(free_port()), "data/preprocess.py", *base, "--encodec_path", str(two / "enc"), "--clap_path",
-         str(two / "clap")], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+         str(free_port()), "tests/data/helpers_preprocess_layouts.py", str(small_tree), str(two),
+         "--random_weights", "--quiet"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert launched.returncode == 0, launched.stderr[-3000:]
-    assert "(shard 1/2)" in launched.stderr  # really two shares
-    shards = [subprocess.Popen([sys.executable, "data/preprocess.py", *base, "--pack", str(two / "store"),
-                                "--pack_shard_clips", "2", "--shard", f"{i}/2"], cwd=REPO, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
-    outs = [p.communicate(timeout=600) for p in shards]
-    assert [p.returncode for p in shards] == [0, 0], [err[-2000:] for _, err in outs]
-    assert sum("packed store indexed: 5 clip(s)" in out for out, _ in outs) >= 1  # by the share that ended last
+    # Really two shares, in each layout; the share that ended last indexed the whole store.
+    assert launched.stderr.count("(shard 0/2)") == launched.stderr.count("(shard 1/2)") == 2, launched.stderr[-3000:]
+    assert "packed store indexed: 5 clip(s)" in launched.stdout, launched.stdout
 
     _assert_same_trees(two / "enc", one / "enc")
     _assert_same_trees(two / "clap", one / "clap")
