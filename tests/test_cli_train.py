@@ -76,6 +76,51 @@ def run_train(args: list[str], launcher: list[str] | None = None, timeout: int =
     return subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
 
 
+IN_ONE_PROCESS = textwrap.dedent("""
+    # Runs train.main() once per (arguments, name) of the JSON list in sys.argv[1], one after the
+    # other in this process; run <name> writes its stderr to <name>.stderr and its exit status (1
+    # after an exception) to <name>.status.
+    import json, os, sys, traceback
+    import train
+    for args, name in json.load(open(sys.argv[1])):
+        sys.stderr.flush()
+        with open(name + ".stderr", "w") as handle:
+            os.dup2(handle.fileno(), 2)  # every writer to stderr, whenever it took sys.stderr
+        try:
+            status = train.main(args)
+        except BaseException:
+            traceback.print_exc()
+            status = 1
+        sys.stderr.flush()
+        with open(name + ".status", "w") as handle:
+            handle.write(str(status))
+""")
+
+
+def run_train_in_one_process(folder: Path, runs: list[list[str]]) -> list[subprocess.CompletedProcess]:
+    """Like ``run_train`` for each argument list, but all runs in ONE fresh process, one after the
+    other: one interpreter start (torch, transformers) for all of them.
+
+    Returns:
+        Per run, its exit status and stderr (see ``run_result``).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = [(["cfg/tiny.yaml"] + TINY + args, str(folder / f"run_{k}")) for k, args in enumerate(runs)]
+    (folder / "runs.json").write_text(json.dumps(spec))
+    (folder / "runner.py").write_text(IN_ONE_PROCESS)
+    process = subprocess.run([sys.executable, str(folder / "runner.py"), str(folder / "runs.json")], cwd=REPO,
+                             env=_env(), capture_output=True, text=True, timeout=300 * len(runs))
+    return [run_result(process, args, name) for args, name in spec]
+
+
+def run_result(process: subprocess.CompletedProcess, args: list[str], name: str) -> subprocess.CompletedProcess:
+    """The exit status and stderr that a runner process wrote for its run ``name``; the process's
+    own where it never got to write them (it died before or during that run)."""
+    status, stderr = Path(f"{name}.status"), Path(f"{name}.stderr")
+    return subprocess.CompletedProcess(args, int(status.read_text()) if status.exists() else process.returncode or 1,
+                                       "", stderr.read_text() if stderr.exists() else process.stderr)
+
+
 def read_predictions(path: Path) -> list[dict]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
@@ -166,9 +211,6 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path):
     # 2 steps fall mid-epoch; dropout, MCM masking and a loader worker on.
     common = data + ["optim.epochs=2", "optim.batch_size=2", "optim.gradient_accumulation_steps=2",
                      "model.dropout=0.1", "eval.every_steps=2", "eval.keep_best=1", "data.num_workers=1"]
-    full = run_train(common + [f"output_dir={tmp_path / 'full'}"])
-    assert full.returncode == 0, full.stderr[-3000:]
-
     killed_dir = tmp_path / "killed"
     script = tmp_path / "killer.py"
     script.write_text(KILLER.format(kill_at=3))
@@ -177,9 +219,13 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path):
     done = sorted(p.name for p in (killed_dir / "checkpoints").glob("step_*"))
     assert done[-1] == "step_00000002"  # killed between the checkpoints of steps 2 and 4
 
-    resumed = run_train(common + [f"output_dir={killed_dir}"])
+    # The rerun starts a fresh process, as after a crash; the uninterrupted run follows in that process.
+    resumed, full = run_train_in_one_process(tmp_path / "rerun", [common + [f"output_dir={killed_dir}"],
+                                                                   common + [f"output_dir={tmp_path / 'full'}"]])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stderr
+    assert full.returncode == 0, full.stderr[-3000:]
+    assert "resuming from" not in full.stderr
     final = "checkpoints/step_00000006/model/model.safetensors"
     expected, actual = load_file(tmp_path / "full" / final), load_file(killed_dir / final)
     assert expected.keys() == actual.keys()
@@ -196,10 +242,12 @@ def test_training_shortcuts_off_gives_the_same_weights(tmp_path):
     # MCM on, dropout off: with dropout the shortcuts draw their masks from their own, cheaper
     # generator (modeling/attention.py; tested there), so only without it are the steps equal.
     common = data + ["optim.epochs=2", "optim.batch_size=4", "model.dropout=0.0", "eval.every_steps=4"]
+    flags = ("false", "true")  # stock layers first, in a fresh process; the switch is per model, nothing global
+    results = run_train_in_one_process(tmp_path, [common + [f"output_dir={tmp_path / f'efficient_{flag}'}",
+                                                            f"model.efficient_training={flag}"] for flag in flags])
     runs = {}
-    for flag in ("true", "false"):
+    for flag, result in zip(flags, results):
         out = tmp_path / f"efficient_{flag}"
-        result = run_train(common + [f"output_dir={out}", f"model.efficient_training={flag}"])
         assert result.returncode == 0, result.stderr[-3000:]
         said = "training shortcuts on" if flag == "true" else "training shortcuts off (stock BART layers)"
         assert said in (out / "train.log").read_text()
@@ -262,11 +310,13 @@ def test_previous_layout_checkpoint_loads_and_resumes(tmp_path):
     data = write_split(tmp_path / "data", 8, 4)  # the data the fixture was trained on (same seed)
     old_run = tmp_path / "old_run"
     shutil.copytree(REPO / "tests" / "fixtures" / "previous_layout_run", old_run)
-    resumed = run_train(data + small + [f"output_dir={old_run}"])
+    # The resumed run starts a fresh process; the uninterrupted run follows in that process.
+    resumed, fresh = run_train_in_one_process(tmp_path / "runs", [data + small + [f"output_dir={old_run}"],
+                                                                  data + small + [f"output_dir={tmp_path / 'fresh'}"]])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stderr and "step 2" in resumed.stderr
-    fresh = run_train(data + small + [f"output_dir={tmp_path / 'fresh'}"])
     assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert "resuming from" not in fresh.stderr
     final = "checkpoints/step_00000004"
     old_state = json.loads((old_run / final / "trainer_state.json").read_text())
     new_state = json.loads((tmp_path / "fresh" / final / "trainer_state.json").read_text())

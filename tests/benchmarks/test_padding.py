@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.benchmarks._load import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def padding():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import padding
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    return padding
+    return load_benchmark("padding")
 
 
 def test_grouping_removes_the_padding_of_two_length_classes(padding):
