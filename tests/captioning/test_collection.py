@@ -93,46 +93,48 @@ def test_chunks_resume_and_settings_guard(pipeline, tmp_path, monkeypatch, capsy
     assert "num_beams" in str(err.value) and "\n" not in str(err.value)
 
 
-def test_window_mode_and_reranking_through_collections(tiny_ckpt, tmp_path):
-    sources = write_clips(tmp_path / "clips", 4, long_every=2)[:-1]
-    windowed = EnClap(tiny_ckpt, device="cpu", random_encoders=True, long_audio="window")
+def test_window_mode_and_reranking_through_collections(pipeline, tiny_ckpt, tmp_path):
+    sources = write_clips(tmp_path / "clips", 2, long_every=2)[:-1]  # a 2 s clip, then a short one
+    windowed = EnClap(tiny_ckpt, device="cpu", random_encoders=True, long_audio="window",
+                      encodec=pipeline.encodec, clap=pipeline.clap)  # the same seeded encoders, built once
     options, rerank = GenerationOptions(num_beams=3), RerankOptions(enabled=True, num_candidates=3)
     expected = format_records(windowed.run(sources, options=options, rerank=rerank), "x.csv")
     out = tmp_path / "w.csv"
     run = caption_collection(windowed, sources, str(out), SETTINGS, 2, options, rerank, chunk_size=1, progress=False)
     assert run.status == 0 and out.read_text() == expected
     rows = list(csv.reader(io.StringIO(out.read_text())))
-    assert len(rows) == 1 + 3 + 1 + 3 + 1  # header, 3 windows per 2 s clip
+    assert len(rows) == 1 + 3 + 1  # header, 3 windows of the 2 s clip, the short clip
 
 
 def _env() -> dict:
+    """One torch thread per CLI process, like this test process (tests/conftest.py): the same float rounding."""
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
             "MKL_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO)}
 
 
-def _inference(ckpt, clips, out, launcher=(), extra=()):
-    command = [*launcher] if launcher else [sys.executable]
-    command += ["inference.py", "--ckpt", str(ckpt), "--random_encoders", "--device", "cpu", "--input", str(clips),
-                "--output", str(out), "--long_audio", "window", "--batch_size", "2", *extra]
-    return command
+def _inference_args(ckpt, clips, out, extra=()) -> list[str]:
+    return ["--ckpt", str(ckpt), "--random_encoders", "--device", "cpu", "--input", str(clips), "--output", str(out),
+            "--long_audio", "window", "--batch_size", "2", *extra]
 
 
-def test_a_killed_run_resumes_and_two_processes_equal_one_byte_for_byte(tiny_ckpt, tmp_path):
+def test_a_killed_run_resumes_and_two_processes_equal_one_byte_for_byte(tiny_ckpt, tmp_path, capsys):
     clips = tmp_path / "clips"
     write_clips(clips, 10, long_every=5)
 
     # One process, SIGKILLed after two chunks of 2, then rerun: only the rest is captioned.
     one = tmp_path / "one.csv"
-    sigkill_when(_inference(tiny_ckpt, clips, one, extra=["--chunk_size", "2"]),
+    args = _inference_args(tiny_ckpt, clips, one, extra=["--chunk_size", "2"])
+    sigkill_when([sys.executable, "inference.py", *args],
                  lambda: len(part_files(parts_folder(str(one)))) >= 2, REPO, _env())
     done = sum(n for *_, n in part_files(parts_folder(str(one))))
     assert 4 <= done < 11 and not one.exists()
-    rerun = subprocess.run(_inference(tiny_ckpt, clips, one, extra=["--chunk_size", "2"]), cwd=REPO, env=_env(),
-                           capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 1, rerun.stderr[-3000:]  # the corrupt file
-    skipped = int(rerun.stderr.split("skipped ")[1].split()[0])
+    # The rerun of the same command, in this process (resuming reads only the part files).
+    capsys.readouterr()
+    assert inference.main(args) == 1  # the corrupt file
+    err = capsys.readouterr().err
+    skipped = int(err.split("skipped ")[1].split()[0])
     assert skipped == done  # the corrupt file comes last: never in a finished chunk here
-    assert f"captioned {11 - skipped} input(s)" in rerun.stderr
+    assert f"captioned {11 - skipped} input(s)" in err
     rows = list(csv.reader(io.StringIO(one.read_text())))
     assert len(rows) == 1 + 8 + 2 * 3 + 1  # 8 short clips, 2 long ones in 3 windows, the corrupt file
     assert len({row[3] for row in rows[1:-1]}) > 1
@@ -142,8 +144,8 @@ def test_a_killed_run_resumes_and_two_processes_equal_one_byte_for_byte(tiny_ckp
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                 "--main_process_port", str(free_port())]
-    two = subprocess.run(_inference(tiny_ckpt, clips, tmp_path / "two.csv", launcher), cwd=REPO, env=_env(),
-                         capture_output=True, text=True, timeout=600)
+    two = subprocess.run([*launcher, "inference.py", *_inference_args(tiny_ckpt, clips, tmp_path / "two.csv")],
+                         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert two.returncode != 0 and "1 input(s) failed, 10 captioned" in two.stderr, two.stderr[-3000:]
     assert (tmp_path / "two.csv").read_bytes() == one.read_bytes()
     prefixes = {p for _, p, _, _ in part_files(parts_folder(str(tmp_path / "two.csv")))}
