@@ -66,39 +66,58 @@ def test_two_machines_equal_two_processes_on_one(tmp_path):
         assert scores[1] == scores[0]
 
 
+# Each rank checks the folders given as (folder, resume) pairs in turn, in one process group:
+# a refusal is raised on every rank, so the ranks stay in step for the next check.
 SHARED_CHECK = textwrap.dedent("""
     import sys
     from common.errors import one_line
     from training.distributed import DistributedError, check_shared_folder, end_group, init_gloo_group
     started = init_gloo_group(timeout_minutes=1)
     try:
-        check_shared_folder(sys.argv[1], "output_dir", agree_on=sys.argv[2])
-        print("shared")
-    except DistributedError as err:
-        print("refused:", one_line(err))
+        for folder, resume in zip(sys.argv[1::2], sys.argv[2::2]):
+            try:
+                check_shared_folder(folder, "output_dir", agree_on=resume)
+                print("shared", flush=True)
+            except DistributedError as err:
+                print("refused:", one_line(err), flush=True)
     finally:
         end_group(started)
 """)
 
+CASES = ["shared", "node_local", "stale_resume"]
 
-@pytest.mark.parametrize("case", ["shared", "node_local", "stale_resume"])
-def test_ranks_must_share_the_output_folder(tmp_path, case):
-    """Node-local disks are simulated by giving each rank its own folder under the same name."""
+
+@pytest.fixture(scope="module")
+def shared_check_lines(tmp_path_factory):
+    """What each rank printed for each case: one launch of two processes checks all three cases
+    (the checks are cheap, starting the processes is not)."""
+    root = tmp_path_factory.mktemp("ranks")
     port = str(free_port())
     procs = []
     for rank in (0, 1):
-        folder = tmp_path / ("shared" if case != "node_local" else f"node{rank}") / "run"
-        folder.mkdir(parents=True, exist_ok=True)
-        resume = "step_2" if case != "stale_resume" or rank == 0 else "step_1"
+        args = []
+        for case in CASES:
+            # Node-local disks are simulated by giving each rank its own folder under the same name.
+            folder = root / case / (f"node{rank}" if case == "node_local" else "shared") / "run"
+            folder.mkdir(parents=True, exist_ok=True)
+            args += [str(folder), "step_1" if case == "stale_resume" and rank == 1 else "step_2"]
         env = {**_env(), "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
-        procs.append(subprocess.Popen([sys.executable, "-c", SHARED_CHECK, str(folder), resume], cwd=REPO, env=env,
+        procs.append(subprocess.Popen([sys.executable, "-c", SHARED_CHECK, *args], cwd=REPO, env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = [p.communicate(timeout=120) for p in procs]
-    lines = [out.strip() for out, _ in results]
     assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in results]
+    per_rank = [out.strip().splitlines() for out, _ in results]
+    assert all(len(lines) == len(CASES) for lines in per_rank), per_rank
+    return root, {case: [lines[i] for lines in per_rank] for i, case in enumerate(CASES)}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_ranks_must_share_the_output_folder(shared_check_lines, case):
+    root, lines = shared_check_lines
+    lines = lines[case]
     if case == "shared":
         assert lines == ["shared", "shared"]
-        assert not [p for p in (tmp_path / "shared" / "run").iterdir()]  # the probe file is cleaned up
+        assert not [p for p in (root / case / "shared" / "run").iterdir()]  # the probe file is cleaned up
     elif case == "node_local":
         for line in lines:
             assert line.startswith("refused: output_dir ") and "not one shared folder: rank(s) 1 (" in line

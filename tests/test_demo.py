@@ -117,7 +117,9 @@ def test_missing_clap_checkpoint_is_one_line(tmp_path, capsys):
 def test_reduced_end_to_end_run(tmp_path):
     """20 clips (16 train, 2 valid, 2 test), one epoch: every step runs; the summary names real scores and files."""
     out = tmp_path / "demo"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    # One thread per process: the steps' own torch threads only fight each other on a shared CPU.
+    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", OMP_NUM_THREADS="1",
+               MKL_NUM_THREADS="1")
     cmd = [sys.executable, str(ROOT / "scripts" / "demo.py"), "--out", str(out), "--num_clips", "20",
            "--metrics", "cider_d", "--require_gain", "0",
            "optim.epochs=1", "optim.batch_size=8", "eval.batch_size=8", "log.trackers=[]"]

@@ -4,7 +4,9 @@ A ``file,caption`` table and a handful of short recordings (written here: severa
 rates and channel counts, one clip longer than the tiny model's frame limit) go through
 ``make_csv.py own`` -> ``preprocess.py`` -> ``make_csv.py check`` -> ``train.sh`` ->
 ``evaluate.py`` -> fine-tuning with ``model.init=enclap`` (``train.py``), every path typed
-relative to that folder. Random-weight encoders and a tiny model keep it to about a minute.
+relative to that folder. Random-weight encoders and a tiny model keep it to about a minute; the
+two light ``make_csv.py`` steps run in this process (its working folder moved there), the others
+as the user would start them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from data import make_csv
 from tests.test_cli_train import REPO, TINY, _env
 
 # name, seconds, sample rate, channels, tone (Hz), captions
@@ -58,16 +61,27 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def test_own_data_from_table_to_fine_tuning(tmp_path):
+def _make_csv(capsys, *argv: str) -> str:
+    """``make_csv.py`` with ``argv`` in this process (it imports torch, so a process of its own costs
+    seconds); returns what it printed."""
+    capsys.readouterr()
+    status = make_csv.main(list(argv))
+    out, err = capsys.readouterr()
+    assert status == 0, f"{argv}\n{out}\n{err}"
+    return out
+
+
+def test_own_data_from_table_to_fine_tuning(tmp_path, monkeypatch, capsys):
     home = tmp_path / "my project"  # a space, and nowhere near the repository
     home.mkdir()
     _write_own_data(home)
+    monkeypatch.chdir(home)  # for the in-process make_csv.py steps; the subprocesses get cwd=home
     python = sys.executable
 
     # 1. The split: clips (not rows) by ratio, seeded.
-    out = _run(home, python, str(REPO / "data" / "make_csv.py"), "own", "--audio_dir", "audio",
-               "--captions", "captions.csv", "--out_dir", "splits", "--split", "0.5,0.25,0.25")
-    assert f"wrote {home / 'splits' / 'train.csv'}" in out.stdout
+    out = _make_csv(capsys, "own", "--audio_dir", "audio", "--captions", "captions.csv", "--out_dir", "splits",
+                    "--split", "0.5,0.25,0.25")
+    assert f"wrote {home / 'splits' / 'train.csv'}" in out
     train, valid, test = (_rows(home / "splits" / f"{s}.csv") for s in ("train", "valid", "test"))
     clips = {split: {r["file_path"] for r in rows} for split, rows in (("train", train), ("valid", valid),
                                                                         ("test", test))}
@@ -86,9 +100,9 @@ def test_own_data_from_table_to_fine_tuning(tmp_path):
     assert not np.array_equal(codes["dog.npy"][:20], codes["talk/woman.npy"][:20])  # different sounds, codes
     clap = [np.load(home / "feats" / "clap" / p) for p in sorted(every)]
     assert all(c.shape == (512,) for c in clap) and not np.allclose(clap[0], clap[1])
-    out = _run(home, python, str(REPO / "data" / "make_csv.py"), "check", "splits/train.csv", "splits/valid.csv",
-               "splits/test.csv", "--encodec_path", "feats/encodec", "--clap_path", "feats/clap")
-    assert out.stdout.count("all feature files present") == 3
+    out = _make_csv(capsys, "check", "splits/train.csv", "splits/valid.csv", "splits/test.csv", "--encodec_path",
+                    "feats/encodec", "--clap_path", "feats/clap")
+    assert out.count("all feature files present") == 3
 
     # 3. Train with the tiny recipe through train.sh, every path relative to this folder.
     data = ["data.train_csv=splits/train.csv", "data.val_csv=splits/valid.csv",
