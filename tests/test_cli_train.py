@@ -78,22 +78,12 @@ def run_train(args: list[str], launcher: list[str] | None = None, timeout: int =
 
 IN_ONE_PROCESS = textwrap.dedent("""
     # Runs train.main() once per (arguments, name) of the JSON list in sys.argv[1], one after the
-    # other in this process; run <name> writes its stderr to <name>.stderr and its exit status (1
-    # after an exception) to <name>.status.
-    import json, os, sys, traceback
-    import train
+    # other in this process; run <name> writes its stderr to <name>.stderr and its exit status to
+    # <name>.status.
+    import json, sys
+    from tests.helpers_train_runner import run_and_record
     for args, name in json.load(open(sys.argv[1])):
-        sys.stderr.flush()
-        with open(name + ".stderr", "w") as handle:
-            os.dup2(handle.fileno(), 2)  # every writer to stderr, whenever it took sys.stderr
-        try:
-            status = train.main(args)
-        except BaseException:
-            traceback.print_exc()
-            status = 1
-        sys.stderr.flush()
-        with open(name + ".status", "w") as handle:
-            handle.write(str(status))
+        run_and_record(args, name)
 """)
 
 

@@ -25,12 +25,12 @@ RUNNER = textwrap.dedent("""
     # captions[k] for every clip (one generate call per pass: eval.batch_size covers the split; the
     # last entry repeats); with no_spice, the requirements check says CoreNLP is missing, so SPICE and
     # SPIDEr cannot run. Run <name>'s stderr goes to <name>.stderr, its exit status to <name>.status.
-    import json, os, sys, traceback
+    import json, sys
     sys.path.insert(0, {repo!r})
     import scoring.java
     import training.validation as validation
     from tests.helpers import without_spice
-    import train
+    from tests.helpers_train_runner import run_and_record
     real_generate, real_check = validation.generate_captions, scoring.java.check_requirements
 
     def fake_generate(passes):
@@ -44,17 +44,7 @@ RUNNER = textwrap.dedent("""
     for name, args, captions, no_spice in json.load(open(sys.argv[1])):
         validation.generate_captions = real_generate if captions is None else fake_generate(captions)
         scoring.java.check_requirements = without_spice(real_check) if no_spice else real_check
-        sys.stderr.flush()
-        with open(name + ".stderr", "w") as handle:
-            os.dup2(handle.fileno(), 2)  # every writer to stderr, whenever it took sys.stderr
-        try:
-            status = train.main(args)
-        except BaseException:
-            traceback.print_exc()
-            status = 1
-        sys.stderr.flush()
-        with open(name + ".status", "w") as handle:
-            handle.write(str(status))
+        run_and_record(args, name)
 """)
 
 # name: (overrides, captions of the validation passes or None for the model's own, SPICE unavailable).
