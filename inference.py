@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 
@@ -43,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from captioning.cli import generation_from_args, pipeline_from_args, rerank_from_args
     from captioning.collection import caption_collection, collection_settings
     from captioning.records import OUTPUT_SUFFIXES
+    from common.device import launcher_rank
     from common.errors import UserError, one_line
     from data.audio import expand_audio_inputs
     from scoring.diversity import checkpoint_hint, degenerate_warning
@@ -50,11 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.output and not args.output.lower().endswith(OUTPUT_SUFFIXES):
         print(f"error: --output {args.output}: use a name ending in .csv or .jsonl", file=sys.stderr)
         return 2
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.output:
+    rank, world = launcher_rank()
+    if world > 1 and not args.output:
         print("error: several processes need --output FILE.csv|.jsonl to merge their captions into", file=sys.stderr)
         return 2
     files, problems = expand_audio_inputs(args.input)
-    for problem in problems if os.environ.get("RANK", "0") == "0" else []:  # said once, not once per rank
+    for problem in problems if rank == 0 else []:  # said once, not once per rank
         print(f"error: {problem}", file=sys.stderr)
     if not files:
         print("error: nothing to caption (check --input)", file=sys.stderr)

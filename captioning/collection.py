@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, List, Sequence
 
 from captioning.records import format_records, merge_results, part_files, read_parts, write_part
+from common.device import launcher_rank
 from common.errors import UserError
 from common.io import atomic_write_text
 from training.distributed import all_gather, broadcast, check_shared_folder, end_group, init_gloo_group
@@ -75,10 +76,6 @@ class CollectionRun:
 def parts_folder(output: str) -> str:
     """Where the part files of ``output`` live."""
     return os.path.abspath(output) + PARTS_SUFFIX
-
-
-def _rank() -> tuple[int, int]:
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _prepare(parts: str, settings: dict, sources: Sequence[str]) -> dict:
@@ -143,7 +140,7 @@ def caption_collection(pipeline, sources: Sequence[str], output: str, settings: 
     if chunk_size < 1:
         raise CollectionError(f"--chunk_size must be >= 1, got {chunk_size}")
     started = init_gloo_group()
-    rank, world = _rank()
+    rank, world = launcher_rank()
     is_main = rank == 0
     parts = parts_folder(output)
     try:

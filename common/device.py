@@ -1,4 +1,5 @@
-"""The one device resolver used by preprocessing, the captioning pipeline and the benchmarks."""
+"""Where this process runs: the one device resolver (preprocessing, the captioning pipeline, the
+benchmarks) and its rank under a launcher."""
 
 from __future__ import annotations
 
@@ -11,6 +12,12 @@ from common.errors import UserError
 
 class DeviceError(UserError):
     """A device that does not exist here; the message says which ones do."""
+
+
+def launcher_rank() -> tuple[int, int]:
+    """``(RANK, WORLD_SIZE)`` as ``accelerate launch`` and ``torchrun`` export them for every
+    process; ``(0, 1)`` when started without a launcher."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:

@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 
-from common.device import resolve_device
+from common.device import launcher_rank, resolve_device
 from common.errors import UserError
 from data.audio import AudioError
 from data.encoders import decode, prepare_branches
@@ -119,9 +119,7 @@ def parse_shard(text: Optional[str]) -> Tuple[int, int]:
         ``(index, count)``; ``(0, 1)`` when not sharded.
     """
     if text is None:
-        # accelerate launch and torchrun export these for every process.
-        index = int(os.environ.get("RANK", "0"))
-        count = int(os.environ.get("WORLD_SIZE", "1"))
+        index, count = launcher_rank()
     else:
         try:
             index_text, count_text = text.split("/")

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig
 
+from common.device import launcher_rank
 from common.errors import UserError
 from common.io import atomic_write_text
 
@@ -182,7 +183,7 @@ def check_cluster(cfg: DictConfig, resume_dir: Optional[str], log: logging.Logge
     check_shared_folder(cfg.output_dir, "output_dir", agree_on=resume_dir)
     timeout = process_group_timeout()
     minutes = timeout.total_seconds() / 60 if timeout is not None else cfg.distributed.timeout_minutes
-    machines = int(os.environ.get("WORLD_SIZE", "1")) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    machines = launcher_rank()[1] // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     log.info("%d processes on %d machine(s) share %s; process-group timeout %g min (distributed.timeout_minutes): "
              "the other ranks wait up to that long, e.g. while the main process scores validation",
              _dist().get_world_size(), machines, os.path.abspath(cfg.output_dir), minutes)
@@ -200,7 +201,7 @@ def init_gloo_group(timeout_minutes: float = 30.0) -> bool:
     """
     import torch.distributed as dist
 
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+    if launcher_rank()[1] <= 1 or dist.is_initialized():
         return False
     missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
     if missing:
