@@ -32,10 +32,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, List, Sequence
 
-from captioning.records import format_records, merge_results, part_files, read_parts, write_part
+from captioning.records import PART_NAME, format_records, merge_results, part_files, read_parts, write_part
 from common.device import launcher_rank
 from common.errors import UserError
-from common.io import atomic_write_text
+from common.io import atomic_write_text, next_number
 from training.distributed import all_gather, broadcast, check_shared_folder, end_group, init_gloo_group
 
 PARTS_SUFFIX = ".parts"
@@ -165,8 +165,7 @@ def caption_collection(pipeline, sources: Sequence[str], output: str, settings: 
             print(f"skipped {plan['skipped']} input(s) already captioned in {parts}", file=sys.stderr)
 
         prefix = f"r{rank:05d}-of-{world:05d}"
-        seqs = [seq for _, p, seq, _ in part_files(parts) if p == prefix]
-        seq = max(seqs) + 1 if seqs else 0
+        seq = next_number(parts, PART_NAME, prefix)
         share = [sources[i] for i in pending[rank::world]]
         bar = tqdm(total=len(pending), desc=f"captioning ({world} process{'es' if world > 1 else ''})", unit="clip",
                    disable=not (progress and is_main) or not pending, dynamic_ncols=True)

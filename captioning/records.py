@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Dict, Iterable, List, Sequence
+from typing import Dict, Iterable, List, Sequence, Tuple
 
-from common.io import atomic_write_text, csv_text
+from common.io import atomic_write_text, csv_text, numbered_files
 
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
 
@@ -74,16 +74,10 @@ def result_from_json(record: dict):
                          warning=record.get("warning"))
 
 
-def part_files(folder: str) -> List[tuple]:
+def part_files(folder: str) -> List[Tuple[str, str, int, int]]:
     """``(name, prefix, seq, clips)`` of every part file in ``folder``, sorted by name."""
-    if not os.path.isdir(folder):
-        return []
-    found = []
-    for name in sorted(os.listdir(folder)):
-        match = PART_NAME.match(name)
-        if match:
-            found.append((name, match.group("prefix"), int(match.group("seq")), int(match.group("clips"))))
-    return found
+    return [(name, match["prefix"], int(match["seq"]), int(match["clips"]))
+            for name, match in numbered_files(folder, PART_NAME)]
 
 
 def write_part(folder: str, prefix: str, seq: int, results: Sequence) -> str:

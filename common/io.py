@@ -9,9 +9,10 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import tempfile
 from contextlib import contextmanager
-from typing import IO, Iterable, Iterator, Sequence
+from typing import IO, Iterable, Iterator, List, Sequence, Tuple
 
 
 @contextmanager
@@ -85,3 +86,21 @@ def write_predictions_csv(path: str | os.PathLike, file_paths: Sequence[str], pr
                           references: Sequence[Sequence[str]]) -> None:
     """Write the predictions CSV of evaluation and training validation atomically."""
     atomic_write_text(path, predictions_csv(file_paths, predictions, references))
+
+
+def numbered_files(folder: str | os.PathLike, pattern: re.Pattern) -> List[Tuple[str, re.Match]]:
+    """``(name, match)`` of every file in ``folder`` whose whole name ``pattern`` matches, by name.
+
+    For outputs written a numbered piece at a time by resumable jobs (collection part files,
+    packed-store shards): ``pattern`` has the groups ``prefix`` (the writer) and ``seq``.
+    A missing folder has none.
+    """
+    if not os.path.isdir(folder):
+        return []
+    return [(name, match) for name in sorted(os.listdir(folder)) if (match := pattern.fullmatch(name))]
+
+
+def next_number(folder: str | os.PathLike, pattern: re.Pattern, prefix: str) -> int:
+    """The ``seq`` after the highest one ``prefix`` has written in ``folder`` (0 for none yet)."""
+    seqs = [int(match["seq"]) for _, match in numbered_files(folder, pattern) if match["prefix"] == prefix]
+    return max(seqs) + 1 if seqs else 0

@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as a file: import from the repository root,
 import numpy as np
 
 from common.errors import UserError
-from common.io import atomic_open, atomic_write_text
+from common.io import atomic_open, atomic_write_text, next_number, numbered_files
 
 INDEX_NAME = "index.json"
 SHARDS_DIR = "shards"
@@ -285,17 +285,9 @@ class FeatureStore:
 # --------------------------------------------------------------------------- writing
 
 
-def _shard_jsons(root: str | os.PathLike) -> List[Tuple[str, str, int]]:
-    """``(name, prefix, seq)`` of every committed shard, sorted by name."""
-    folder = os.path.join(root, SHARDS_DIR)
-    if not os.path.isdir(folder):
-        return []
-    found = []
-    for entry in sorted(os.listdir(folder)):
-        match = _SHARD_JSON.match(entry)
-        if match:
-            found.append((entry[:-len(".json")], match.group("prefix"), int(match.group("seq"))))
-    return found
+def _shard_names(root: str | os.PathLike) -> List[str]:
+    """The name of every committed shard (its ``.json`` written), sorted."""
+    return [entry[:-len(".json")] for entry, _ in numbered_files(os.path.join(root, SHARDS_DIR), _SHARD_JSON)]
 
 
 def _read_shard(root: str | os.PathLike, name: str) -> dict:
@@ -311,7 +303,7 @@ def _read_shard(root: str | os.PathLike, name: str) -> dict:
 def done_files(root: str | os.PathLike) -> Dict[str, int]:
     """``{file_path: frames}`` of every clip in a committed shard (what a resumed run skips)."""
     done: Dict[str, int] = {}
-    for name, _, _ in _shard_jsons(root):
+    for name in _shard_names(root):
         shard = _read_shard(root, name)
         for file_path, frames in zip(shard["files"], shard["frames"]):
             done.setdefault(file_path, int(frames))
@@ -338,9 +330,8 @@ class PackedWriter:
         self.kinds = tuple(kinds)
         self.shard_clips = shard_clips
         os.makedirs(os.path.join(self.root, SHARDS_DIR), exist_ok=True)
-        seqs = [seq for _, p, seq in _shard_jsons(self.root) if p == prefix]
         # A shard killed before its .json reuses its sequence number: its arrays are overwritten.
-        self._seq = max(seqs) + 1 if seqs else 0
+        self._seq = next_number(os.path.join(self.root, SHARDS_DIR), _SHARD_JSON, prefix)
         self._files: List[str] = []
         self._codes: List[np.ndarray] = []
         self._clap: List[np.ndarray] = []
@@ -406,7 +397,7 @@ def build_index(root: str | os.PathLike) -> int:
     """
     shards, seen, kinds = [], set(), None
     num_rvq, clap_dim = 16, 512
-    for name, _, _ in _shard_jsons(root):
+    for name in _shard_names(root):
         record = _read_shard(root, name)
         if kinds is None:
             kinds = record["kinds"]

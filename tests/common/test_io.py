@@ -33,3 +33,17 @@ def test_relative_path_in_current_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     atomic_write_text("preds.csv", "x\n")
     assert (tmp_path / "preds.csv").read_text() == "x\n"
+
+
+def test_numbered_files_and_the_next_number_per_writer(tmp_path):
+    import re
+
+    from common.io import next_number, numbered_files
+
+    pattern = re.compile(r"(?P<prefix>[a-z]+)\.(?P<seq>\d{3})\.json")
+    for name in ["b.000.json", "a.001.json", "a.000.json", "a.004.json.partial", "notes.txt"]:
+        (tmp_path / name).write_text("")
+    assert [name for name, _ in numbered_files(tmp_path, pattern)] == ["a.000.json", "a.001.json", "b.000.json"]
+    assert next_number(tmp_path, pattern, "a") == 2  # the unfinished .partial does not count
+    assert next_number(tmp_path, pattern, "b") == 1 and next_number(tmp_path, pattern, "c") == 0
+    assert numbered_files(tmp_path / "missing", pattern) == [] and next_number(tmp_path / "missing", pattern, "a") == 0
