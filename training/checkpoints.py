@@ -96,8 +96,8 @@ class CheckpointManager:
 
         Args:
             metric: key of ``trainer_state["scores"]`` to rank by (higher is better; ties
-                keep the earlier checkpoint). A pass whose captions were all empty
-                (``"all_empty": true``) ranks last whatever its score, as in :func:`best_entry`.
+                keep the earlier checkpoint). A pass that cannot be selected
+                (:func:`selection_score`: no score, or all captions empty) ranks last.
 
         Returns:
             The deleted folders.
@@ -107,11 +107,8 @@ class CheckpointManager:
             return []
         scored = []
         for step, folder in found:
-            state = self.read_state(folder)
-            value = state.get("scores", {}).get(metric)
-            if value is None or state.get("all_empty", False):
-                value = -math.inf
-            scored.append((-value, step, folder))
+            value = selection_score(self.read_state(folder), metric)
+            scored.append((-(value if value is not None else -math.inf), step, folder))
         keep = {folder for _, _, folder in sorted(scored)[: self.keep_best]} | {found[-1][1]}
         removed = []
         for _, folder in found:
@@ -163,13 +160,20 @@ def save_checkpoint(manager: CheckpointManager, accelerator, model, tokenizer, s
     accelerator.wait_for_everyone()
 
 
-def best_entry(history: list[dict], select_metric: str) -> Optional[dict]:
-    """The validation entry with the best ``select_metric`` (the earliest among equals), or None.
+def selection_score(entry: dict, select_metric: str) -> Optional[float]:
+    """The score a validation pass (a history entry or a checkpoint's trainer state) is selected by.
 
-    A pass whose captions were all empty (``"all_empty": true``) never qualifies: it scores ~0
-    and its model writes nothing.
+    None when it cannot be selected: no such score, or captions that were all empty
+    (``"all_empty": true``: it scores ~0 and its model writes nothing).
     """
-    scored = [h for h in history if h["scores"].get(select_metric) is not None and not h.get("all_empty", False)]
+    if entry.get("all_empty", False):
+        return None
+    return entry.get("scores", {}).get(select_metric)
+
+
+def best_entry(history: list[dict], select_metric: str) -> Optional[dict]:
+    """The validation entry with the best :func:`selection_score` (the earliest among equals), or None."""
+    scored = [h for h in history if selection_score(h, select_metric) is not None]
     return max(scored, key=lambda h: (h["scores"][select_metric], -h["step"])) if scored else None
 
 
