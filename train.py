@@ -44,13 +44,17 @@ def train(cfg) -> int:
     from training.logs import LossLog, open_run_folder
     from training.model import build_model_and_tokenizer
     from training.optim import build_optimizer, build_scheduler
-    from training.preflight import check_recipe
+    from training.preflight import check_launch, check_recipe
     from training.sampler import step_seed
     from training.validation import predictions_path, undertrained_hint, validate, validation_loader
 
     manager = CheckpointManager(cfg.output_dir, keep_best=cfg.eval.keep_best)
     resume_dir = manager.latest()
-    plan = check_recipe(cfg, check_model=resume_dir is None)  # user mistakes surface before anything heavy
+    # User mistakes surface before anything heavy: first the launch layout (the environment only),
+    # then the recipe's files; the shared-folder check needs the process group (check_cluster).
+    launch_warnings = check_launch(cfg, resume_dir)
+    plan = check_recipe(cfg, check_model=resume_dir is None)
+    plan.warnings[:0] = launch_warnings
     accelerator = make_accelerator(cfg)
     open_run_folder(cfg, accelerator, logger)
     check_cluster(cfg, resume_dir, logger)  # all ranks share output_dir (tokenizer, checkpoints); timeout logged
@@ -105,7 +109,10 @@ def train(cfg) -> int:
         is_best = best is not None and best["step"] == global_step
         save_checkpoint(manager, accelerator, model, tokenizer, global_step, {
             "global_step": global_step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "scores": scores,
-            "all_empty": result.stats.all_empty, "select_metric": select_metric, "history": history}, is_best)
+            "all_empty": result.stats.all_empty, "select_metric": select_metric, "history": history,
+            # What the data position means, checked at resume (training.preflight.check_launch).
+            "layout": {"batch_size": cfg.optim.batch_size, "gradient_accumulation_steps": accum,
+                       "processes": accelerator.num_processes}}, is_best)
         if is_best:
             logger.info("new best %s %.4f at step %d -> %s", select_metric, scores[select_metric], global_step,
                         manager.best_dir)

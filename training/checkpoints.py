@@ -202,4 +202,10 @@ def resume_position(manager: CheckpointManager, accelerator, resume_dir: Optiona
     state = manager.read_state(resume_dir)
     logger.info("resuming from %s (step %d, epoch %d, batch %d)", resume_dir, state["global_step"], state["epoch"],
                 state["batch_in_epoch"])
+    saved = state.get("layout", {}).get("processes")
+    if saved is not None and saved != accelerator.num_processes:
+        # docs/cluster.md, "Requeue on another number of machines".
+        logger.info("the checkpoint was written by %d process(es), this run has %d: the weights, optimizer, "
+                    "schedule, global batch and data position carry over; each process draws its own dropout "
+                    "masks, so these differ from an uninterrupted run", saved, accelerator.num_processes)
     return state["global_step"], state["epoch"], state["batch_in_epoch"], state["history"]

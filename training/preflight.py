@@ -24,7 +24,10 @@ from data.masking import MAX_FRAMES
 from data.store import StoreError
 from scoring import normalize_metrics, usable_metrics
 from scoring.java import MetricsUnavailable
+from common.device import launcher_rank
+from training.checkpoints import CheckpointManager
 from training.config import ConfigError, looks_like_local_path
+from training.sampler import check_global_batch
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +130,59 @@ def check_model_path(cfg: DictConfig) -> None:
                 and not os.path.exists(str(value)):
             raise ConfigError(f"model.{key} not found: {os.path.abspath(str(value))} (set model.{key}=PATH to a "
                               "checkpoint folder, or a Hugging Face Hub id)")
+
+
+# Below this many examples per GPU and forward pass, a GPU mostly waits (kernel launches, the
+# all-reduce); the paper's recipes keep 16 or more per GPU.
+MIN_GPU_BATCH = 8
+
+
+def check_launch(cfg: DictConfig, resume_dir: Optional[str], on_gpu: Optional[bool] = None) -> list[str]:
+    """The checks of the recipe against the launch layout, from the launcher's environment only.
+
+    Runs before the process group, the model or any data: a layout that cannot work stops every
+    rank at once in one line, instead of after each has loaded BART and read its data.
+
+    Args:
+        cfg: the recipe.
+        resume_dir: the checkpoint the run would resume from (None for a fresh run).
+        on_gpu: whether the processes train on GPUs (default: CUDA is visible and Accelerate
+            is not told to use the CPU).
+
+    Returns:
+        Warnings for the run's log (a per-GPU batch below :data:`MIN_GPU_BATCH`).
+
+    Raises:
+        ConfigError: a global batch that does not split over the processes; a resume
+            checkpoint that is unreadable or was trained with another global batch or
+            accumulation (its data position would mean other examples).
+    """
+    processes = launcher_rank()[1]
+    per_process = check_global_batch(cfg.optim.batch_size, processes)
+    if on_gpu is None:
+        import torch
+
+        on_gpu = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true")
+    warnings = []
+    if on_gpu and processes > 1 and per_process < MIN_GPU_BATCH:
+        warnings.append(f"optim.batch_size={cfg.optim.batch_size} over {processes} GPUs leaves {per_process} "
+                        f"examples per GPU, too few to keep a GPU busy: raise optim.batch_size to "
+                        f"{MIN_GPU_BATCH * processes} or more (with a matching optim.lr) or run on at most "
+                        f"{max(1, cfg.optim.batch_size // MIN_GPU_BATCH)} GPU(s)")
+    if resume_dir is not None:
+        try:
+            state = CheckpointManager.read_state(resume_dir)
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"cannot read the resume checkpoint {resume_dir} ({type(error).__name__}); delete "
+                              "that folder to resume from the one before") from None
+        for key, name in (("batch_size", "optim.batch_size"),
+                          ("gradient_accumulation_steps", "optim.gradient_accumulation_steps")):
+            saved, now = state.get("layout", {}).get(key), cfg.optim[key]
+            if saved is not None and saved != now:
+                raise ConfigError(f"{name}={now}, but the run in {cfg.output_dir} was trained with {saved} (its data "
+                                  f"position counts those batches): resume with {name}={saved}, or start a new "
+                                  "output_dir")
+    return warnings
 
 
 def check_recipe(cfg: DictConfig, check_model: bool = True) -> RecipePlan:

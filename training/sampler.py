@@ -12,6 +12,22 @@ import torch
 
 from training.config import ConfigError
 
+
+def check_global_batch(batch_size: int, num_processes: int) -> int:
+    """The examples each process gets per forward pass of a global batch of ``batch_size``.
+
+    Raises:
+        ConfigError: the global batch does not split evenly over the processes (one line, the fix).
+    """
+    if batch_size % num_processes:
+        fits = [n for n in range(num_processes, 0, -1) if batch_size % n == 0][0]
+        raise ConfigError(f"optim.batch_size={batch_size} (the global batch) is not a multiple of the "
+                          f"{num_processes} processes launched: set optim.batch_size to a multiple of "
+                          f"{num_processes} (e.g. {num_processes * max(1, -(-batch_size // num_processes))}) "
+                          f"or launch a number of processes that divides it (e.g. {fits})")
+    return batch_size // num_processes
+
+
 def step_seed(seed: int, process_index: int, step: int) -> int:
     """Seed of the torch RNG (dropout) for one optimizer step on one process.
 
@@ -50,9 +66,7 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
     def __init__(self, num_examples: int, batch_size: int, num_processes: int = 1, process_index: int = 0,
                  seed: int = 0, shuffle: bool = True, lengths: Optional[Sequence[int]] = None,
                  group_size: int = 50):
-        if batch_size % num_processes:
-            raise ConfigError(f"the global batch size {batch_size} must be a multiple of the number of "
-                              f"processes ({num_processes}); change optim.batch_size")
+        check_global_batch(batch_size, num_processes)
         if num_examples < 1:
             raise ValueError("empty dataset")
         self.num_examples = num_examples

@@ -46,7 +46,7 @@ def test_global_batches_are_deterministic_per_epoch_and_resumable():
     sampler.set_start(3)
     assert list(sampler) == first[3:]
     assert list(sampler) == first  # the skip applies to one pass only
-    with pytest.raises(ConfigError, match="multiple of the number of processes"):
+    with pytest.raises(ConfigError, match="not a multiple of the 2 processes launched"):
         GlobalBatchSampler(40, 5, num_processes=2)
 
 
