@@ -40,7 +40,7 @@ def train(cfg) -> int:
     from training.checkpoints import CheckpointManager, best_entry, resume_position, save_checkpoint, write_summary
     from training.config import flat_config
     from training.data import build_data
-    from training.distributed import allow_unused_parameters, check_cluster, make_accelerator
+    from training.distributed import allow_unused_parameters, check_cluster, make_accelerator, stop_heartbeat
     from training.logs import LossLog, open_run_folder
     from training.model import build_model_and_tokenizer
     from training.optim import build_optimizer, build_scheduler
@@ -178,6 +178,7 @@ def train(cfg) -> int:
             logger.warning("done, but no validation pass wrote a non-empty caption, so there is no best/ folder; %s",
                            undertrained_hint(global_step, len(data.train_set), cfg.optim.epochs, cfg.optim.lr))
     accelerator.wait_for_everyone()
+    stop_heartbeat()
     accelerator.end_training()
     return 0
 
@@ -191,6 +192,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from common.errors import UserError, one_line
     from training.config import load_config
+    from training.distributed import lost_ranks
 
     path = argv.pop(0) if argv and "=" not in argv[0] else None
     try:
@@ -198,6 +200,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UserError as error:
         print(f"train.py: error: {one_line(error)}", file=sys.stderr)
         return 2
+    except RuntimeError as error:  # a failed collective (DistBackendError, gloo's): did another rank die?
+        lost = lost_ranks()
+        if lost is None:
+            raise
+        print(f"train.py: error: {one_line(lost)} [{type(error).__name__}: {str(error).splitlines()[0][:200]}]",
+              file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -183,12 +183,13 @@ class DistributedConfig:
     """Several processes or machines (docs/cluster.md).
 
     Args:
-        timeout_minutes: how long a collective may wait before the run is stopped. The other
-            ranks wait while the main process scores validation (SPICE on a full split takes
-            many minutes); NCCL's own default, 10 minutes, is too short for that.
+        timeout_minutes: how long a collective may wait before the run is stopped; on NCCL, a rank
+            that died is only found this way. Validation scoring does not count: the other ranks
+            wait for the main process's scores as long as its heartbeat goes on
+            (:func:`training.distributed.share_from_main`), so SPICE on a full split needs no more.
     """
 
-    timeout_minutes: float = 120.0
+    timeout_minutes: float = 10.0
 
 
 @dataclass

@@ -9,7 +9,10 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import pickle
 import socket
+import threading
+import time
 import uuid
 from typing import Any, Optional
 
@@ -40,8 +43,9 @@ def make_accelerator(cfg: DictConfig):
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, InitProcessGroupKwargs
 
-    # Validation is scored on the main process while the other ranks wait in a collective; with
-    # NCCL's default of 600 s, SPICE on a full split kills the run. The recipe sets the wait.
+    # How long a collective may wait: NCCL finds a dead peer only by this timeout. The other ranks
+    # do not wait in a collective while the main process scores validation (share_from_main), so
+    # it need not cover SPICE on a full split.
     timeout = datetime.timedelta(minutes=cfg.distributed.timeout_minutes)
     accelerator = Accelerator(
         mixed_precision=cfg.optim.mixed_precision,
@@ -172,8 +176,8 @@ def check_shared_folder(folder: str, what: str, agree_on: Any = None) -> None:
 
 def check_cluster(cfg: DictConfig, resume_dir: Optional[str], log: logging.Logger) -> None:
     """The start of a run on several processes: every rank must see the same ``output_dir`` and
-    resume from the same checkpoint (else one line and stop), and the log says how long a rank
-    may wait in a collective.
+    resume from the same checkpoint (else one line and stop), every rank starts its heartbeat
+    (:func:`start_heartbeat`), and the log says how long a rank may wait in a collective.
 
     Call on every rank after the main process made ``output_dir`` and before anything is shared
     through it (the scratch tokenizer, checkpoints).
@@ -181,12 +185,134 @@ def check_cluster(cfg: DictConfig, resume_dir: Optional[str], log: logging.Logge
     if _dist() is None:
         return
     check_shared_folder(cfg.output_dir, "output_dir", agree_on=resume_dir)
+    start_heartbeat()
     timeout = process_group_timeout()
     minutes = timeout.total_seconds() / 60 if timeout is not None else cfg.distributed.timeout_minutes
     machines = launcher_rank()[1] // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     log.info("%d processes on %d machine(s) share %s; process-group timeout %g min (distributed.timeout_minutes): "
-             "the other ranks wait up to that long, e.g. while the main process scores validation",
-             _dist().get_world_size(), machines, os.path.abspath(cfg.output_dir), minutes)
+             "a collective waits up to that long for a rank that hangs; the other ranks wait for validation "
+             "scoring as long as the main process is alive", _dist().get_world_size(), machines,
+             os.path.abspath(cfg.output_dir), minutes)
+
+
+# --------------------------------------------------------------------------------------------
+# Liveness: a rank that died ends the others in one line naming it
+# --------------------------------------------------------------------------------------------
+
+HEARTBEAT_S = 5.0  # a rank counts as dead after MISSED_BEATS beats without a heartbeat
+MISSED_BEATS = 3
+_KEY = "enclap/"
+_heart: dict[str, Any] = {}
+
+
+class RankLost(DistributedError):
+    """Another rank died (its process, or its machine) or cannot be reached."""
+
+
+def _store():
+    return _dist().distributed_c10d._get_default_store()
+
+
+def start_heartbeat(interval: float = HEARTBEAT_S) -> bool:
+    """Starts this rank's heartbeat: a daemon thread that counts up ``enclap/beat/<rank>`` in the
+    process group's store every ``interval`` seconds, so other ranks can tell a rank that is
+    busy (scoring, saving) from one that died. Returns whether it started one (no group: no)."""
+    dist = _dist()
+    if dist is None or _heart.get("thread") is not None:
+        return False
+    store, key = _store(), f"{_KEY}beat/{dist.get_rank()}"
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.is_set():
+            try:
+                store.add(key, 1)
+            except Exception:  # the store went away (its host died, or the run ended): nothing to say here
+                return
+            stop.wait(interval)
+
+    store.add(key, 1)
+    thread = threading.Thread(target=beat, name="enclap-heartbeat", daemon=True)
+    thread.start()
+    _heart.update(thread=thread, stop=stop, interval=interval, world=dist.get_world_size(), store=store)
+    return True
+
+
+def stop_heartbeat() -> None:
+    """Stops this rank's heartbeat (before the process group ends)."""
+    if _heart.get("stop") is not None:
+        _heart["stop"].set()
+        _heart["thread"].join()
+    _heart.clear()
+
+
+def _beats(ranks) -> dict[int, int]:
+    return {rank: int(_heart["store"].add(f"{_KEY}beat/{rank}", 0)) for rank in ranks}
+
+
+def _lost(ranks: list[int]) -> RankLost:
+    named = ", ".join(f"rank {r}" + (" (the main process)" if r == 0 else "") for r in ranks)
+    return RankLost(f"{named} stopped: no heartbeat for {MISSED_BEATS * _heart['interval']:g} s (its process died "
+                    "or its machine is unreachable; its own log or the launcher's says why); this rank stops too. "
+                    "Rerun the same command (a requeue) to resume from the last checkpoint (docs/cluster.md)")
+
+
+def lost_ranks() -> Optional[RankLost]:
+    """After a failed collective: which other ranks stopped beating (waits :data:`MISSED_BEATS`
+    beats to be sure), as an error to report; None when every rank is alive or there is no
+    heartbeat here (the failure has another cause)."""
+    if _heart.get("store") is None:
+        return None
+    others = [r for r in range(_heart["world"]) if r != _dist_rank()]
+    try:
+        before = _beats(others)
+        time.sleep(MISSED_BEATS * _heart["interval"])
+        after = _beats(others)
+    except Exception:  # the store lives with rank 0 (or its machine's launcher): it is gone
+        return _lost([0])
+    dead = [r for r in others if after[r] == before[r]]
+    return _lost(dead) if dead else None
+
+
+def _dist_rank() -> int:
+    dist = _dist()
+    return dist.get_rank() if dist is not None else 0
+
+
+def share_from_main(value: Any) -> Any:
+    """``value`` of the main process on every rank, waiting for it as long as the main process
+    is alive, however long that is (e.g. SPICE scoring), instead of in a collective with a timeout.
+
+    The main process puts ``value`` in the process group's store; the others poll for it and
+    check the main process's heartbeat. Call on every rank, in the same order; without a process
+    group (or without :func:`start_heartbeat`) it is a plain broadcast.
+
+    Raises:
+        RankLost: on a waiting rank, when the main process stops beating.
+    """
+    if _heart.get("store") is None:
+        return broadcast(value)
+    store = _heart["store"]
+    _heart["shared"] = number = _heart.get("shared", 0) + 1
+    key = f"{_KEY}shared/{number}"
+    if _dist_rank() == 0:
+        store.set(key, pickle.dumps(value))
+        return value
+    interval = _heart["interval"]
+    try:
+        last, last_change = _beats([0])[0], time.monotonic()
+        while not store.check([key]):
+            time.sleep(min(1.0, interval / 2))
+            beat = _beats([0])[0]
+            if beat != last:
+                last, last_change = beat, time.monotonic()
+            elif time.monotonic() - last_change > MISSED_BEATS * interval:
+                raise _lost([0])
+        return pickle.loads(store.get(key))
+    except RankLost:
+        raise
+    except Exception:  # the store (hosted with rank 0) is unreachable
+        raise _lost([0]) from None
 
 
 def init_gloo_group(timeout_minutes: float = 30.0) -> bool:

@@ -102,19 +102,20 @@ def validate(model, dataset, collator, tokenizer, accelerator, generation_config
     Returns:
         The scores and caption statistics, on every process.
     """
-    from accelerate.utils import broadcast_object_list
+    from training.distributed import share_from_main
 
     predictions = generate_validation(model, dataset, collator, tokenizer, accelerator, batch_size,
                                       generation_config, num_workers, loader)
-    box = [None]
+    scores = None
     if accelerator.is_main_process:
         refs, files = val_references(dataset)
         write_predictions_csv(predictions_path, files, predictions, refs)
-        box[0] = compute_scores(predictions, refs, metrics)
+        scores = compute_scores(predictions, refs, metrics)
         warning = degenerate_warning(predictions, hint, "validation clips")
         if warning:
             logger.warning("%s (%s)", warning, predictions_path)
-    return Validation(scores=broadcast_object_list(box)[0], stats=caption_stats(predictions))
+    # The other ranks wait for the scores as long as the main process is alive (SPICE takes minutes).
+    return Validation(scores=share_from_main(scores), stats=caption_stats(predictions))
 
 
 def undertrained_hint(step: int, examples: int, epochs: int, lr: float) -> str:
