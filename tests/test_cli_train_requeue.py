@@ -88,6 +88,8 @@ def _global_batches(record: list[dict]) -> list[tuple[int, list[int]]]:
     """``(epoch, global batch)`` in training order from the batches each process served: process
     ``p`` of ``P`` holds items ``p::P`` of each global batch."""
     served = [r for r in record if "batch" in r]
+    if not served:
+        return []
     processes = served[0]["processes"]
     assert all(r["processes"] == processes for r in served)
     shares = [[r for r in served if r["process"] == p] for p in range(processes)]
