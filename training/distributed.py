@@ -1,7 +1,8 @@
 """Runs past one process: the Accelerate set-up of a training run (data parallelism, mixed
 precision, trackers, the process-group timeout), the check that every rank sees the same
-folder, and a plain gloo group for tools that are not Accelerate training (collection
-captioning). docs/cluster.md has the user's side.
+folder, the ranks' heartbeats (a dead rank named in one line; the main process's validation
+scores waited for without a collective timeout), and a plain gloo group for tools that are not
+Accelerate training (collection captioning). docs/cluster.md has the user's side.
 """
 
 from __future__ import annotations
