@@ -9,7 +9,9 @@
 * the Caption button disabled while a request runs, and a status line that follows the real
   steps (decode, encode, generate) as the pipeline reports them;
 * the caption in its own box; errors and warnings in a separate box, worded for a web page;
-* one line of help per option; options that have no effect under the current settings greyed out.
+* one line of help per option; options that have no effect under the current settings greyed out;
+* for API clients, ``/caption``: the same answers as plain text, queued requests batched
+  (:func:`serve_batch`).
 """
 
 from __future__ import annotations
@@ -377,8 +379,15 @@ def build_demo(pipeline, defaults=None, concurrency: int = 1):
         )
         # /caption: plain text, batched. Its hidden trigger and outputs exist for the API only.
         plain = [gr.Textbox(visible=False, label=label) for label in ("caption", "message", "timing")]
+        def api_caption(audio, num_beams, max_length, no_repeat_ngram_size, length_penalty, do_sample, top_p,
+                        temperature, rerank, rerank_candidates, clap_weight, lm_weight, seed):
+            # Named parameters: API clients may pass the options by these names.
+            return serve_batch(pipeline, defaults, audio, num_beams, max_length, no_repeat_ngram_size,
+                               length_penalty, do_sample, top_p, temperature, rerank, rerank_candidates,
+                               clap_weight, lm_weight, seed)
+
         gr.Button(visible=False).click(
-            lambda *values: serve_batch(pipeline, defaults, *values), inputs=inputs, outputs=plain,
+            api_caption, inputs=inputs, outputs=plain,
             api_name="caption", batch=True, max_batch_size=pipeline.batch_size, **served,
         )
     return demo

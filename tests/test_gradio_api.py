@@ -80,7 +80,18 @@ def test_a_client_gets_the_pipelines_caption_as_plain_text(client, pipeline, tmp
     caption, message, timing = _caption(client, path)
     assert caption == page.readable(pipeline.caption(path)[0])[0] and caption
     assert "<" not in message and " s on cpu for 0.6 s of audio" in timing
-    assert list(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == ["/caption"]
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert list(endpoints) == ["/caption"]
+    assert [p["parameter_name"] for p in endpoints["/caption"]["parameters"]][:3] == ["audio", "num_beams", "max_length"]
+
+
+def test_options_go_by_name(client, pipeline, tmp_path):
+    from gradio_client import handle_file
+
+    path = tone_file(tmp_path / "named.wav", 0.5, 900.0)
+    caption, _, _ = client.predict(handle_file(path), num_beams=2, max_length=12, api_name="/caption")
+    expected = pipeline.caption(path, options=GenerationOptions(num_beams=2, max_length=12))[0]
+    assert caption == page.readable(expected)[0]
 
 
 @pytest.mark.parametrize("name, content, expected", [
