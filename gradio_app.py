@@ -8,6 +8,11 @@ gradio.live tunnel) are explicit opt-ins. Any format and sample rate the front e
 stereo included (channels are averaged, as in preprocessing). Generation options sit in an
 accordion; their defaults are the paper's, or the ones given on the command line. What the page
 shows and how it words problems: :mod:`captioning.page`.
+
+API clients call ``/caption`` (plain-text answers, queued requests batched), e.g.::
+
+    from gradio_client import Client, handle_file
+    caption, message, timing = Client("http://127.0.0.1:7860/").predict(handle_file("dog.wav"), api_name="/caption")
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     server.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     server.add_argument("--share", action="store_true", help="also open a public gradio.live link (default: off)")
+    server.add_argument("--concurrency", type=int, default=1,
+                        help="model calls served at once, page and API together (gradio's concurrency limit); "
+                        "the API's /caption also batches up to --batch_size queued requests per call (default: 1)")
     add_pipeline_args(parser)
     add_generation_args(parser)
     return parser
@@ -48,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     from captioning.cli import generation_from_args, pipeline_from_args
     from common.errors import UserError, one_line
 
+    if args.concurrency < 1:
+        print(f"error: --concurrency must be >= 1, got {args.concurrency}", file=sys.stderr)
+        return 2
     try:
         defaults = generation_from_args(args)
         pipeline = pipeline_from_args(args)
@@ -56,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     # allowed_paths: the example clip may be served whatever the working directory is.
-    build_demo(pipeline, defaults).queue().launch(**launch_kwargs(args), allowed_paths=[os.path.dirname(EXAMPLE_CLIP)])
+    build_demo(pipeline, defaults, concurrency=args.concurrency).queue().launch(**launch_kwargs(args), allowed_paths=[os.path.dirname(EXAMPLE_CLIP)])
     return 0
 
 

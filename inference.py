@@ -31,9 +31,31 @@ def build_parser() -> argparse.ArgumentParser:
                         "(resumable: finished chunks are kept in OUTPUT.parts/; required with several processes)")
     parser.add_argument("--chunk_size", type=int, default=64,
                         help="with --output: clips per part file, the most a crash can lose per process")
+    parser.add_argument("--compare_fp32", action="store_true",
+                        help="with --dtype bf16/fp16: caption the inputs again in float32 and report on stderr "
+                        "how many captions and tokens agree (default: off)")
     add_pipeline_args(parser)
     add_generation_args(parser)
     return parser
+
+
+def report_agreement(pipeline, args, results, options, rerank) -> None:
+    """Caption the readable inputs again in float32 and log how far the captions agree."""
+    import torch
+
+    from captioning.cli import pipeline_from_args
+    from captioning.pipeline import caption_agreement
+
+    if pipeline.dtype == torch.float32:
+        logging.getLogger("inference").warning("--compare_fp32: the model already runs in float32, nothing to compare")
+        return
+    done = [res for res in results if res.error is None]
+    reference = pipeline_from_args(args, dtype="fp32", encodec=pipeline.encodec, clap=pipeline.clap)
+    theirs = reference.run([res.source for res in done], batch_size=args.batch_size, options=options, rerank=rerank)
+    captions, tokens = caption_agreement([res.caption for res in done], [res.caption for res in theirs],
+                                         pipeline.tokenizer)
+    print(f"{args.dtype} vs fp32 on {len(done)} input(s): {captions:.1%} of captions identical, "
+          f"{tokens:.1%} of tokens agree", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     warning = degenerate_warning(captions, checkpoint_hint(args.ckpt), "inputs")
     if warning:
         logging.getLogger("inference").warning("%s", warning)
+    if args.compare_fp32:
+        report_agreement(pipeline, args, results, options, rerank)
     if args.output:
         print(f"wrote {args.output}", file=sys.stderr)
     if failed or problems:

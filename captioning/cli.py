@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from captioning.pipeline import LONG_AUDIO_MODES, EnClap
+from captioning.pipeline import DTYPES, LONG_AUDIO_MODES, EnClap
 from captioning.rerank import RerankOptions
 from data.audio import ENCODEC_FRAME_RATE
 from data.encoders import CLAP_CHECKPOINT_NAME, CLAP_HUB_REPO
@@ -52,7 +52,10 @@ def add_pipeline_args(parser, long_audio: bool = True) -> None:
         help=f"LAION-CLAP {CLAP_CHECKPOINT_NAME} (default: download it from {CLAP_HUB_REPO} when online)",
     )
     group.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
-    group.add_argument("--fp16", action="store_true", help="half-precision BART on CUDA (default: off)")
+    group.add_argument("--dtype", choices=tuple(DTYPES), default="fp32",
+                       help="precision of the BART model: bf16 on CUDA (Ampere or later) and CPU, fp16 on CUDA; "
+                       "a device without it runs fp32 with a warning (default: fp32)")
+    group.add_argument("--fp16", dest="dtype", action="store_const", const="fp16", help="the same as --dtype fp16")
     group.add_argument("--batch_size", type=int, default=8, help="clips per generate call (default: 8)")
     group.add_argument(
         "--random_encoders",
@@ -99,15 +102,22 @@ def rerank_from_args(args) -> RerankOptions:
     )
 
 
-def pipeline_from_args(args, long_audio: str | None = None) -> EnClap:
-    """Build :class:`EnClap` from parsed :func:`add_pipeline_args` arguments."""
-    return EnClap(
-        args.ckpt,
+def pipeline_from_args(args, long_audio: str | None = None, **overrides) -> EnClap:
+    """Build :class:`EnClap` from parsed :func:`add_pipeline_args` arguments.
+
+    Args:
+        args: the parsed arguments.
+        long_audio: the long-audio mode when the parser has no ``--long_audio``.
+        **overrides: other :class:`EnClap` arguments, taking precedence (e.g. ``dtype``, or
+            ``encodec`` and ``clap`` to share another pipeline's encoders).
+    """
+    settings = dict(
         clap_ckpt=args.clap_ckpt,
         device=args.device,
-        fp16=args.fp16,
+        dtype=args.dtype,
         random_encoders=args.random_encoders,
         batch_size=args.batch_size,
         long_audio=long_audio or getattr(args, "long_audio", "truncate"),
         seed=args.seed,
     )
+    return EnClap(args.ckpt, **{**settings, **overrides})

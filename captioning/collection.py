@@ -204,4 +204,4 @@ def collection_settings(args: Any, options, rerank) -> dict:
     ckpt = str(args.ckpt)
     return {"ckpt": os.path.abspath(ckpt) if os.path.exists(ckpt) else ckpt, "generation": vars(options),
             "rerank": vars(rerank), "long_audio": args.long_audio, "seed": args.seed,
-            "random_encoders": args.random_encoders, "clap_ckpt": args.clap_ckpt, "fp16": args.fp16}
+            "random_encoders": args.random_encoders, "clap_ckpt": args.clap_ckpt, "dtype": args.dtype}

@@ -9,7 +9,9 @@
 * the Caption button disabled while a request runs, and a status line that follows the real
   steps (decode, encode, generate) as the pipeline reports them;
 * the caption in its own box; errors and warnings in a separate box, worded for a web page;
-* one line of help per option; options that have no effect under the current settings greyed out.
+* one line of help per option; options that have no effect under the current settings greyed out;
+* for API clients, ``/caption``: the same answers as plain text, queued requests batched
+  (:func:`serve_batch`).
 """
 
 from __future__ import annotations
@@ -76,18 +78,24 @@ def box(kind: str, text: str) -> str:
 
 
 def web_error(error: str, path: str | None = None) -> str:
-    """A pipeline error (written for a terminal) reworded for the page: no paths, no CLI advice."""
-    text = error.replace(str(path), "").lstrip(": ") if path else error
+    """A pipeline error (written for a terminal) reworded for the page and API clients, as plain text.
+
+    No folders and no command-line advice: the upload is named by its file name (an uploaded or
+    recorded file keeps its name in gradio's upload folder), or "this file" without a path.
+    """
+    name = os.path.basename(str(path)) if path else ""
+    text = error.replace(f"{path}: ", "").replace(str(path), name) if path else error
+    subject = name or "this file"
     if "empty file" in text:
-        return "this file is empty (0 bytes). Choose another file."
+        return f"{subject} is empty (0 bytes). Choose another file."
     if "no audio samples" in text:
-        return "this file holds no audio samples (0 s). Choose another recording."
+        return f"{subject} holds no audio samples (0 s). Choose another recording."
     if "cannot decode audio" in text:
-        reason = text.split("(", 1)[1].split(")", 1)[0] if "(" in text else "unknown format"
-        return f"this file could not be read as audio ({html.escape(reason)}). Upload a WAV, FLAC, OGG, MP3 or Opus file."
+        reason = text.split("(", 1)[1].rsplit(")", 1)[0] if "(" in text else "unknown format"
+        return f"{subject} could not be read as audio ({reason}). Upload a WAV, FLAC, OGG, MP3 or Opus file."
     if "NaN or infinite" in text:
-        return "the audio contains invalid (NaN or infinite) samples. Export it again and upload the new file."
-    return html.escape(text.split(";")[0])
+        return f"{subject} contains invalid (NaN or infinite) samples. Export it again and upload the new file."
+    return text.split(";")[0]
 
 
 def readable(caption: str) -> tuple[str, bool]:
@@ -108,13 +116,13 @@ def describe_upload(pipeline, path: str | None) -> tuple[bool, str]:
     if not path:
         return False, ""
     if os.path.isfile(path) and os.path.getsize(path) == 0:
-        return False, box("error", web_error("empty file", None))
+        return False, box("error", html.escape(web_error("empty file", path)))
     seconds = probe_duration(path)
     if seconds <= 0:
         try:
             mono, sr = decode_input(path)
         except AudioError as exc:
-            return False, box("error", web_error(str(exc), path))
+            return False, box("error", html.escape(web_error(str(exc), path)))
         seconds = len(mono) / sr
     window = pipeline.window_seconds
     if seconds < MIN_SECONDS:
@@ -130,8 +138,35 @@ def describe_upload(pipeline, path: str | None) -> tuple[bool, str]:
     return True, box("info", f"{seconds:.1f} s clip, ready to caption.")
 
 
+def reply(pipeline, audio_path, result, seconds: float) -> tuple[str, str, str, str]:
+    """What a request gets back, as plain text: ``(caption, kind, message, timing)``.
+
+    ``kind`` is ``"error"`` or ``"warning"`` (the page's box colour); ``message`` is empty when
+    there is nothing to say. The page shows the message in a styled box, API clients get it as is.
+
+    Args:
+        pipeline: the :class:`captioning.pipeline.EnClap` that made ``result``.
+        audio_path: the uploaded file.
+        result: its :class:`captioning.pipeline.CaptionResult`.
+        seconds: the time the request took.
+    """
+    if result.error is not None:
+        return "", "error", web_error(result.error, audio_path), ""
+    caption, garbled = readable(result.caption)
+    notes = []
+    if result.warning:
+        notes.append(result.warning.replace("the caption is unreliable", "this caption is a guess") + ".")
+    if result.truncated:
+        notes.append(f"only {result.start:.1f}-{result.end:.1f} s of this {result.duration:.1f} s clip was captioned.")
+    if garbled:
+        notes.append("the caption contains bytes that are not text (shown as \ufffd): the model produced no "
+                     "readable words" + (" (random-weight encoders)" if pipeline.random_encoders else "") + ".")
+    timing = f"{seconds:.2f} s on {pipeline.device.type} for {result.duration:.1f} s of audio"
+    return caption, "warning", " ".join(notes), timing
+
+
 def run_request(pipeline, audio_path, options, rerank, report=None):
-    """Caption one file; returns ``(caption, message HTML, timing)`` and never raises for bad audio.
+    """Caption one file for the page; returns ``(caption, message HTML, timing)`` and never raises for bad audio.
 
     Args:
         pipeline: a :class:`captioning.pipeline.EnClap`.
@@ -144,20 +179,66 @@ def run_request(pipeline, audio_path, options, rerank, report=None):
         return "", box("warning", EMPTY_MESSAGE), ""
     start = time.perf_counter()
     (result,) = pipeline.run([audio_path], options=options, rerank=rerank, on_step=report)
-    seconds = time.perf_counter() - start
-    if result.error is not None:
-        return "", box("error", web_error(result.error, audio_path)), ""
-    caption, garbled = readable(result.caption)
-    notes = []
-    if result.warning:
-        notes.append(html.escape(result.warning.replace("the caption is unreliable", "this caption is a guess")))
-    if result.truncated:
-        notes.append(f"only {result.start:.1f}-{result.end:.1f} s of this {result.duration:.1f} s clip was captioned.")
-    if garbled:
-        notes.append("the caption contains bytes that are not text (shown as \ufffd): the model produced no "
-                     "readable words" + (" (random-weight encoders)" if pipeline.random_encoders else "") + ".")
-    timing = f"{seconds:.2f} s on {pipeline.device.type} for {result.duration:.1f} s of audio"
-    return caption, box("warning", " ".join(notes)), timing
+    caption, kind, message, timing = reply(pipeline, audio_path, result, time.perf_counter() - start)
+    return caption, box(kind, html.escape(message)), timing
+
+
+def request_options(defaults, num_beams, max_length, no_repeat, length_penalty, do_sample, top_p, temperature,
+                    rerank_on, candidates, clap_weight, lm_weight, seed):
+    """The generation and re-ranking options of one request's option values (page or API).
+
+    Raises:
+        ValueError: options that do not go together (from :class:`GenerationOptions`).
+    """
+    from captioning.rerank import RerankOptions
+    from modeling.generation import GenerationOptions
+
+    options = GenerationOptions(
+        num_beams=int(num_beams), max_length=int(max_length), no_repeat_ngram_size=int(no_repeat),
+        length_penalty=float(length_penalty), early_stopping=defaults.early_stopping,
+        do_sample=bool(do_sample), top_p=float(top_p), temperature=float(temperature))
+    rerank = RerankOptions(enabled=bool(rerank_on), num_candidates=int(candidates), clap_weight=float(clap_weight),
+                           lm_weight=float(lm_weight), seed=int(seed or 0))
+    return options, rerank
+
+
+def serve_batch(pipeline, defaults, audio_paths, *option_lists):
+    """The API's ``/caption`` for a batch of queued requests (gradio ``batch=True``); plain text.
+
+    Requests with the same options are captioned in one pipeline call, so that a GPU gets
+    batches of clips; a bad file or bad options fail their own request only.
+
+    Args:
+        pipeline: a :class:`captioning.pipeline.EnClap`.
+        defaults: :class:`GenerationOptions` whose ``early_stopping`` the requests use.
+        audio_paths: one uploaded file per request.
+        *option_lists: one list per option input of the page, in :func:`request_options` order.
+
+    Returns:
+        ``(captions, messages, timings)``: one list each, one entry per request.
+    """
+    count = len(audio_paths)
+    captions, messages, timings = [""] * count, [""] * count, [""] * count
+    groups: dict = {}
+    for i, path in enumerate(audio_paths):
+        if not path:
+            messages[i] = EMPTY_MESSAGE
+            continue
+        try:
+            options, rerank = request_options(defaults, *(values[i] for values in option_lists))
+        except ValueError as exc:
+            messages[i] = f"these options do not go together: {exc}"
+            continue
+        groups.setdefault(repr((options, rerank)), (options, rerank, []))[2].append(i)
+    for options, rerank, members in groups.values():
+        start = time.perf_counter()
+        results = pipeline.run([audio_paths[i] for i in members], options=options, rerank=rerank)
+        seconds = time.perf_counter() - start
+        for i, result in zip(members, results):
+            caption, _, message, timing = reply(pipeline, audio_paths[i], result, seconds)
+            suffix = f" (a batch of {len(members)} requests)" if len(members) > 1 and timing else ""
+            captions[i], messages[i], timings[i] = caption, message, timing + suffix
+    return captions, messages, timings
 
 
 def stream_request(pipeline, audio_path, options, rerank, progress=None):
@@ -187,13 +268,19 @@ def stream_request(pipeline, audio_path, options, rerank, progress=None):
     yield "done", output["result"]
 
 
-def build_demo(pipeline, defaults=None):
-    """The Blocks page around ``pipeline``.
+def build_demo(pipeline, defaults=None, concurrency: int = 1):
+    """The Blocks page around ``pipeline``, and its API endpoint ``/caption``.
+
+    The page's button streams progress and shows styled boxes; ``/caption`` (for
+    ``gradio_client`` and other API clients) answers in plain text and batches queued requests,
+    up to the pipeline's ``batch_size`` per model call (:func:`serve_batch`). Both share one
+    concurrency group: at most ``concurrency`` page or API calls run the model at once.
 
     Args:
         pipeline: a :class:`captioning.pipeline.EnClap`.
         defaults: :class:`modeling.generation.GenerationOptions` shown in the accordion
             (default: the paper's).
+        concurrency: model calls served at once (gradio's ``concurrency_limit``).
 
     Returns:
         A ``gradio.Blocks`` (not launched).
@@ -210,19 +297,13 @@ def build_demo(pipeline, defaults=None):
         usable, note = describe_upload(pipeline, path)
         return (path if usable or not path else None), note
 
-    def caption(audio_path, num_beams, max_length, no_repeat, length_penalty, do_sample, top_p, temperature,
-                rerank_on, candidates, clap_weight, lm_weight, seed, progress=gr.Progress()):
+    def caption(audio_path, *option_values, progress=gr.Progress()):
         idle = gr.update(interactive=True, value="Caption")
         try:
-            options = GenerationOptions(
-                num_beams=int(num_beams), max_length=int(max_length), no_repeat_ngram_size=int(no_repeat),
-                length_penalty=float(length_penalty), early_stopping=defaults.early_stopping,
-                do_sample=bool(do_sample), top_p=float(top_p), temperature=float(temperature))
+            options, rerank = request_options(defaults, *option_values)
         except ValueError as exc:
             yield "", box("error", f"these options do not go together: {html.escape(str(exc))}"), "", "", idle
             return
-        rerank = RerankOptions(enabled=bool(rerank_on), num_candidates=int(candidates), clap_weight=float(clap_weight),
-                               lm_weight=float(lm_weight), seed=int(seed or 0))
         yield "", "", "", "starting", gr.update(interactive=False, value="Captioning…")
         for kind, value in stream_request(pipeline, audio_path, options, rerank, progress):
             if kind == "status":
@@ -278,21 +359,36 @@ def build_demo(pipeline, defaults=None):
         if os.path.isfile(EXAMPLE_CLIP):
             gr.Examples([[EXAMPLE_CLIP]], inputs=[audio], label="Example (generated by assets/make_example.py)")
 
-        audio.upload(on_upload, inputs=[audio], outputs=[audio, clip_note])
-        audio.clear(lambda: "", outputs=[clip_note])
+        # The page's own events; API clients get /caption only.
+        ui = {"api_visibility": "undocumented"}
+        audio.upload(on_upload, inputs=[audio], outputs=[audio, clip_note], **ui)
+        audio.clear(lambda: "", outputs=[clip_note], **ui)
         do_sample.change(lambda on: [gr.update(interactive=bool(on))] * 3, inputs=[do_sample],
-                         outputs=[top_p, temperature, seed])
+                         outputs=[top_p, temperature, seed], **ui)
         rerank_on.change(lambda on: [gr.update(interactive=bool(on))] * 3, inputs=[rerank_on],
-                         outputs=[candidates, clap_weight, lm_weight])
+                         outputs=[candidates, clap_weight, lm_weight], **ui)
         num_beams.change(lambda beams: gr.update(interactive=int(beams) > 1), inputs=[num_beams],
-                         outputs=[length_penalty])
+                         outputs=[length_penalty], **ui)
+        inputs = [audio, num_beams, max_length, no_repeat, length_penalty, do_sample, top_p, temperature,
+                  rerank_on, candidates, clap_weight, lm_weight, seed]
+        served = {"concurrency_limit": concurrency, "concurrency_id": "model"}
         button.click(
-            caption,
-            inputs=[audio, num_beams, max_length, no_repeat, length_penalty, do_sample, top_p, temperature,
-                    rerank_on, candidates, clap_weight, lm_weight, seed],
-            outputs=[output, message, timing, status, button],
-            api_name="caption",
-            show_progress="minimal",  # the status line shows the real steps; no ETA guessed from past requests
+            caption, inputs=inputs, outputs=[output, message, timing, status, button],
+            api_name="caption_page", show_progress="minimal",  # the status line shows the real steps
+            **served, **ui,
+        )
+        # /caption: plain text, batched. Its hidden trigger and outputs exist for the API only.
+        plain = [gr.Textbox(visible=False, label=label) for label in ("caption", "message", "timing")]
+        def api_caption(audio, num_beams, max_length, no_repeat_ngram_size, length_penalty, do_sample, top_p,
+                        temperature, rerank, rerank_candidates, clap_weight, lm_weight, seed):
+            # Named parameters: API clients may pass the options by these names.
+            return serve_batch(pipeline, defaults, audio, num_beams, max_length, no_repeat_ngram_size,
+                               length_penalty, do_sample, top_p, temperature, rerank, rerank_candidates,
+                               clap_weight, lm_weight, seed)
+
+        gr.Button(visible=False).click(
+            api_caption, inputs=inputs, outputs=plain,
+            api_name="caption", batch=True, max_batch_size=pipeline.batch_size, **served,
         )
     return demo
 

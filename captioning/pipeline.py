@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from common.device import resolve_device
+from common.device import cpu_workers_per_process, resolve_device
 from common.errors import UserError
 from data.audio import AudioError
 from data.collator import EnClapCollator
@@ -87,6 +88,45 @@ class CaptionResult:
     warning: str | None = None
 
 
+#: ``--dtype`` names and their torch types.
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def model_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The torch type for ``--dtype name`` on ``device``; float32 with a warning where it is missing.
+
+    bf16 runs on CUDA GPUs that have it (Ampere and later) and on any CPU (fast where the CPU
+    has bf16 instructions); fp16 only on CUDA.
+
+    Raises:
+        PipelineError: an unknown name.
+    """
+    if name not in DTYPES:
+        raise PipelineError(f"unknown dtype {name!r}: use one of {', '.join(DTYPES)}")
+    missing = ((name == "fp16" and device.type != "cuda")
+               or (name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported()))
+    if missing:
+        logger.warning("%s is not supported on %s; running in float32", name, device)
+        return torch.float32
+    return DTYPES[name]
+
+
+def caption_agreement(captions: Sequence[str], reference: Sequence[str], tokenizer) -> tuple[float, float]:
+    """How far two runs' captions of the same inputs agree (e.g. bf16 against fp32).
+
+    Returns:
+        ``(captions, tokens)``: the fraction of identical captions, and of token positions that
+        hold the same token (over the longer caption of each pair).
+    """
+    same = positions = 0
+    for ours, theirs in zip(captions, reference):
+        a, b = tokenizer(ours or "").input_ids, tokenizer(theirs or "").input_ids
+        same += sum(x == y for x, y in zip(a, b))
+        positions += max(len(a), len(b))
+    identical = sum(a == b for a, b in zip(captions, reference))
+    return identical / max(len(reference), 1), same / max(positions, 1)
+
+
 def _describe(source: Any, index: int) -> str:
     if isinstance(source, (str, os.PathLike)):
         return str(source)
@@ -107,7 +147,10 @@ class EnClap:
         clap_ckpt: path to LAION-CLAP ``630k-audioset-fusion-best.pt``; ``None`` downloads it
             when online (ignored with ``random_encoders``).
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        fp16: run the BART model in half precision (CUDA only; ignored with a warning on CPU).
+        fp16: the same as ``dtype="fp16"`` (kept for older callers).
+        dtype: the BART model's precision: ``"fp32"``, ``"bf16"`` (CUDA where the GPU has it,
+            and CPU) or ``"fp16"`` (CUDA only); one the device lacks falls back to float32 with a
+            warning (see :func:`model_dtype`). The encoders stay in float32.
         random_encoders: build EnCodec and CLAP with random weights instead of the pretrained
             ones. For tests and the offline demo only: captions are then meaningless.
         batch_size: default number of clips per generate call.
@@ -119,6 +162,8 @@ class EnClap:
         clap: an already-built :class:`data.encoders.ClapEncoder` to reuse (optional).
         max_batch_seconds: cap on an encoder batch's padded audio (clips x longest, seconds),
             the one preprocessing uses: bounds GPU memory for long or mixed-length inputs.
+        decode_workers: threads that decode and resample inputs while the model works
+            (default: this process's share of the cores, at most 4).
     """
 
     def __init__(
@@ -127,6 +172,7 @@ class EnClap:
         clap_ckpt: str | os.PathLike | None = None,
         device: str = "auto",
         fp16: bool = False,
+        dtype: str = "fp32",
         random_encoders: bool = False,
         batch_size: int = 8,
         long_audio: str = "truncate",
@@ -134,6 +180,7 @@ class EnClap:
         encodec: EncodecEncoder | None = None,
         clap: ClapEncoder | None = None,
         max_batch_seconds: float = DEFAULT_MAX_BATCH_SECONDS,
+        decode_workers: int | None = None,
     ):
         if long_audio not in LONG_AUDIO_MODES:
             raise PipelineError(f"unknown long_audio mode {long_audio!r}: use one of {', '.join(LONG_AUDIO_MODES)}")
@@ -143,19 +190,17 @@ class EnClap:
         self.batch_size = batch_size
         self.long_audio = long_audio
         self.max_batch_seconds = float(max_batch_seconds)
+        if decode_workers is not None and decode_workers < 1:
+            raise PipelineError(f"decode_workers must be >= 1, got {decode_workers}")
+        self.decode_workers = decode_workers or cpu_workers_per_process(cap=4)
         # Said after a truncation warning; a caller without --long_audio (evaluate.py) replaces it.
         self.truncate_hint = "use long_audio='window' / --long_audio window to caption all of it"
 
         loaded = load_pretrained(ckpt)
         self.model = loaded.model.eval().to(self.device)
         self.tokenizer = loaded.tokenizer
-        self.dtype = torch.float32
-        if fp16:
-            if self.device.type == "cuda":
-                self.model.half()
-                self.dtype = torch.float16
-            else:
-                logger.warning("fp16 needs a CUDA device; running in float32 on %s", self.device)
+        self.dtype = model_dtype("fp16" if fp16 else dtype, self.device)
+        self.model.to(self.dtype)
         self.max_frames = int(self.model.config.max_frames)
         self.collator = EnClapCollator(
             tokenizer=None,
@@ -256,7 +301,9 @@ class EnClap:
     ) -> list[CaptionResult]:
         """Caption inputs and report per-input errors instead of raising.
 
-        Inputs are decoded a chunk at a time (so memory stays bounded on long lists). EnCodec
+        Inputs are decoded a chunk at a time (so memory stays bounded on long lists), by
+        ``decode_workers`` threads and one chunk ahead of the model (the next chunk is read while
+        this one is encoded and captioned). EnCodec
         encodes only what the model reads (:mod:`captioning.pieces`), in batches of similar
         length whose padded audio stays under ``max_batch_seconds`` (the cap preprocessing uses,
         :func:`data.batching.plan_batches`), and the results come back in input order.
@@ -273,41 +320,55 @@ class EnClap:
         sources = self._as_list(audio_or_paths)
         batch_size = batch_size or self.batch_size
         step = on_step or (lambda stage, done, total: None)
-        features = self.features  # build the encoders (and fail on missing weights) before any decoding
+        self.features  # build the encoders (and fail on missing weights) before any decoding
         results = [CaptionResult(source=_describe(src, i)) for i, src in enumerate(sources)]
         chunk = max(batch_size * 4, 16)
+        chunks = [list(range(first, min(first + chunk, len(sources)))) for first in range(0, len(sources), chunk)]
         bar = _progress(len(sources), progress, "captioning")
-        for first in range(0, len(sources), chunk):
-            idx = list(range(first, min(first + chunk, len(sources))))
-            pieces: list[Piece] = []
-            for done, i in enumerate(idx):
-                step("decode", done, len(idx))
-                pieces.extend(self._pieces(i, sources[i], results[i]))
-            step("decode", len(idx), len(idx))
-            items: list[dict | None] = [None] * len(pieces)
-            plan = plan_batches([p.encoded_seconds for p in pieces], batch_size, self.max_batch_seconds)
-            for done, batch in enumerate(plan):
-                step("encode", done, len(plan))
-                feats = features.extract_prepared([(pieces[j].wav24, pieces[j].wav48) for j in batch])
-                for j, (codes, clap) in zip(batch, feats):
-                    items[j] = {"codes": self._crop(codes), "clap_embedding": clap}
-            step("encode", len(plan), len(plan))
-            captions = self.caption_features(items, batch_size=batch_size, options=options, rerank=rerank,
-                                             on_step=step) if items else []
-            for piece, text in zip(pieces, captions):
-                res = results[piece.index]
-                if self.long_audio == "window":
-                    res.segments.append(Segment(start=piece.start, end=piece.end, caption=text))
-                else:
-                    res.caption = text
-            for i in idx:
-                if results[i].segments:
-                    results[i].caption = "\n".join(
-                        f"{seg.start:.2f}-{seg.end:.2f} s: {seg.caption}" for seg in results[i].segments
-                    )
-            bar.update(len(idx))
+        # Decoding and resampling run in worker threads (soundfile, ffmpeg and torch release the
+        # GIL), one chunk ahead: the next chunk is read while this one is encoded and captioned.
+        with ThreadPoolExecutor(self.decode_workers, thread_name_prefix="enclap-decode") as pool:
+            def submit(idx: list[int]) -> list[Future]:
+                return [pool.submit(self._pieces, i, sources[i], results[i]) for i in idx]
+
+            ahead = submit(chunks[0]) if chunks else []
+            for number, idx in enumerate(chunks):
+                decoding, ahead = ahead, submit(chunks[number + 1]) if number + 1 < len(chunks) else []
+                pieces: list[Piece] = []
+                for done, future in enumerate(decoding):
+                    step("decode", done, len(idx))
+                    pieces.extend(future.result())
+                step("decode", len(idx), len(idx))
+                self._caption_pieces(pieces, results, batch_size, options, rerank, step)
+                bar.update(len(idx))
         bar.close()
         return results
+
+    def _caption_pieces(self, pieces: list[Piece], results: list[CaptionResult], batch_size: int,
+                        options: GenerationOptions | None, rerank: RerankOptions | None, step: StepCallback) -> None:
+        """Encode and caption the decoded pieces of one chunk into their inputs' results."""
+        features = self.features
+        items: list[dict | None] = [None] * len(pieces)
+        plan = plan_batches([p.encoded_seconds for p in pieces], batch_size, self.max_batch_seconds)
+        for done, batch in enumerate(plan):
+            step("encode", done, len(plan))
+            feats = features.extract_prepared([(pieces[j].wav24, pieces[j].wav48) for j in batch])
+            for j, (codes, clap) in zip(batch, feats):
+                items[j] = {"codes": self._crop(codes), "clap_embedding": clap}
+        step("encode", len(plan), len(plan))
+        captions = self.caption_features(items, batch_size=batch_size, options=options, rerank=rerank,
+                                         on_step=step) if items else []
+        for piece, text in zip(pieces, captions):
+            res = results[piece.index]
+            if self.long_audio == "window":
+                res.segments.append(Segment(start=piece.start, end=piece.end, caption=text))
+            else:
+                res.caption = text
+        for i in sorted({piece.index for piece in pieces}):
+            if results[i].segments:
+                results[i].caption = "\n".join(
+                    f"{seg.start:.2f}-{seg.end:.2f} s: {seg.caption}" for seg in results[i].segments
+                )
 
     def _pieces(self, index: int, source: Any, res: CaptionResult) -> list[Piece]:
         """Decode one input and cut it by the long-audio policy; a failure goes into ``res.error``."""

@@ -20,6 +20,21 @@ def launcher_rank() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def cpu_workers_per_process(cap: int = 8) -> int:
+    """Worker processes this process may start without crowding the others on its machine.
+
+    The CPU cores this process may use, shared among the ``LOCAL_WORLD_SIZE`` processes that
+    ``accelerate launch`` / ``torchrun`` start per machine (one without a launcher), at most
+    ``cap`` and at least 1.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity call (macOS, Windows)
+        cores = os.cpu_count() or 1
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(cap, cores // local))
+
+
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """Turn a user's device choice into a :class:`torch.device`.
 

@@ -50,6 +50,7 @@ from data.batching import (DEFAULT_MAX_BATCH_SECONDS, DecodeDataset, UsageError,
                            pick_device, plan_batches, probe_duration, select_shard, worker_init)
 from data.encoders import CLAP_CHECKPOINT_URL
 from data.masking import MAX_FRAMES
+from common.device import cpu_workers_per_process
 from common.errors import UserError, one_line
 from common.io import atomic_open, atomic_write_text
 from data import store
@@ -65,6 +66,12 @@ DEFAULT_BATCH_SIZE = {"cpu": 1, "cuda": 32}
 # per cent of its cost) inline was as fast as or faster than a worker process competing for
 # the same cores (5 of 6 paired rounds on the 2-core test machine). Workers pay off on a GPU.
 DEFAULT_CPU_WORKERS = 0
+
+
+def default_workers(kind: str) -> int:
+    """Decoding workers when ``--num_workers`` is not given: none on CPU; on a GPU this
+    process's share of the machine's cores (8 GPU processes on 16 cores get 2 each, not 8)."""
+    return DEFAULT_CPU_WORKERS if kind == "cpu" else cpu_workers_per_process()
 
 
 # --------------------------------------------------------------------------- planning
@@ -379,8 +386,7 @@ def run(args: argparse.Namespace, extractor=None) -> Summary:
         device = pick_device(args.device, shard_index, shard_count, sharded_by_flag=args.shard is not None)
         kind = "cuda" if device.type == "cuda" else "cpu"
         batch_size = args.batch_size or DEFAULT_BATCH_SIZE[kind]
-        num_workers = args.num_workers if args.num_workers is not None else (
-            DEFAULT_CPU_WORKERS if kind == "cpu" else min(8, os.cpu_count() or 1))
+        num_workers = args.num_workers if args.num_workers is not None else default_workers(kind)
         if args.random_weights:
             logger.warning("using RANDOM-WEIGHT encoders (--random_weights): the features are meaningless, "
                            "for tests and demos only")
@@ -451,7 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_batch_seconds", type=float, default=DEFAULT_MAX_BATCH_SECONDS,
                    help="cap on a batch's padded audio (clips x longest clip, in seconds)")
     p.add_argument("--num_workers", type=int, default=None,
-                   help="decoding worker processes; default 0 (inline) on CPU, min(8, cores) on GPU")
+                   help="decoding worker processes; default 0 (inline) on CPU; on GPU min(8, cores / "
+                        "processes on this machine (LOCAL_WORLD_SIZE))")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--shard", default=None,
                    help="i/N: process only the i-th of N disjoint shares (default under accelerate launch "

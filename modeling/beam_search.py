@@ -66,14 +66,30 @@ def supported(model, config: GenerationConfig) -> bool:
             and config.decoder_start_token_id is not None)
 
 
-def _banned_ngram_tokens(sequences: list[list[int]], size: int) -> list[list[int]]:
-    """Per row: the tokens that would repeat an n-gram of ``size`` (NoRepeatNGramLogitsProcessor)."""
-    banned = []
-    for tokens in sequences:
-        prefix = tuple(tokens[len(tokens) - size + 1:])
-        banned.append([tokens[i + size - 1] for i in range(len(tokens) - size + 1)
-                       if tuple(tokens[i:i + size - 1]) == prefix])
-    return banned
+def ban_repeated_ngrams(scores: torch.Tensor, tokens: torch.Tensor, size: int) -> None:
+    """Set to -inf, in place, the scores of tokens that would repeat an n-gram of ``size``.
+
+    What transformers' ``NoRepeatNGramLogitsProcessor`` bans, as a few tensor ops for all rows at
+    once (no per-row writes, no host syncs): a row bans the last token of each of its n-grams
+    whose first ``size - 1`` tokens equal the row's last ``size - 1`` tokens.
+
+    Args:
+        scores: (N, V) scores of the next token.
+        tokens: (N, L) the tokens so far.
+        size: the n-gram size (>= 1).
+    """
+    length = tokens.shape[1]
+    if length < size:  # no complete n-gram yet
+        return
+    grams = tokens.unfold(1, size, 1)  # (N, L - size + 1, size)
+    prefix = tokens[:, length - size + 1:]  # (N, size - 1)
+    repeats = torch.all(grams[:, :, :-1] == prefix[:, None, :], dim=-1)  # (N, L - size + 1)
+    # One write per n-gram end token, touching only those (N, L) entries of the (N, V) scores. A
+    # token can end several n-grams, some repeating and some not: each of its writes carries "any
+    # of them repeats", so duplicate indices write the same value.
+    last = grams[:, :, -1]  # (N, L - size + 1)
+    hit = torch.any((last[:, :, None] == last[:, None, :]) & repeats[:, None, :], dim=-1)
+    scores.scatter_(1, last, torch.where(hit, -float("inf"), scores.gather(1, last)))
 
 
 class _Decoder:
@@ -234,10 +250,8 @@ def beam_search(model, encoder_states: torch.Tensor, encoder_mask: Optional[torc
         else:
             logits = decoder.step(flat[:, -1], cur_len - 1).to(dtype=torch.float32, copy=True)
             log_probs = F.log_softmax(logits, dim=-1)  # (N, V)
-            if ngram > 0 and cur_len + 1 >= ngram:
-                for row, tokens in enumerate(_banned_ngram_tokens(flat.tolist(), ngram)):
-                    if tokens:
-                        log_probs[row, tokens] = -float("inf")
+            if ngram > 0:
+                ban_repeated_ngrams(log_probs, flat, ngram)
         scores = (log_probs.view(batch, beams, vocab) + running_scores[:, :, None]).view(batch, beams * vocab)
 
         # Top 2k continuations over all beams of a clip.

@@ -157,7 +157,10 @@ class EnClapBartEncoder(BartEncoder):
             hidden_states = F.dropout(hidden_states, p=self.dropout, training=self.training)
 
         mask = None
-        if attention_mask is not None:
+        # A batch without padding needs no mask, and only a mask-free SDPA call may take the flash
+        # kernel on a GPU. Deciding so reads the mask on the host (one sync per forward), which a
+        # compiled graph cannot branch on: it keeps the mask.
+        if attention_mask is not None and (torch.compiler.is_compiling() or not bool(attention_mask.all())):
             # (B, 1, 1, L) additive mask; broadcasts over heads and query rows in eager and SDPA.
             mask = (1.0 - attention_mask[:, None, None, :].to(hidden_states.dtype)) * torch.finfo(
                 hidden_states.dtype

@@ -101,7 +101,8 @@ def _open(browser, url):
 
 def _upload(browser, path, playable=True):
     _css(browser, "#audio-input input[type=file]")[0].send_keys(str(path))
-    _wait(browser, lambda: _css(browser, "#clip-note")[0].text.strip())
+    # The note's box, not gradio's timer ("0.3s") shown in the output while the event is pending.
+    _wait(browser, lambda: _css(browser, "#clip-note div[class^=enclap-]"))
     if playable:
         _wait(browser, lambda: _css(browser, "#audio-input audio"))
     return _css(browser, "#clip-note")[0].text

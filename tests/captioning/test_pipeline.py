@@ -331,3 +331,38 @@ def test_rerank_changes_the_top_beam_for_some_clip(pipeline):
         items, options=options, rerank=RerankOptions(enabled=True, num_candidates=4, clap_weight=1.0, lm_weight=0.0))
     assert top == [c[0] for c in pipeline.candidates(items, options, num_candidates=4)]
     assert any(a != b for a, b in zip(top, chosen)), "a re-ranker that never changes the pick is a no-op"
+
+
+def test_decoding_overlaps_the_model_with_the_same_captions_and_errors(tiny_ckpt, pipeline, tmp_path, monkeypatch):
+    """The next chunk is decoded in worker threads while this chunk's captions are generated."""
+    import threading
+
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" + bytes(range(200)))
+    sources = [(make_clip(60 + i, 0.3), SR) for i in range(16)] + [str(bad), (make_clip(76, 0.4), SR)]
+    expected = [pipeline.run([source])[0] for source in sources]  # one at a time: nothing to overlap
+
+    overlapped = EnClap(tiny_ckpt, device="cpu", random_encoders=True, batch_size=1, decode_workers=2)
+    second_chunk_read = threading.Event()
+    threads = set()
+    decode, generate = overlapped._pieces, overlapped.caption_features
+
+    def watched_decode(index, source, res):
+        threads.add(threading.current_thread().name)
+        pieces = decode(index, source, res)
+        if index >= 16:  # batch_size 1 makes chunks of 16: this input is in the second one
+            second_chunk_read.set()
+        return pieces
+
+    def watched_generate(items, **kwargs):
+        if len(items) == 16:  # the first chunk's captions wait until the second chunk was read
+            assert second_chunk_read.wait(timeout=30), "the next chunk was not decoded during generation"
+        return generate(items, **kwargs)
+
+    monkeypatch.setattr(overlapped, "_pieces", watched_decode)
+    monkeypatch.setattr(overlapped, "caption_features", watched_generate)
+    results = overlapped.run(sources)
+    assert threading.current_thread().name not in threads and threads
+    assert [r.caption for r in results] == [r.caption for r in expected]
+    assert [r.error for r in results] == [r.error for r in expected]
+    assert "broken.wav" in results[16].error and results[16].caption is None

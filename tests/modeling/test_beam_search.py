@@ -63,10 +63,35 @@ def test_options_outside_its_scope_go_to_the_stock_loop(tiny_model, opts):
     assert not beam_search.supported(tiny_model, other)
 
 
+def _banned(tokens, size, vocab=10):
+    scores = torch.zeros(len(tokens), vocab)
+    beam_search.ban_repeated_ngrams(scores, torch.tensor(tokens), size)
+    return [torch.nonzero(row == -float("inf")).flatten().tolist() for row in scores]
+
+
 def test_banned_ngrams_are_the_tokens_that_would_repeat_one():
     # 3-grams of [5, 1, 2, 9, 1, 2]: the last two tokens (1, 2) were followed by 9 before.
-    assert beam_search._banned_ngram_tokens([[5, 1, 2, 9, 1, 2], [1, 2, 3]], 3) == [[9], []]
-    assert beam_search._banned_ngram_tokens([[4, 4, 4]], 2) == [[4, 4]]
+    assert _banned([[5, 1, 2, 9, 1, 2], [1, 2, 3, 4, 5, 6]], 3) == [[9], []]
+    assert _banned([[4, 4, 4], [4, 3, 4]], 2) == [[4], [3]]
+    assert _banned([[7, 3, 7]], 1) == [[3, 7]]
+    assert _banned([[1, 2]], 3) == [[]]  # no complete 3-gram yet
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4])
+def test_ngram_ban_equals_the_stock_logits_processor(size):
+    """Random rows over a small vocabulary (so n-grams repeat often), every length from 1 to 12."""
+    from transformers import NoRepeatNGramLogitsProcessor
+
+    generator = torch.Generator().manual_seed(size)
+    banned_somewhere = 0
+    for length in range(1, 13):
+        tokens = torch.randint(0, 5, (16, length), generator=generator)
+        scores = torch.randn(16, 7, generator=generator)
+        expected = NoRepeatNGramLogitsProcessor(size)(tokens, scores.clone())
+        beam_search.ban_repeated_ngrams(scores, tokens, size)
+        assert torch.equal(scores, expected), (size, length)
+        banned_somewhere += int(torch.isinf(scores).sum())
+    assert banned_somewhere > 0, "the rows should repeat n-grams, or the comparison proves little"
 
 
 def test_generate_leaves_the_callers_encoder_output_alone(tiny_model):

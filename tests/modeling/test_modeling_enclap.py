@@ -186,6 +186,24 @@ def test_padding_and_batch_invariance(tiny_model, tokenizer):
             torch.testing.assert_close(full.logits[i], alone.logits[0], atol=1e-5, rtol=1e-5)
 
 
+def test_encoder_passes_no_mask_without_padding(tiny_model):
+    """A batch without padding reaches the layers with no mask (SDPA may then take its flash
+    kernel on a GPU), and encodes as the same clips do beside a longer, padded one."""
+    seen = []
+    hooks = [layer.register_forward_pre_hook(lambda module, args: seen.append(args[1]))
+             for layer in tiny_model.model.encoder.layers]
+    codes, clap = random_clips(3, [20, 20, 35], seed=3)
+    with torch.no_grad():
+        even = tiny_model.model.encoder(**make_batch(codes[:2], clap[:2])).last_hidden_state
+        assert seen and all(mask is None for mask in seen)
+        seen.clear()
+        padded = tiny_model.model.encoder(**make_batch(codes, clap)).last_hidden_state
+        assert seen and all(mask is not None for mask in seen)
+    for hook in hooks:
+        hook.remove()
+    torch.testing.assert_close(even, padded[:2, : even.shape[1]], atol=1e-5, rtol=1e-5)
+
+
 def test_generate_batch_invariance(tiny_model):
     codes, clap = random_clips(8, LENGTHS, seed=2)
     batched = tiny_model.generate(**make_batch(codes, clap))
