@@ -107,6 +107,20 @@ def _with_meteor(java: str, cache: str, work: Callable[[_MeteorProcess], T]) -> 
             raise
 
 
+def _additive_meteor_stats(stats: Sequence[str]) -> np.ndarray:
+    """METEOR's per-segment statistics lines as a (segments x numbers) array that sums as METEOR does.
+
+    The line is: test length, reference length, ..., chunks, test word matches, reference word
+    matches. When METEOR adds segments up for a corpus score, the single chunk of a perfect
+    match (all words matched, one chunk) is left out, so it is zeroed here; then summed rows
+    give METEOR's own corpus score (checked against ``EVAL`` of the segments themselves).
+    """
+    rows = np.array([[float(v) for v in line.split()] for line in stats])
+    perfect = (rows[:, -3] == 1) & (rows[:, -2] == rows[:, 0]) & (rows[:, -1] == rows[:, 1])
+    rows[perfect, -3] = 0.0
+    return rows
+
+
 def meteor_of_sums(summed: np.ndarray, java: str, cache: str) -> np.ndarray:
     """Corpus METEOR of each row of summed statistics (a resampled corpus each).
 
@@ -265,7 +279,7 @@ def score_clips(
                 return stats, process.evaluate(stats)
 
             stats, (corpus["meteor"], segments) = _with_meteor(java, cache, run_meteor)
-            result.meteor_stats = np.array([[float(v) for v in line.split()] for line in stats])
+            result.meteor_stats = _additive_meteor_stats(stats)
             result.per_clip["meteor"] = np.array(segments)
         spider_outs = None
         if wanted & set(_SPIDER_PARTS):  # SPIDEr's run yields CIDEr-D and SPICE: SPICE runs once
