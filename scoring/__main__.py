@@ -1,6 +1,6 @@
 """``python -m scoring {setup,check,compare}``: prepare and check the caption metrics, compare two systems.
 
-Only the standard library is imported until ``compare`` needs the scoring code.
+Nothing heavy (torch, transformers, aac-metrics) is imported until ``compare`` scores.
 """
 
 from __future__ import annotations
