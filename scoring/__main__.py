@@ -33,8 +33,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_compare.add_argument("a_csv", help="system A's predictions (evaluate.py --save_path output)")
     p_compare.add_argument("b_csv", help="system B's predictions, same clips")
     p_compare.add_argument("--test_csv", required=True, help="the split with the references")
-    p_compare.add_argument("--metrics", default=None,
-                           help="comma-separated metrics (default: the defaults this machine can run)")
+    p_compare.add_argument("--metrics", nargs="+", default=None,
+                           help="metrics, as in evaluate.py (default: the defaults this machine can run)")
     p_compare.add_argument("--bootstrap", type=int, default=1000, help="resamples (default: 1000; 0: none)")
     p_compare.add_argument("--device", default="cpu", help="torch device for FENSE's models (default: cpu)")
     for p in (p_setup, p_check):
@@ -54,7 +54,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from scoring.compare import compare
 
             logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-            print(compare(args.a_csv, args.b_csv, args.test_csv, args.metrics, args.bootstrap, args.device))
+            metrics = ",".join(args.metrics) if args.metrics else None  # "a b" and "a,b" alike
+            print(compare(args.a_csv, args.b_csv, args.test_csv, metrics, args.bootstrap, args.device))
         elif args.command == "setup":
             no_download = args.no_download or os.environ.get("ENCLAP_METRICS_NO_DOWNLOAD") == "1"
             setup(args.cache_dir, download=not no_download)
