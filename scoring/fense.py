@@ -96,7 +96,9 @@ def download(log: Callable[[str], None] = print) -> bool:
     try:
         load("cpu")
     except Exception as err:  # network errors come in many types; report, never crash setup
-        log(f"metrics setup: FENSE download failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
+        from common.errors import one_line
+
+        log(f"metrics setup: FENSE download failed ({type(err).__name__}: {one_line(err)})")
         return False
     for line in describe_downloaded():
         log(f"metrics setup: {line}")

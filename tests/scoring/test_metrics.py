@@ -426,3 +426,19 @@ def test_downloaded_fense_models_are_shown_with_size_and_checksum(tmp_path, monk
     line, = describe_downloaded()
     assert str(ckpt) in line and "3 MB" in line
     assert f"sha256 {hashlib.sha256(ckpt.read_bytes()).hexdigest()}" in line and "DIFFERS from aac-metrics'" in line
+
+
+def test_fense_download_reports_failure_in_one_line_and_success_with_sizes(monkeypatch):
+    import scoring.fense as F
+
+    def offline(device):
+        raise OSError("no route to host\ntraceback details")
+
+    messages = []
+    monkeypatch.setattr(F, "load", offline)
+    assert F.download(messages.append) is False
+    assert messages[-1] == "metrics setup: FENSE download failed (OSError: no route to host)"
+    monkeypatch.setattr(F, "load", lambda device: None)
+    monkeypatch.setattr(F, "describe_downloaded", lambda: ["fluency checker x.ckpt: 440 MB, sha256 ab"])
+    assert F.download(messages.append) is True
+    assert messages[-1] == "metrics setup: fluency checker x.ckpt: 440 MB, sha256 ab"
