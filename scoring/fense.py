@@ -68,7 +68,7 @@ def describe_downloaded() -> list[str]:
     """One line per FENSE model present here: where, its size and its checksum (or hub revision)."""
     import torch
     from aac_metrics.functional.fer import _PRETRAIN_ECHECKERS_DICT
-    from huggingface_hub import scan_cache_dir
+    from huggingface_hub import CacheNotFound, scan_cache_dir
 
     lines = []
     data_home = os.path.expanduser(os.getenv("FENSE_DATA", os.path.join(torch.hub.get_dir(), "fense_data")))
@@ -77,7 +77,10 @@ def describe_downloaded() -> list[str]:
         actual, expected = _sha256(ckpt), _PRETRAIN_ECHECKERS_DICT[CHECKER_NAME][1]
         verdict = "matches aac-metrics'" if actual == expected else f"DIFFERS from aac-metrics' {expected}"
         lines.append(f"fluency checker {ckpt}: {_megabytes(os.path.getsize(ckpt))}, sha256 {actual} ({verdict})")
-    repos = {repo.repo_id: repo for repo in scan_cache_dir().repos}
+    try:
+        repos = {repo.repo_id: repo for repo in scan_cache_dir().repos}
+    except CacheNotFound:  # no hub cache yet
+        repos = {}
     for repo_id in (SBERT_REPO, CHECKER_BASE_REPO):
         if repo_id in repos:
             repo = repos[repo_id]
