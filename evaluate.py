@@ -156,7 +156,7 @@ def evaluate(args: argparse.Namespace) -> int:
     if warning:
         log.warning("%s", warning)
     # 4. Score once, on the whole split.
-    clip_scores = score_clips(predictions, split.references, metrics)
+    clip_scores = score_clips(predictions, split.references, metrics, device=str(pipeline.device))  # FENSE's models
     scores = clip_scores.corpus
     spread = intervals(clip_scores, args.bootstrap) if args.bootstrap else None
 

@@ -36,7 +36,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_compare.add_argument("--metrics", nargs="+", default=None,
                            help="metrics, as in evaluate.py (default: the defaults this machine can run)")
     p_compare.add_argument("--bootstrap", type=int, default=1000, help="resamples (default: 1000; 0: none)")
-    p_compare.add_argument("--device", default="cpu", help="torch device for FENSE's models (default: cpu)")
+    p_compare.add_argument("--device", default="auto",
+                           help="device for FENSE's models: auto (CUDA when present), cpu, cuda:N (default: auto)")
     for p in (p_setup, p_check):
         p.add_argument("--cache_dir", default=None,
                        help="aac-metrics cache dir (default: $AAC_METRICS_CACHE_PATH or ~/.cache)")
@@ -55,7 +56,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
             metrics = ",".join(args.metrics) if args.metrics else None  # "a b" and "a,b" alike
-            print(compare(args.a_csv, args.b_csv, args.test_csv, metrics, args.bootstrap, args.device))
+            from common.device import resolve_device
+
+            device = str(resolve_device(args.device))
+            print(compare(args.a_csv, args.b_csv, args.test_csv, metrics, args.bootstrap, device))
         elif args.command == "setup":
             no_download = args.no_download or os.environ.get("ENCLAP_METRICS_NO_DOWNLOAD") == "1"
             setup(args.cache_dir, download=not no_download)
