@@ -1,4 +1,4 @@
-"""Score an EnCLAP checkpoint on a test split (corpus METEOR, CIDEr-D, SPICE, SPIDEr).
+"""Score an EnCLAP checkpoint on a test split (METEOR, CIDEr-D, SPICE, SPIDEr, SPIDEr-FL, FENSE, Vocab).
 
     # from preprocessed features (data/preprocess.py output)
     python evaluate.py --ckpt CKPT --test_csv csv/clotho/test.csv --from_preprocessed \
@@ -9,11 +9,13 @@
 
 Order of work: the metrics' requirements are checked (Java, jars) and every file the CSV names
 is checked to exist BEFORE the model generates anything, so a missing jar or clip fails in
-seconds, not after an hour. With the default metrics, those this machine cannot run (SPICE and
-SPIDEr without Stanford CoreNLP) are skipped with one warning, as in training; metrics named
-with ``--metrics`` must all run. Relative paths are taken from the current folder. Scores are computed once over the whole split and printed as a
-table; with ``--save_path`` the per-clip predictions and references are written to that CSV and
-the scores to ``<save_path without .csv>_scores.json`` beside it.
+seconds, not after an hour. With the default metrics, those this machine cannot run (SPICE,
+SPIDEr and SPIDEr-FL without Stanford CoreNLP, FENSE and SPIDEr-FL without their models) are
+skipped with one warning, as in training; metrics named with ``--metrics`` must all run.
+Relative paths are taken from the current folder. Scores are computed once over the whole split
+and printed as a table with 95 % bootstrap intervals (``--bootstrap``); with ``--save_path`` the
+predictions and references are written to that CSV and the scores to
+``<save_path without .csv>_scores.json`` beside it; ``--per_clip`` writes each clip's scores.
 """
 
 from __future__ import annotations
@@ -32,9 +34,27 @@ def scores_path(save_path: str) -> str:
     return stem + "_scores.json"
 
 
+def write_per_clip(path: str, file_paths, predictions, references, per_clip: dict) -> None:
+    """One row per clip: ``file_path, prediction, caption_1 .. caption_N`` then each per-clip score.
+
+    ``fluency_error`` is 1 where FENSE's checker flagged the caption; the rest are scores.
+    """
+    from common.io import write_csv
+
+    width = max(len(refs) for refs in references)
+    header = ["file_path", "prediction", *[f"caption_{i + 1}" for i in range(width)], *per_clip]
+    rows = []
+    for i, (path_i, prediction, refs) in enumerate(zip(file_paths, predictions, references)):
+        values = [f"{per_clip[name][i]:.0f}" if name == "fluency_error" else f"{per_clip[name][i]:.6g}"
+                  for name in per_clip]
+        rows.append([path_i, prediction, *refs, *[""] * (width - len(refs)), *values])
+    write_csv(path, header, rows, lineterminator="\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from captioning.cli import add_generation_args, add_pipeline_args
     from scoring import DEFAULT_METRICS
+    from scoring.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("data")
@@ -55,8 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         help=f"metrics (default: {' '.join(DEFAULT_METRICS)}, less those this machine cannot run; "
-        "also bleu_1..4, rouge_l, spider_fl, fense)",
+        "also bleu_1..4, rouge_l)",
     )
+    data.add_argument("--per_clip", default=None,
+                      help="write one row per clip to this CSV: file_path, prediction, references and "
+                      "each per-clip score (CIDEr-D, SPICE, SPIDEr, FENSE, SBERT-sim, fluency error, ...)")
+    data.add_argument("--bootstrap", type=int, default=DEFAULT_RESAMPLES,
+                      help=f"resamples of the clips for 95%% intervals (default: {DEFAULT_RESAMPLES}, seed "
+                      f"{DEFAULT_SEED}; 0: none)")
     data.add_argument("--num_workers", type=int, default=0, help="feature-loading workers (default: 0)")
     add_pipeline_args(parser, long_audio=False)
     add_generation_args(parser)
@@ -69,11 +95,14 @@ def evaluate(args: argparse.Namespace) -> int:
     from common.io import atomic_write_text, write_predictions_csv
     from data.audio import audio_for_feature_path
     from data.dataset import DataError, read_split
-    from scoring import compute_scores, format_scores, preflight, usable_metrics
+    from scoring import DEFAULT_METRICS, format_scores, preflight, usable_metrics
+    from scoring.names import DISPLAY_NAMES
+    from scoring.bootstrap import DEFAULT_SEED, LEVEL, intervals
+    from scoring.metrics import score_clips
     from scoring.diversity import checkpoint_hint, degenerate_warning
 
     log = logging.getLogger("evaluate")
-    for name in ("test_csv", "encodec_path", "clap_path", "audio_path", "save_path"):
+    for name in ("test_csv", "encodec_path", "clap_path", "audio_path", "save_path", "per_clip"):
         if getattr(args, name):  # messages then name the absolute path that was tried
             setattr(args, name, os.path.abspath(os.path.expanduser(getattr(args, name))))
     if args.from_preprocessed:
@@ -81,6 +110,8 @@ def evaluate(args: argparse.Namespace) -> int:
             raise DataError("--from_preprocessed needs --encodec_path and --clap_path")
     elif not args.audio_path:
         raise DataError("give --audio_path WAVS, or --from_preprocessed with --encodec_path and --clap_path")
+    if args.bootstrap < 0:
+        raise DataError(f"--bootstrap must be 0 (no intervals) or a number of resamples, not {args.bootstrap}")
     options = generation_from_args(args)
     # 1. Metrics first: a missing jar must not surface after the whole generation.
     skipped = None
@@ -125,13 +156,24 @@ def evaluate(args: argparse.Namespace) -> int:
     if warning:
         log.warning("%s", warning)
     # 4. Score once, on the whole split.
-    scores = compute_scores(predictions, split.references, metrics)
+    clip_scores = score_clips(predictions, split.references, metrics, device=str(pipeline.device))  # FENSE's models
+    scores = clip_scores.corpus
+    spread = intervals(clip_scores, args.bootstrap) if args.bootstrap else None
 
-    print(format_scores(scores, title=f"{args.test_csv}: {len(predictions)} clips, {seconds:.1f} s of generation"))
+    print(format_scores(scores, title=f"{args.test_csv}: {len(predictions)} clips, {seconds:.1f} s of generation",
+                        intervals=spread))
+    if skipped:
+        print(f"not scored here: {', '.join(DISPLAY_NAMES[m] for m in DEFAULT_METRICS if m not in metrics)} "
+              "(the warning above says why)")
+    if args.per_clip:
+        write_per_clip(args.per_clip, split.file_paths, predictions, split.references, clip_scores.per_clip)
+        print(f"wrote {args.per_clip}", file=sys.stderr)
     if args.save_path:
         write_predictions_csv(args.save_path, split.file_paths, predictions, split.references)
         report = {
             "scores": scores,
+            "intervals": spread and {name: list(bounds) for name, bounds in spread.items()},
+            "bootstrap": args.bootstrap and {"resamples": args.bootstrap, "seed": DEFAULT_SEED, "level": LEVEL},
             "skipped_metrics": skipped,
             "num_clips": len(predictions),
             "test_csv": args.test_csv,

@@ -77,6 +77,7 @@ _SPICE_FIX = (
     "https://nlp.stanford.edu/software/stanford-corenlp-full-2015-12-09.zip into {lib}"
 )
 _CORENLP_HOST = ("nlp.stanford.edu", 443)
+_HUB_HOST = ("huggingface.co", 443)
 
 PathLike = Union[str, os.PathLike]
 
@@ -274,10 +275,9 @@ def _download_corenlp(cache: Path) -> Optional[str]:
 def setup(
     cache_dir: Optional[PathLike] = None,
     download: bool = True,
-    fense: bool = False,
     log=print,
 ) -> dict[str, str]:
-    """Prepares aac-metrics: Java 11, the jars in its cache, SPICE's CoreNLP when online.
+    """Prepares aac-metrics: Java 11, the jars in its cache, SPICE's CoreNLP and FENSE's models when online.
 
     Idempotent; when everything is already in place it only checks (a few file stats and
     one ``java -version``). A missing CoreNLP (no network) is reported, not raised: METEOR,
@@ -286,8 +286,8 @@ def setup(
     Args:
         cache_dir: aac-metrics cache dir (default: ``get_cache_dir()``).
         download: try aac-metrics' downloader for SPICE's CoreNLP 3.6.0 jars when they are
-            missing and nlp.stanford.edu answers within 3 s.
-        fense: also download FENSE / SPIDEr-FL models (needs network; off by default).
+            missing and nlp.stanford.edu answers within 3 s, and FENSE's models
+            (``scoring.fense.download``) when they are missing and huggingface.co answers.
         log: where the one-line status messages go.
 
     Returns:
@@ -321,21 +321,13 @@ def setup(
         error = _download_corenlp(cache)
         if error:
             log(f"metrics setup: CoreNLP download failed ({error})")
-    if fense:
-        log("metrics setup: downloading the FENSE / SPIDEr-FL models...")
-        try:
-            from aac_metrics.download import download_metrics
+    if download and _fense_missing() and _network_reachable(_HUB_HOST):
+        from scoring import fense as fense_models
 
-            download_metrics(ptb_tokenizer=False, meteor=False, spice=False, fense=True,
-                             bert_score=False, clap=False, verbose=1)
-        except Exception as err:  # offline: report in one line, keep the rest usable
-            log(f"metrics setup: FENSE download failed ({type(err).__name__}: "
-                f"{str(err).splitlines()[0] if str(err) else ''})")
+        fense_models.download(log)
 
-    # FENSE / SPIDEr-FL models are only checked when asked for (they are optional extras).
-    checked = METRIC_NAMES if fense else tuple(m for m in METRIC_NAMES if m not in ("fense", "spider_fl"))
-    unavailable = check_requirements(checked, cache_dir=cache, java_path=java.path)
-    ready = [DISPLAY_NAMES[m] for m in checked if m not in unavailable]
+    unavailable = check_requirements(METRIC_NAMES, cache_dir=cache, java_path=java.path)
+    ready = [DISPLAY_NAMES[m] for m in METRIC_NAMES if m not in unavailable]
     log(f"metrics setup: Java {java.version} ({java.path}); cache {cache / _AAC_DIR}; "
         f"ready: {', '.join(ready) or 'none'}")
     by_reason: dict[str, list[str]] = {}
@@ -426,7 +418,7 @@ def check_requirements(
             if fense_missing:
                 reasons[name] = (
                     f"FENSE models missing ({', '.join(fense_missing)}); fix: run "
-                    "`python -m scoring setup --fense` with network access"
+                    "`python -m scoring setup` with network access"
                 )
     return reasons
 

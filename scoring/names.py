@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from typing import Iterable, Optional, Union
 
-DEFAULT_METRICS: tuple[str, ...] = ("meteor", "cider_d", "spice", "spider")
+# The set the field reports since DCASE 2024 (aac-metrics 0.6.0's definitions).
+DEFAULT_METRICS: tuple[str, ...] = ("meteor", "cider_d", "spice", "spider", "spider_fl", "fense", "vocab")
 
 # Canonical name -> how it is printed. Order here is the order of `format_scores` tables.
 DISPLAY_NAMES: dict[str, str] = {
@@ -15,6 +16,7 @@ DISPLAY_NAMES: dict[str, str] = {
     "spider": "SPIDEr",
     "spider_fl": "SPIDEr-FL",
     "fense": "FENSE",
+    "vocab": "Vocab",
     "bleu_1": "BLEU-1",
     "bleu_2": "BLEU-2",
     "bleu_3": "BLEU-3",
@@ -32,6 +34,7 @@ _ALIASES: dict[str, str] = {
     "rougel": "rouge_l",
     "spiderfl": "spider_fl",
     "spider_fl": "spider_fl",
+    "vocabulary": "vocab",
     **{f"bleu{n}": f"bleu_{n}" for n in range(1, 5)},
 }
 
@@ -73,13 +76,21 @@ def normalize_metrics(metrics: Union[str, Iterable[str], None] = None) -> tuple[
     return tuple(out)
 
 
-def format_scores(scores: dict[str, float], title: Optional[str] = None) -> str:
+def format_value(name: str, value: float, digits: int = 4) -> str:
+    """One score as printed: Vocab (a count of words) as a whole number, the others with ``digits`` decimals."""
+    return f"{value:.0f}" if name == "vocab" else f"{value:.{digits}f}"
+
+
+def format_scores(scores: dict[str, float], title: Optional[str] = None,
+                  intervals: Optional[dict[str, tuple[float, float]]] = None) -> str:
     """A small aligned table of scores, e.g. for evaluate.py and training logs.
 
     Args:
         scores: ``{name: value}``; canonical names are shown with their usual spelling
             (``cider_d`` -> ``CIDEr-D``), other keys as given, in the canonical order first.
         title: optional first line.
+        intervals: ``{name: (low, high)}`` 95 % intervals; when given, values are printed with
+            3 decimals as ``0.483 [0.471, 0.495]`` (metrics without one show the value alone).
 
     Returns:
         The table as text (no trailing newline).
@@ -87,11 +98,16 @@ def format_scores(scores: dict[str, float], title: Optional[str] = None) -> str:
     order = [k for k in METRIC_NAMES if k in scores] + [k for k in scores if k not in DISPLAY_NAMES]
     labels = [DISPLAY_NAMES.get(k, k) for k in order]
     width = max([len(label) for label in labels] + [len("metric")])
+    digits = 3 if intervals is not None else 4
     lines = [title] if title else []
-    lines.append(f"{'metric':<{width}}  score")
+    lines.append(f"{'metric':<{width}}  score" + (" [95 % interval]" if intervals else ""))
     lines.append(f"{'-' * width}  ------")
     for key, label in zip(order, labels):
-        lines.append(f"{label:<{width}}  {float(scores[key]):.4f}")
+        text = format_value(key, float(scores[key]), digits)
+        if intervals and key in intervals:
+            low, high = intervals[key]
+            text += f" [{format_value(key, low, digits)}, {format_value(key, high, digits)}]"
+        lines.append(f"{label:<{width}}  {text}")
     return "\n".join(lines)
 
 

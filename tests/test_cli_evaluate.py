@@ -73,7 +73,7 @@ def test_both_modes_give_identical_scores_and_save_path_in_cwd(tiny_ckpt, split,
     pre = evaluate.main(
         common(tiny_ckpt, split)
         + ["--from_preprocessed", "--encodec_path", str(split / "encodec"), "--clap_path", str(split / "clap"),
-           "--save_path", "pre.csv"]
+           "--save_path", "pre.csv", "--per_clip", "clips.csv", "--bootstrap", "200"]
     )
     out = capsys.readouterr().out
     assert raw == 0 and pre == 0
@@ -88,6 +88,20 @@ def test_both_modes_give_identical_scores_and_save_path_in_cwd(tiny_ckpt, split,
     assert [r["file_path"] for r in raw_rows] == [f"test/clip{i}.npy" for i in range(len(REFS))]
     assert [r["caption_1"] for r in raw_rows] == [refs[0] for refs in REFS]
     assert all(r["prediction"] for r in raw_rows)
+    # Intervals: printed, and in the JSON, for CIDEr-D (a per-clip mean), not for BLEU / ROUGE-L.
+    report = json.loads((tmp_path / "pre_scores.json").read_text())
+    low, high = report["intervals"]["cider_d"]
+    assert set(report["intervals"]) == {"cider_d"} and low <= pre_scores["cider_d"] <= high
+    assert report["bootstrap"]["resamples"] == 200
+    assert f"CIDEr-D  {pre_scores['cider_d']:.3f} [{low:.3f}, {high:.3f}]" in out
+    # Per-clip file: one row per clip, its caption and references, and its CIDEr-D.
+    clip_rows = list(csv.DictReader((tmp_path / "clips.csv").open()))
+    assert list(clip_rows[0]) == ["file_path", "prediction", *[f"caption_{k}" for k in range(1, 6)], "cider_d"]
+    assert [r["file_path"] for r in clip_rows] == [r["file_path"] for r in pre_rows]
+    assert [r["prediction"] for r in clip_rows] == [r["prediction"] for r in pre_rows]
+    assert [r["caption_5"] for r in clip_rows] == [refs[4] for refs in REFS]
+    per_clip_cider = [float(r["cider_d"]) for r in clip_rows]
+    assert sum(per_clip_cider) / len(per_clip_cider) == pytest.approx(pre_scores["cider_d"], abs=1e-5)
 
 
 def test_missing_audio_files_are_all_listed_before_any_work(tiny_ckpt, split, tmp_path, capsys):
@@ -128,13 +142,18 @@ def test_default_metrics_without_corenlp_score_what_they_can(tiny_ckpt, split, t
     args = ["--ckpt", str(tiny_ckpt), "--random_encoders", "--device", "cpu", "--test_csv", str(split / "test.csv"),
             "--from_preprocessed", "--encodec_path", str(split / "encodec"), "--clap_path", str(split / "clap"),
             "--save_path", "preds.csv"]
-    assert evaluate.main(args) == 0
-    capsys.readouterr()
+    monkeypatch.setenv("FENSE_DATA", str(tmp_path / "no_fense"))  # FENSE's models absent, as on CI
+    assert evaluate.main(args + ["--bootstrap", "100"]) == 0
+    out = capsys.readouterr().out
     assert caplog.text.count("cannot compute SPICE, SPIDEr") == 1  # one warning (logged to stderr)
-    assert "scoring meteor, cider_d only" in caplog.text
+    assert "cannot compute FENSE" in caplog.text and "python -m scoring setup" in caplog.text
+    assert "scoring meteor, cider_d, vocab only" in caplog.text
+    assert "not scored here: SPICE, SPIDEr, SPIDEr-FL, FENSE" in out
     report = json.loads((tmp_path / "preds_scores.json").read_text())
-    assert set(report["scores"]) == {"meteor", "cider_d"}
+    assert set(report["scores"]) == {"meteor", "cider_d", "vocab"}
+    assert set(report["intervals"]) == {"meteor", "cider_d"}
     assert "cannot compute SPICE, SPIDEr" in report["skipped_metrics"]  # the file says what is missing
+    assert "cannot compute FENSE" in report["skipped_metrics"]
     # Asked for by name, SPICE still fails in one line, before any generation, and says what runs.
     assert evaluate.main(args[:-2] + ["--ckpt", str(tmp_path / "no_ckpt"), "--metrics", "cider_d", "spice"]) == 2
     err = capsys.readouterr().err.strip()
@@ -153,3 +172,19 @@ def test_degenerate_captions_and_relative_paths(tiny_ckpt, split, monkeypatch, c
            "under-trained" in err
     assert evaluate.main(args[:6] + ["missing.csv"] + args[7:]) == 2
     assert f"split file not found: {split / 'missing.csv'}" in capsys.readouterr().err
+
+
+def test_per_clip_file_holds_each_clips_own_scores(tiny_ckpt, split, tmp_path, monkeypatch):
+    captions = [REFS[0][0], "rain", REFS[2][1], "an unrelated noise"]
+    monkeypatch.setattr(EnClap, "caption_preprocessed", lambda self, *a, **k: list(captions))
+    args = ["--ckpt", str(tiny_ckpt), "--random_encoders", "--device", "cpu", "--test_csv", str(split / "test.csv"),
+            "--from_preprocessed", "--encodec_path", str(split / "encodec"), "--clap_path", str(split / "clap"),
+            "--metrics", "cider_d", "--per_clip", str(tmp_path / "clips.csv"), "--save_path", str(tmp_path / "p.csv")]
+    assert evaluate.main(args) == 0
+    rows = list(csv.DictReader((tmp_path / "clips.csv").open()))
+    assert [r["prediction"] for r in rows] == captions
+    cider = [float(r["cider_d"]) for r in rows]
+    # A caption equal to one of its references scores far above a one-word one; no shared word scores 0.
+    assert cider[0] > 2 * cider[1] > 0 and cider[2] > 2 * cider[1] and cider[3] == 0.0
+    corpus = json.loads((tmp_path / "p_scores.json").read_text())["scores"]["cider_d"]
+    assert sum(cider) / 4 == pytest.approx(corpus, abs=1e-5)

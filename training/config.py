@@ -149,8 +149,9 @@ class EvalConfig:
         batch_size: validation clips per generate call on each process.
         metrics: corpus metrics (aac-metrics names); SPICE/SPIDEr are dropped with a warning
             when SPICE cannot run on this machine.
-        select_metric: metric that picks the best checkpoints (higher is better); falls back to
-            ``cider_d`` with a warning when it is unavailable.
+        select_metric: metric that picks the best checkpoints (higher is better): any metric
+            name (FENSE, SPIDEr-FL, Vocab, ...), added to ``metrics`` when missing; falls back
+            to ``cider_d`` with a warning when it is unavailable.
         keep_best: how many best checkpoints to keep (the newest is always kept for resume).
         max_samples: validate on the first N clips only (None = all).
     """

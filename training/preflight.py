@@ -198,6 +198,8 @@ def check_recipe(cfg: DictConfig, check_model: bool = True) -> RecipePlan:
         select_metric = normalize_metrics([cfg.eval.select_metric])[0]
     except ValueError as error:
         raise ConfigError(f"eval.metrics / eval.select_metric: {error}") from None
+    if select_metric not in wanted:  # selecting by a metric means computing it at each validation
+        wanted += (select_metric,)
     for key in ("train_csv", "val_csv"):
         if not os.path.isfile(cfg.data[key]):
             raise ConfigError(f"data.{key} file not found: {os.path.abspath(cfg.data[key])} (set data.{key}=PATH)")

@@ -146,7 +146,8 @@ def test_metric_names_and_aliases():
         "cider_d", "rouge_l", "bleu_4", "spider_fl", "meteor",
     )
     assert N.normalize_metrics(["SPICE", "spider", "Fense", "BLEU_1"]) == ("spice", "spider", "fense", "bleu_1")
-    assert N.normalize_metrics(None) == ("meteor", "cider_d", "spice", "spider")
+    assert N.normalize_metrics(None) == ("meteor", "cider_d", "spice", "spider", "spider_fl", "fense", "vocab")
+    assert N.normalize_metrics("Vocab,vocabulary") == ("vocab",)
     with pytest.raises(ValueError) as err:
         N.normalize_metrics(["meteor", "bertscore"])
     assert "bertscore" in str(err.value) and "cider_d" in str(err.value) and "rouge_l" in str(err.value)
@@ -223,7 +224,8 @@ def test_spice_jar_list_matches_aac_metrics(tmp_path):
         check_spice_install(str(tmp_path))
 
 
-def test_setup_is_idempotent_and_repairs(tmp_path):
+def test_setup_is_idempotent_and_repairs(tmp_path, monkeypatch):
+    monkeypatch.setenv("FENSE_DATA", str(tmp_path / "no_fense"))  # FENSE's checker absent, as here
     messages = []
     cache_dir = tmp_path / "cache"
     first = J.setup(cache_dir, download=False, log=messages.append)
@@ -234,7 +236,7 @@ def test_setup_is_idempotent_and_repairs(tmp_path):
     assert second == first
     assert _tree(cache_dir) == tree
     assert not any("linked" in m for m in messages)
-    assert set(first) == {"spice", "spider"}  # what this machine cannot run
+    assert set(first) == {"spice", "spider", "spider_fl", "fense"}  # what this machine cannot run
 
     # A user's real file is kept; a dangling link (venv moved) is replaced.
     ptb = cache_dir / J.PTB_JAR
@@ -264,17 +266,18 @@ def test_setup_corenlp_download_paths(tmp_path, monkeypatch):
             (lib / name).write_bytes(b"jar")
 
     monkeypatch.setattr(aac_metrics.download, "download_metrics", fake_download)
+    monkeypatch.setattr(J, "_fense_missing", lambda: [])  # FENSE's models in place: CoreNLP alone here
     cache_dir = tmp_path / "cache"
 
     behaviour, messages = "ok", []
     monkeypatch.setattr(J, "_network_reachable", lambda *a, **k: False)
-    assert set(J.setup(cache_dir, log=messages.append)) == {"spice", "spider"}
+    assert set(J.setup(cache_dir, log=messages.append)) == {"spice", "spider", "spider_fl"}
     assert calls == []
-    assert any("SPICE, SPIDEr unavailable" in m and "stanford-corenlp-3.6.0.jar" in m for m in messages)
+    assert any("SPICE, SPIDEr, SPIDEr-FL unavailable" in m and "stanford-corenlp-3.6.0.jar" in m for m in messages)
 
     monkeypatch.setattr(J, "_network_reachable", lambda *a, **k: True)
     behaviour, messages = "fail", []
-    assert set(J.setup(cache_dir, log=messages.append)) == {"spice", "spider"}
+    assert set(J.setup(cache_dir, log=messages.append)) == {"spice", "spider", "spider_fl"}
     assert any("download failed (OSError: connection reset)" in m for m in messages)
 
     behaviour, messages = "ok", []
@@ -324,13 +327,14 @@ def _one_line_error(metrics, **kwargs) -> str:
     return message
 
 
-def test_preflight_ok_and_available_metrics(tmp_path):
+def test_preflight_ok_and_available_metrics(tmp_path, monkeypatch):
+    monkeypatch.setenv("FENSE_DATA", str(tmp_path / "no_fense"))
     cache_dir = _fresh_cache(tmp_path)
     _remove_corenlp(cache_dir)
     assert J.preflight(["meteor", "CIDEr-D", "rouge_l", "bleu_4"], cache_dir=cache_dir) == (
         "meteor", "cider_d", "rouge_l", "bleu_4",
     )
-    assert J.available_metrics(cache_dir=cache_dir) == ("meteor", "cider_d")
+    assert J.available_metrics(cache_dir=cache_dir) == ("meteor", "cider_d", "vocab")
     message = _one_line_error(None, cache_dir=cache_dir)
     assert "SPICE, SPIDEr" in message and "stanford-corenlp-3.6.0-models.jar" in message
     assert "aac-metrics-download" in message
@@ -374,4 +378,67 @@ def test_preflight_fense_models_missing(cache, tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     message = _one_line_error(["fense", "cider_d"], cache_dir=cache)
     assert "FENSE" in message and "echecker_clotho_audiocaps_base.ckpt" in message
-    assert "setup --fense" in message and "CIDEr-D" not in message
+    assert "`python -m scoring setup` with network access" in message and "CIDEr-D" not in message
+
+
+def test_setup_fetches_fense_models_when_online_and_says_what_is_missing_offline(tmp_path, monkeypatch):
+    import scoring.fense
+
+    cache_dir = _fresh_cache(tmp_path)
+    missing = ["fense_data/echecker_clotho_audiocaps_base.ckpt"]
+    downloads = []
+
+    def fake_download(log):
+        downloads.append(log)
+        missing.clear()
+        return True
+
+    monkeypatch.setattr(J, "_fense_missing", lambda: list(missing))
+    monkeypatch.setattr(scoring.fense, "download", fake_download)
+    monkeypatch.setattr(J, "_network_reachable", lambda *a, **k: False)
+    messages = []
+    assert {"fense", "spider_fl"} <= set(J.setup(cache_dir, download=True, log=messages.append))
+    assert downloads == []
+    assert any(m.startswith("metrics setup: FENSE unavailable: FENSE models missing (fense_data/echecker")
+               for m in messages)
+    monkeypatch.setattr(J, "_network_reachable", lambda *a, **k: True)
+    assert J.setup(cache_dir, download=False, log=messages.append).get("fense")  # --no_download: no try
+    assert downloads == []
+    assert "fense" not in J.setup(cache_dir, download=True, log=messages.append)
+    assert len(downloads) == 1
+    J.setup(cache_dir, download=True, log=messages.append)  # present now: not fetched again
+    assert len(downloads) == 1
+
+
+def test_downloaded_fense_models_are_shown_with_size_and_checksum(tmp_path, monkeypatch):
+    import hashlib
+
+    import huggingface_hub.constants
+
+    from scoring.fense import CHECKER_NAME, describe_downloaded
+
+    monkeypatch.setenv("FENSE_DATA", str(tmp_path / "fense"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert describe_downloaded() == []
+    ckpt = tmp_path / "fense" / f"{CHECKER_NAME}.ckpt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"x" * 3_000_000)
+    line, = describe_downloaded()
+    assert str(ckpt) in line and "3 MB" in line
+    assert f"sha256 {hashlib.sha256(ckpt.read_bytes()).hexdigest()}" in line and "DIFFERS from aac-metrics'" in line
+
+
+def test_fense_download_reports_failure_in_one_line_and_success_with_sizes(monkeypatch):
+    import scoring.fense as F
+
+    def offline(device):
+        raise OSError("no route to host\ntraceback details")
+
+    messages = []
+    monkeypatch.setattr(F, "load", offline)
+    assert F.download(messages.append) is False
+    assert messages[-1] == "metrics setup: FENSE download failed (OSError: no route to host)"
+    monkeypatch.setattr(F, "load", lambda device: None)
+    monkeypatch.setattr(F, "describe_downloaded", lambda: ["fluency checker x.ckpt: 440 MB, sha256 ab"])
+    assert F.download(messages.append) is True
+    assert messages[-1] == "metrics setup: fluency checker x.ckpt: 440 MB, sha256 ab"

@@ -86,3 +86,11 @@ def test_unavailable_selection_metric_falls_back_to_cider_d(tmp_path, monkeypatc
     assert plan.warnings[1] == "selection metric spider is unavailable here; selecting checkpoints by cider_d instead"
     with pytest.raises(ConfigError, match="eval.metrics: cannot compute SPICE"):
         check_recipe(load_config("cfg/tiny.yaml", overrides + ["eval.metrics=[spice]"]))
+
+
+def test_selection_metric_is_scored_even_when_not_in_eval_metrics(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    overrides = _split(tmp_path / "d", {"a.npy": 10})
+    plan = check_recipe(load_config("cfg/tiny.yaml", overrides + ["eval.metrics=[cider_d]",
+                                                                  "eval.select_metric=Vocab"]))
+    assert plan.metrics == ("cider_d", "vocab") and plan.select_metric == "vocab"
