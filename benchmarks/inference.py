@@ -163,6 +163,7 @@ def main() -> int:
     import soundfile as sf
 
     from captioning.pipeline import EnClap
+    from common.cpu import describe_cpu
     from modeling.generation import GenerationOptions
 
     rng = np.random.default_rng(0)
@@ -182,6 +183,7 @@ def main() -> int:
             torch.cuda.get_device_name(pipeline.device))
         print(f"device: {device}; {args.size} size; 10 s clips (750 frames); beam {options.num_beams}; "
               f"max_length {options.max_length}; best of {args.repeats}")
+        print(describe_cpu())
 
         # Where one clip's time goes.
         time_paths(model, one, config, ("stock", "shared", "ours"), 1)  # warm-up: weights paged in, kernels chosen

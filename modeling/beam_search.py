@@ -13,9 +13,9 @@ processors written for any model). This module runs the same arithmetic with not
   replaced, so the LM head (a 50265-row matrix product) is skipped there, and the forced ``</s>``
   step, the last one, runs no decoder layer at all;
 * the decoder layers are called through their own sub-modules' weights (``q_proj``, ``fc1``, the
-  layer norms ...); on a CPU, for one clip's few beams, their matrix products run in the
-  orientation MKL streams at memory speed (:func:`_linear`): the same dot products, with logits
-  equal to the stock path's up to the last bits;
+  layer norms ...); on a CPU, for one clip's few beams, each matrix product runs in whichever of
+  its two orientations this CPU's BLAS measured faster (:func:`_linear`): the same dot products,
+  with logits equal to the stock path's up to the last bits;
 * the beam bookkeeping is the stock algorithm of transformers' ``_beam_search`` (top ``2k``
   continuations, finished hypotheses scored ``sum log p / length ** length_penalty``, the same
   early-stopping rule), and the paper's logits processors (no-repeat n-gram, forced ``<s>`` and
@@ -29,6 +29,7 @@ candidate counts and padded batches.
 
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 import torch
@@ -147,29 +148,71 @@ class _Decoder:
         return _linear(attn.out_proj, out.transpose(1, 2).reshape(rows, 1, -1))
 
 
-#: Up to this many rows, a CPU linear layer is taken as ``(W @ x.T).T`` (see :func:`_linear`).
+#: Up to this many rows (one clip's beams at the default 4), a CPU linear layer may be taken as
+#: ``(W @ x.T).T``; whether it is, is measured per shape (see :func:`_linear`).
 _SKINNY_ROWS = 4
+
+#: ``(weight shape, dtype, bias, rows, threads) -> whether (W @ x.T).T was the faster``, measured once per process.
+_ORIENTATION: dict[tuple, bool] = {}
 
 
 def _linear(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """``module(x)`` for the few rows of one decoder step (x: (..., in)).
 
-    The same dot products as ``F.linear``. On a CPU, for at most four rows (one clip's beams), the
-    product is taken as ``(W @ x.T).T``: MKL runs that orientation as a matrix-vector stream at
-    memory speed, where ``F.linear`` (``x @ W.T``) reaches about half of it (six decoder layers:
-    11 ms against 21 ms per step at bart-base on 2 cores; the 50265-row LM head: 4 ms against 18 ms).
-    The summation order differs in the last bits (relative ~1e-6), far below the gaps that decide
-    a beam: the tests and the benchmark compare tokens with stock ``generate``. With more rows the
-    two orientations cost about the same and ``F.linear`` is kept.
+    The same dot products as ``F.linear``. On a CPU, for at most four rows (one clip's beams), a
+    BLAS may run the product faster as ``(W @ x.T).T``, a matrix-vector stream over ``W``: on the
+    development CPU (AMD EPYC, MKL) that orientation ran at memory speed where ``F.linear``
+    (``x @ W.T``) reached about half of it (six decoder layers: 11 ms against 21 ms per step at
+    bart-base on 2 cores; the 50265-row LM head: 4 ms against 18 ms), while on an Intel Xeon with
+    AVX-512 and AMX the two cost the same. Which one is faster is a property of the CPU and its
+    BLAS, so it is measured at run time, once per weight shape, dtype, row count and thread count
+    (:func:`_transposed_is_faster`), and the faster one is taken from then on. The summation order
+    differs in the last bits (relative ~1e-6), far below the gaps that decide a beam: the tests
+    and the benchmark compare tokens with stock ``generate``. With more rows ``F.linear`` is kept.
     """
     flat = x.reshape(-1, x.shape[-1])
-    if flat.device.type != "cpu" or flat.shape[0] > _SKINNY_ROWS:
+    if flat.device.type != "cpu" or flat.shape[0] > _SKINNY_ROWS or not _transposed_is_faster(module, flat):
         return F.linear(x, module.weight, module.bias)
-    if module.bias is None:
-        out = torch.mm(module.weight, flat.t())
+    return _transposed_linear(module.weight, module.bias, flat).view(*x.shape[:-1], -1)
+
+
+def _transposed_linear(weight: torch.Tensor, bias: Optional[torch.Tensor], flat: torch.Tensor) -> torch.Tensor:
+    """``F.linear(flat, weight, bias)`` for (N, in) ``flat``, computed as ``(W @ flat.T).T`` (contiguous)."""
+    if bias is None:
+        out = torch.mm(weight, flat.t())
     else:
-        out = torch.addmm(module.bias[:, None], module.weight, flat.t())
-    return out.t().contiguous().view(*x.shape[:-1], -1)
+        out = torch.addmm(bias[:, None], weight, flat.t())
+    return out.t().contiguous()
+
+
+def _transposed_is_faster(module: torch.nn.Linear, flat: torch.Tensor) -> bool:
+    """Whether ``(W @ x.T).T`` beat ``F.linear`` for this layer's shape (measured on first use, then cached)."""
+    weight, bias = module.weight, module.bias
+    key = (tuple(weight.shape), weight.dtype, bias is not None, flat.shape[0], torch.get_num_threads())
+    if key not in _ORIENTATION:
+        _ORIENTATION[key] = _measure_orientation(weight, bias, flat.shape[0])
+    return _ORIENTATION[key]
+
+
+def _measure_orientation(weight: torch.Tensor, bias: Optional[torch.Tensor], rows: int, rounds: int = 3) -> bool:
+    """Times both orientations on this very weight (alternating, best of ``rounds`` after a warm-up each).
+
+    About ``2 * (rounds + 1)`` products per shape: for bart-base, a few tenths of a second once per
+    process, most of it the LM head.
+    """
+    x = torch.ones(rows, weight.shape[1], dtype=weight.dtype)  # values do not matter; torch's RNG stays untouched
+    candidates = {
+        "transposed": lambda: _transposed_linear(weight, bias, x),
+        "linear": lambda: F.linear(x, weight, bias),
+    }
+    best = {name: float("inf") for name in candidates}
+    for round_ in range(rounds + 1):
+        for name, run in candidates.items():
+            start = time.perf_counter()
+            run()
+            if round_:  # the first round only pages the weight in and picks kernels
+                best[name] = min(best[name], time.perf_counter() - start)
+    return best["transposed"] < best["linear"]
 
 
 def _gather(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
