@@ -71,3 +71,8 @@ def describe_cpu(threads: int | None = None) -> str:
         flag_text += " (no " + " ".join(lacks) + ")"
     return (f"CPU: {cpu_model()}, {platform.machine()}; flags {flag_text}; {torch_kernels()}; "
             f"{threads or torch.get_num_threads()} threads")
+
+
+def native_bf16() -> bool:
+    """Whether the CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX-BF16)."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())

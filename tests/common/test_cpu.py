@@ -35,3 +35,11 @@ def test_without_proc_cpuinfo_the_line_still_comes(tmp_path, monkeypatch):
     assert cpu.cpu_flags() == set()
     line = cpu.describe_cpu()
     assert cpu.cpu_model() in line and "flags none of avx2" in line
+
+
+def test_native_bf16_follows_the_flags(tmp_path, monkeypatch):
+    info = tmp_path / "cpuinfo"
+    monkeypatch.setattr(cpu, "CPUINFO", str(info))
+    for flags, native in (("avx2 avx512f", False), ("avx512f avx512_bf16", True), ("avx2 amx_bf16", True)):
+        info.write_text(f"model name\t: X\nflags\t\t: {flags}\n")
+        assert cpu.native_bf16() is native, flags
