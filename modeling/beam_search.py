@@ -204,24 +204,32 @@ def _transposed_is_faster(module: torch.nn.Linear, flat: torch.Tensor) -> bool:
     return _ORIENTATION[key]
 
 
-def _measure_orientation(weight: torch.Tensor, bias: Optional[torch.Tensor], rows: int, rounds: int = 3) -> bool:
-    """Times both orientations on this very weight (alternating, best of ``rounds`` after a warm-up each).
+def _measure_orientation(weight: torch.Tensor, bias: Optional[torch.Tensor], rows: int, min_rounds: int = 3,
+                         max_rounds: int = 50, min_seconds: float = 0.05) -> bool:
+    """Times both orientations on this very weight and says whether ``(W @ x.T).T`` was the faster.
 
-    About ``2 * (rounds + 1)`` products per shape: for bart-base, a few tenths of a second once per
-    process, most of it the LM head.
+    The two take turns, after one warm-up call each, for at least ``min_rounds`` rounds and on
+    until ``min_seconds`` have passed (at most ``max_rounds``); the best time of each decides. A
+    small weight thus gets many cheap rounds, so that the best of them is free of another job's
+    interruptions on a shared machine; the LM head gets three. For bart-base about 0.1-0.3 s once
+    per process, most of it the LM head.
     """
     x = torch.ones(rows, weight.shape[1], dtype=weight.dtype)  # values do not matter; torch's RNG stays untouched
     candidates = {
         "transposed": lambda: _transposed_linear(weight, bias, x),
         "linear": lambda: F.linear(x, weight, bias),
     }
+    for run in candidates.values():  # pages the weight in and lets the BLAS pick its kernels
+        run()
     best = {name: float("inf") for name in candidates}
-    for round_ in range(rounds + 1):
+    began = time.perf_counter()
+    for round_ in range(max_rounds):
         for name, run in candidates.items():
             start = time.perf_counter()
             run()
-            if round_:  # the first round only pages the weight in and picks kernels
-                best[name] = min(best[name], time.perf_counter() - start)
+            best[name] = min(best[name], time.perf_counter() - start)
+        if round_ + 1 >= min_rounds and time.perf_counter() - began >= min_seconds:
+            break
     return best["transposed"] < best["linear"]
 
 
