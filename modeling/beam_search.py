@@ -214,7 +214,7 @@ def _measure_orientation(weight: torch.Tensor, bias: Optional[torch.Tensor], row
     interruptions on a shared machine; the LM head gets three. For bart-base's four shapes 0.8 s
     once per process under load average 9 on 2 cores, most of it the LM head.
     """
-    x = torch.ones(rows, weight.shape[1], dtype=weight.dtype)  # values do not matter; torch's RNG stays untouched
+    x = weight.new_ones(rows, weight.shape[1])  # values do not matter; torch's RNG stays untouched
     candidates = {
         "transposed": lambda: _transposed_linear(weight, bias, x),
         "linear": lambda: F.linear(x, weight, bias),
@@ -267,8 +267,8 @@ def beam_search(model, encoder_states: torch.Tensor, encoder_mask: Optional[torc
         weights_dtype: run the decoder steps' matrix products with weights in this dtype (e.g.
             ``torch.bfloat16``, kept cast between calls); None (default) keeps the model's. Only
             the model's own dtype gives stock ``generate``'s tokens: bf16 halves the weight bytes a
-            step reads, which pays on CPUs with native bf16 (``avx512_bf16``, AMX), and changes
-            some tokens (``benchmarks/inference.py --bf16`` reports the agreement).
+            step reads, which pays on CPUs with native bf16 (``avx512_bf16``, AMX), and
+            can change tokens (``benchmarks/inference.py --bf16`` reports the agreement).
 
     Returns:
         (B * num_return_sequences, S) int64, best first per clip, padded with the pad id; S is
