@@ -14,10 +14,13 @@ caption the same inputs:
   computed once per clip (the path before :mod:`modeling.beam_search`);
 * **ours**: the default ``generate``, i.e. :func:`modeling.beam_search.beam_search`.
 
-Tokens must be identical on every path (asserted). Printed: where one clip's time goes on the
-stock path and on ours (encoder, first decoder call, later decoder calls, the rest of beam
+Tokens must be identical on every path (asserted). Printed: the CPU (``common.cpu``) and, for
+ours, which orientation each decoder-step product was measured faster in on it; where one clip's
+time goes on the stock path and on ours (encoder, first decoder call, later decoder calls, the rest of beam
 search), one clip at a time and batched, then a long clip against a 13.6 s clip end to end from
-a WAV file through ``EnClap.run`` (random-weight encoders). The last line, ``speedup: N.NN``, is
+a WAV file through ``EnClap.run`` (random-weight encoders). On a CPU with native bf16 (or with
+``--bf16 on``) it also times ours with bf16 decoder weights against ours in fp32 and prints how
+many captions and tokens agree. The last line, ``speedup: N.NN``, is
 the one-clip ratio stock / ours.
 
 Random weights rarely emit ``</s>``, so captions run to ``max_length``; ``--max_length`` (default
