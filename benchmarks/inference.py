@@ -14,10 +14,13 @@ caption the same inputs:
   computed once per clip (the path before :mod:`modeling.beam_search`);
 * **ours**: the default ``generate``, i.e. :func:`modeling.beam_search.beam_search`.
 
-Tokens must be identical on every path (asserted). Printed: where one clip's time goes on the
-stock path and on ours (encoder, first decoder call, later decoder calls, the rest of beam
+Tokens must be identical on every path (asserted). Printed: the CPU (``common.cpu``) and, for
+ours, which orientation each decoder-step product was measured faster in on it; where one clip's
+time goes on the stock path and on ours (encoder, first decoder call, later decoder calls, the rest of beam
 search), one clip at a time and batched, then a long clip against a 13.6 s clip end to end from
-a WAV file through ``EnClap.run`` (random-weight encoders). The last line, ``speedup: N.NN``, is
+a WAV file through ``EnClap.run`` (random-weight encoders). On a CPU with native bf16 (or with
+``--bf16 on``) it also times ours with bf16 decoder weights against ours in fp32 and prints how
+many captions and tokens agree. The last line, ``speedup: N.NN``, is
 the one-clip ratio stock / ours.
 
 Random weights rarely emit ``</s>``, so captions run to ``max_length``; ``--max_length`` (default
@@ -147,6 +150,41 @@ def time_paths(model, inputs, config, names, repeats):
     return best
 
 
+def bf16_agreement(model, inputs_by_label, fp32_ids, config, repeats) -> None:
+    """Times ours with bf16 decoder weights against ours in fp32 and prints how many tokens agree.
+
+    The encoder and the cross-attention keys and values stay fp32; only the decoder steps' matrix
+    products read bf16 weights (:func:`modeling.beam_search.beam_search` ``weights_dtype``).
+    """
+    from modeling import beam_search
+
+    def run(inputs, dtype):
+        with torch.inference_mode():
+            states = model.get_encoder()(**inputs).last_hidden_state
+            return beam_search.beam_search(model, states, inputs.get("attention_mask"), config, dtype)
+
+    for label, inputs in inputs_by_label.items():
+        best = {dtype: float("inf") for dtype in (None, torch.bfloat16)}
+        run(inputs, torch.bfloat16)  # warm-up: weights cast once, orientations measured
+        for _ in range(repeats):
+            for dtype in best:
+                start = time.perf_counter()
+                ids = run(inputs, dtype)
+                best[dtype] = min(best[dtype], time.perf_counter() - start)
+                if dtype is None:
+                    assert torch.equal(ids, fp32_ids[label]["ours"]), "direct call and generate differ"
+                else:
+                    bf16_ids = ids
+        fp32 = fp32_ids[label]["ours"]
+        same_captions = sum(torch.equal(a, b) for a, b in zip(bf16_ids, fp32)) if bf16_ids.shape == fp32.shape else 0
+        width = min(bf16_ids.shape[1], fp32.shape[1])
+        tokens = (bf16_ids[:, :width] == fp32[:, :width]).float().mean().item()
+        clips = inputs["input_ids"].shape[0]
+        print(f"{label:>11}, bf16 decoder weights: ours fp32 {best[None] / clips:.3f} s/clip, bf16 "
+              f"{best[torch.bfloat16] / clips:.3f}; fp32/bf16 {best[None] / best[torch.bfloat16]:.2f}x; "
+              f"captions equal to fp32 {same_captions}/{fp32.shape[0]}, tokens equal {100 * tokens:.0f} %")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(SIZES), default="base", help="model size (default: base)")
@@ -156,6 +194,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per path, best kept (default: 3)")
     parser.add_argument("--long_seconds", type=float, default=150.0, help="the long clip (default: 150 s)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                        help="also time ours with bf16 decoder weights and report its token agreement with fp32 "
+                             "(default auto: on a CPU with native bf16)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:
@@ -163,6 +204,8 @@ def main() -> int:
     import soundfile as sf
 
     from captioning.pipeline import EnClap
+    from common.cpu import describe_cpu, native_bf16
+    from modeling import beam_search
     from modeling.generation import GenerationOptions
 
     rng = np.random.default_rng(0)
@@ -182,6 +225,7 @@ def main() -> int:
             torch.cuda.get_device_name(pipeline.device))
         print(f"device: {device}; {args.size} size; 10 s clips (750 frames); beam {options.num_beams}; "
               f"max_length {options.max_length}; best of {args.repeats}")
+        print(describe_cpu())
 
         # Where one clip's time goes.
         time_paths(model, one, config, ("stock", "shared", "ours"), 1)  # warm-up: weights paged in, kernels chosen
@@ -191,6 +235,10 @@ def main() -> int:
                 model.generate(**one, generation_config=config, **kwargs)
             parts = ", ".join(f"{k} {v:.3f} s" for k, v in split.parts.items())
             print(f"{name:>5} one clip: {split.total:.3f} s = {parts}")
+
+        print("decoder-step products, orientation measured on this CPU: " + "; ".join(
+            f"{out}x{inp} weight, {rows} rows: {'(W @ x.T).T' if transposed else 'F.linear'}"
+            for ((out, inp), _, _, rows, _), transposed in sorted(beam_search._ORIENTATION.items())))
 
         results = {}
         for label, inputs in (("one clip", one), (f"batch of {args.batch_size}", batch)):
@@ -205,6 +253,10 @@ def main() -> int:
                   f"shared/ours {times['shared'] / times['ours']:.2f}x; tokens identical")
             if label == "one clip":
                 one_clip_speedup = times["stock"] / times["ours"]
+
+        if args.bf16 == "on" or (args.bf16 == "auto" and pipeline.device.type == "cpu" and native_bf16()):
+            bf16_agreement(model, {"one clip": one, f"batch of {args.batch_size}": batch}, results, config,
+                           args.repeats)
 
         # Long audio end to end from a WAV file: decode, encode (EnCodec reads only the start), caption.
         sr = 16000

@@ -33,6 +33,8 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
+from common.cpu import describe_cpu  # noqa: E402
+
 
 def make_clips(folder: Path, count: int, seconds: float, sr: int = 44100) -> list:
     """Writes ``count`` stereo 16-bit WAV clips of noise plus tones; returns their paths."""
@@ -117,6 +119,7 @@ def main() -> None:
     kind = torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {device} ({kind}); {args.clips} clips x {args.seconds:.0f} s stereo 44.1 kHz WAV; "
           f"random-weight EnCodec 24 kHz (12 kbps) + CLAP HTSAT-tiny fusion")
+    print(describe_cpu())
     for name in ("baseline", "ours"):
         print(f"{name:8s}: {best[name]:7.2f} s  {audio_seconds / best[name]:7.2f} audio-s/s  "
               f"{best[name] / args.clips:.3f} s/clip")

@@ -321,6 +321,8 @@ def main(argv=None) -> int:
         return 0
     import torch
 
+    from common.cpu import describe_cpu
+
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("train_step.py: error: --device cuda but torch sees no CUDA device", file=sys.stderr)
         return 2
@@ -330,7 +332,9 @@ def main(argv=None) -> int:
                f"{args.threads or torch.get_num_threads()} threads")
     print(f"machine: {machine}, torch {torch.__version__}; size {args.size}; batch {args.batch} x {args.frames} "
           f"frames, ~12-token captions; {args.precision}; {args.warmup} warm-up + {args.steps} timed steps; "
-          f"load average {load_average()}", flush=True)
+          f"load average {load_average()}")
+    if not on_cuda:
+        print(describe_cpu(args.threads or None), flush=True)
     base = args.pipelines[0]
     results, ratios = {}, {}
     with tempfile.TemporaryDirectory(prefix="enclap_bench_") as root:

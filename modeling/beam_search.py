@@ -13,9 +13,9 @@ processors written for any model). This module runs the same arithmetic with not
   replaced, so the LM head (a 50265-row matrix product) is skipped there, and the forced ``</s>``
   step, the last one, runs no decoder layer at all;
 * the decoder layers are called through their own sub-modules' weights (``q_proj``, ``fc1``, the
-  layer norms ...); on a CPU, for one clip's few beams, their matrix products run in the
-  orientation MKL streams at memory speed (:func:`_linear`): the same dot products, with logits
-  equal to the stock path's up to the last bits;
+  layer norms ...); on a CPU, for one clip's few beams, each matrix product runs in whichever of
+  its two orientations this CPU's BLAS measured faster (:func:`_linear`): the same dot products,
+  with logits equal to the stock path's up to the last bits;
 * the beam bookkeeping is the stock algorithm of transformers' ``_beam_search`` (top ``2k``
   continuations, finished hypotheses scored ``sum log p / length ** length_penalty``, the same
   early-stopping rule), and the paper's logits processors (no-repeat n-gram, forced ``<s>`` and
@@ -29,6 +29,9 @@ candidate counts and padded batches.
 
 from __future__ import annotations
 
+import time
+import weakref
+from types import SimpleNamespace
 from typing import Optional
 
 import torch
@@ -95,8 +98,10 @@ def ban_repeated_ngrams(scores: torch.Tensor, tokens: torch.Tensor, size: int) -
 class _Decoder:
     """One decoder step at a time over ``B * beams`` rows with shared cross-attention keys/values."""
 
-    def __init__(self, model, encoder_states: torch.Tensor, encoder_mask: Optional[torch.Tensor], beams: int):
+    def __init__(self, model, encoder_states: torch.Tensor, encoder_mask: Optional[torch.Tensor], beams: int,
+                 weights_dtype: Optional[torch.dtype] = None):
         self.decoder = model.model.decoder
+        self.weights_dtype = weights_dtype
         self.lm_head = model.lm_head
         self.bias = model.final_logits_bias
         self.beams = beams
@@ -115,6 +120,12 @@ class _Decoder:
             self.cross_mask = (1.0 - mask).masked_fill((1.0 - mask).bool(), torch.finfo(encoder_states.dtype).min)
         self.self_cache: list[Optional[tuple[torch.Tensor, torch.Tensor]]] = [None] * len(self.decoder.layers)
 
+    def _linear(self, module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        """:func:`_linear`, with the weights (and the input) in ``weights_dtype`` where one is set."""
+        if self.weights_dtype is None or self.weights_dtype == module.weight.dtype:
+            return _linear(module, x)
+        return _linear(_cast_weights(module, self.weights_dtype), x.to(self.weights_dtype)).to(x.dtype)
+
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep the self-attention cache of the rows the beams continue from."""
         self.self_cache = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.self_cache]
@@ -132,60 +143,124 @@ class _Decoder:
         for index, layer in enumerate(dec.layers):
             hidden = layer.self_attn_layer_norm(hidden + self._self_attention(layer.self_attn, hidden, index))
             hidden = layer.encoder_attn_layer_norm(hidden + self._cross_attention(layer.encoder_attn, hidden, index))
-            inner = layer.activation_fn(_linear(layer.fc1, hidden))
-            hidden = layer.final_layer_norm(hidden + _linear(layer.fc2, inner))
+            inner = layer.activation_fn(self._linear(layer.fc1, hidden))
+            hidden = layer.final_layer_norm(hidden + self._linear(layer.fc2, inner))
         if not logits:
             return None
-        return (_linear(self.lm_head, hidden) + self.bias.to(hidden.dtype)).view(rows, -1)
+        return (self._linear(self.lm_head, hidden) + self.bias.to(hidden.dtype)).view(rows, -1)
 
     def _self_attention(self, attn, hidden: torch.Tensor, index: int) -> torch.Tensor:
         rows = hidden.shape[0]
         shape = (rows, 1, -1, attn.head_dim)
-        query = _linear(attn.q_proj, hidden).view(shape).transpose(1, 2)  # (N, H, 1, d)
-        key = _linear(attn.k_proj, hidden).view(shape).transpose(1, 2)
-        value = _linear(attn.v_proj, hidden).view(shape).transpose(1, 2)
+        query = self._linear(attn.q_proj, hidden).view(shape).transpose(1, 2)  # (N, H, 1, d)
+        key = self._linear(attn.k_proj, hidden).view(shape).transpose(1, 2)
+        value = self._linear(attn.v_proj, hidden).view(shape).transpose(1, 2)
         if self.self_cache[index] is not None:
             past_key, past_value = self.self_cache[index]
             key, value = torch.cat([past_key, key], dim=-2), torch.cat([past_value, value], dim=-2)
         self.self_cache[index] = (key, value)
         out = F.scaled_dot_product_attention(query, key, value, scale=attn.scaling)  # (N, H, 1, d)
-        return _linear(attn.out_proj, out.transpose(1, 2).reshape(rows, 1, -1))
+        return self._linear(attn.out_proj, out.transpose(1, 2).reshape(rows, 1, -1))
 
     def _cross_attention(self, attn, hidden: torch.Tensor, index: int) -> torch.Tensor:
         rows = hidden.shape[0]
         batch = rows // self.beams
         # The beams of clip b are the query rows of one call against clip b's keys and values.
-        query = _linear(attn.q_proj, hidden).view(batch, self.beams, -1, attn.head_dim)
+        query = self._linear(attn.q_proj, hidden).view(batch, self.beams, -1, attn.head_dim)
         query = query.transpose(1, 2)  # (B, H, beams, d)
         keys, values = self.cross[index]
         out = F.scaled_dot_product_attention(query, keys, values, attn_mask=self.cross_mask, scale=attn.scaling,
                                              is_causal=False)  # (B, H, beams, d)
-        return _linear(attn.out_proj, out.transpose(1, 2).reshape(rows, 1, -1))
+        return self._linear(attn.out_proj, out.transpose(1, 2).reshape(rows, 1, -1))
 
 
-#: Up to this many rows, a CPU linear layer is taken as ``(W @ x.T).T`` (see :func:`_linear`).
+#: Up to this many rows (one clip's beams at the default 4), a CPU linear layer may be taken as
+#: ``(W @ x.T).T``; whether it is, is measured per shape (see :func:`_linear`).
 _SKINNY_ROWS = 4
+
+#: ``(weight shape, dtype, bias, rows, threads) -> whether (W @ x.T).T was the faster``, measured once per process.
+_ORIENTATION: dict[tuple, bool] = {}
 
 
 def _linear(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """``module(x)`` for the few rows of one decoder step (x: (..., in)).
 
-    The same dot products as ``F.linear``. On a CPU, for at most four rows (one clip's beams), the
-    product is taken as ``(W @ x.T).T``: MKL runs that orientation as a matrix-vector stream at
-    memory speed, where ``F.linear`` (``x @ W.T``) reaches about half of it (six decoder layers:
-    11 ms against 21 ms per step at bart-base on 2 cores; the 50265-row LM head: 4 ms against 18 ms).
-    The summation order differs in the last bits (relative ~1e-6), far below the gaps that decide
-    a beam: the tests and the benchmark compare tokens with stock ``generate``. With more rows the
-    two orientations cost about the same and ``F.linear`` is kept.
+    The same dot products as ``F.linear``. On a CPU, for at most four rows (one clip's beams), a
+    BLAS may run the product faster as ``(W @ x.T).T``, a matrix-vector stream over ``W``: on the
+    development CPU (AMD EPYC, MKL) that orientation ran at memory speed where ``F.linear``
+    (``x @ W.T``) reached about half of it (six decoder layers: 11 ms against 21 ms per step at
+    bart-base on 2 cores; the 50265-row LM head: 4 ms against 18 ms), while on an Intel Xeon with
+    AVX-512 and AMX the two cost the same. Which one is faster is a property of the CPU and its
+    BLAS, so it is measured at run time, once per weight shape, dtype, row count and thread count
+    (:func:`_transposed_is_faster`), and the faster one is taken from then on. The summation order
+    differs in the last bits (relative ~1e-6), far below the gaps that decide a beam: the tests
+    and the benchmark compare tokens with stock ``generate``. With more rows ``F.linear`` is kept.
     """
     flat = x.reshape(-1, x.shape[-1])
-    if flat.device.type != "cpu" or flat.shape[0] > _SKINNY_ROWS:
+    if flat.device.type != "cpu" or flat.shape[0] > _SKINNY_ROWS or not _transposed_is_faster(module, flat):
         return F.linear(x, module.weight, module.bias)
-    if module.bias is None:
-        out = torch.mm(module.weight, flat.t())
+    return _transposed_linear(module.weight, module.bias, flat).view(*x.shape[:-1], -1)
+
+
+def _transposed_linear(weight: torch.Tensor, bias: Optional[torch.Tensor], flat: torch.Tensor) -> torch.Tensor:
+    """``F.linear(flat, weight, bias)`` for (N, in) ``flat``, computed as ``(W @ flat.T).T`` (contiguous)."""
+    if bias is None:
+        out = torch.mm(weight, flat.t())
     else:
-        out = torch.addmm(module.bias[:, None], module.weight, flat.t())
-    return out.t().contiguous().view(*x.shape[:-1], -1)
+        out = torch.addmm(bias[:, None], weight, flat.t())
+    return out.t().contiguous()
+
+
+def _transposed_is_faster(module: torch.nn.Linear, flat: torch.Tensor) -> bool:
+    """Whether ``(W @ x.T).T`` beat ``F.linear`` for this layer's shape (measured on first use, then cached)."""
+    weight, bias = module.weight, module.bias
+    key = (tuple(weight.shape), weight.dtype, bias is not None, flat.shape[0], torch.get_num_threads())
+    if key not in _ORIENTATION:
+        _ORIENTATION[key] = _measure_orientation(weight, bias, flat.shape[0])
+    return _ORIENTATION[key]
+
+
+def _measure_orientation(weight: torch.Tensor, bias: Optional[torch.Tensor], rows: int, min_rounds: int = 3,
+                         max_rounds: int = 50, min_seconds: float = 0.05) -> bool:
+    """Times both orientations on this very weight and says whether ``(W @ x.T).T`` was the faster.
+
+    The two take turns, after one warm-up call each, for at least ``min_rounds`` rounds and on
+    until ``min_seconds`` have passed (at most ``max_rounds``); the best time of each decides. A
+    small weight thus gets many cheap rounds, so that the best of them is free of another job's
+    interruptions on a shared machine; the LM head gets three. For bart-base's four shapes 0.8 s
+    once per process under load average 9 on 2 cores, most of it the LM head.
+    """
+    x = weight.new_ones(rows, weight.shape[1])  # values do not matter; torch's RNG stays untouched
+    candidates = {
+        "transposed": lambda: _transposed_linear(weight, bias, x),
+        "linear": lambda: F.linear(x, weight, bias),
+    }
+    for run in candidates.values():  # pages the weight in and lets the BLAS pick its kernels
+        run()
+    best = {name: float("inf") for name in candidates}
+    began = time.perf_counter()
+    for round_ in range(max_rounds):
+        for name, run in candidates.items():
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+        if round_ + 1 >= min_rounds and time.perf_counter() - began >= min_seconds:
+            break
+    return best["transposed"] < best["linear"]
+
+
+#: ``module -> ((weight version, address, dtype), its weights in that dtype)``: cast once, not per call.
+_CAST: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _cast_weights(module: torch.nn.Linear, dtype: torch.dtype) -> SimpleNamespace:
+    """``module``'s weight and bias in ``dtype`` (attributes ``weight``, ``bias``), kept until the weights change."""
+    version = (module.weight._version, module.weight.data_ptr(), dtype)
+    cached = _CAST.get(module)
+    if cached is None or cached[0] != version:
+        bias = None if module.bias is None else module.bias.detach().to(dtype)
+        cached = _CAST[module] = (version, SimpleNamespace(weight=module.weight.detach().to(dtype), bias=bias))
+    return cached[1]
 
 
 def _gather(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -197,7 +272,7 @@ def _gather(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def beam_search(model, encoder_states: torch.Tensor, encoder_mask: Optional[torch.Tensor],
-                config: GenerationConfig) -> torch.Tensor:
+                config: GenerationConfig, weights_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """Token ids of beam search under ``config`` (check :func:`supported` first): (B * R, S).
 
     Args:
@@ -205,6 +280,11 @@ def beam_search(model, encoder_states: torch.Tensor, encoder_mask: Optional[torc
         encoder_states: (B, L, D) encoder output.
         encoder_mask: (B, L) encoder attention mask (1 = real row), or None.
         config: beam-search settings (``num_beams`` >= 2, no sampling).
+        weights_dtype: run the decoder steps' matrix products with weights in this dtype (e.g.
+            ``torch.bfloat16``, kept cast between calls); None (default) keeps the model's. Only
+            the model's own dtype gives stock ``generate``'s tokens: bf16 halves the weight bytes a
+            step reads, which pays on CPUs with native bf16 (``avx512_bf16``, AMX), and
+            can change tokens (``benchmarks/inference.py --bf16`` reports the agreement).
 
     Returns:
         (B * num_return_sequences, S) int64, best first per clip, padded with the pad id; S is
@@ -221,7 +301,7 @@ def beam_search(model, encoder_states: torch.Tensor, encoder_mask: Optional[torc
     keep = 2 * beams  # one EOS id: the stock max(2, 1 + n_eos) * num_beams
     top_beam_mask = torch.arange(keep, device=device) < beams
 
-    decoder = _Decoder(model, encoder_states, encoder_mask, beams)
+    decoder = _Decoder(model, encoder_states, encoder_mask, beams, weights_dtype)
     prompt = 1
     running = torch.full((batch, beams, max_length), fill, dtype=torch.long, device=device)
     running[:, :, 0] = int(config.decoder_start_token_id)

@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from common.cpu import cpu_model
 from tests.benchmarks._load import load_benchmark
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,8 +26,13 @@ def _run(*args, timeout=600):
 def test_tiny_run_reports_both_dropout_settings_and_the_dropout_ratio_last(capsys):
     # The script's main() runs in this process (saving one interpreter start); each of its four
     # measurements still runs in a fresh process of its own, as users run it.
-    status = train_step.main(["--size", "tiny", "--batch", "3", "--frames", "40", "--steps", "1", "--warmup", "1",
-                              "--threads", "1"])
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)  # unlike --threads 1: the CPU line must name the measurements' count
+    try:
+        status = train_step.main(["--size", "tiny", "--batch", "3", "--frames", "40", "--steps", "1", "--warmup",
+                                  "1", "--threads", "1"])
+    finally:
+        torch.set_num_threads(saved)
     assert status == 0
     lines = capsys.readouterr().out.strip().splitlines()
     figures = {}
@@ -39,6 +46,8 @@ def test_tiny_run_reports_both_dropout_settings_and_the_dropout_ratio_last(capsy
     assert figures[0.0, "ours"][2] == pytest.approx(figures[0.0, "original"][2], rel=1e-5)
     assert any("the recipes' dropout" in line for line in lines)
     assert any("same batch, same loss (asserted)" in line for line in lines)
+    # The CPU the figures belong to, with the thread count the measurements ran with.
+    assert any(line.startswith(f"CPU: {cpu_model()}, ") and line.endswith("; 1 threads") for line in lines), lines
     ratio = float(re.fullmatch(r"speedup: ([0-9.]+)", lines[-1])[1])
     assert ratio == pytest.approx(figures[0.1, "ours"][0] / figures[0.1, "original"][0], rel=0.01, abs=0.006)
     for speed, peak, _ in figures.values():

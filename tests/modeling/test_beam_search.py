@@ -7,6 +7,8 @@ n-gram sizes, a length cap that forces ``</s>``, and padded batches of clips of 
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -108,9 +110,47 @@ def test_generate_leaves_the_callers_encoder_output_alone(tiny_model):
     assert torch.equal(first, again)
 
 
+@pytest.fixture
+def orientation(monkeypatch):
+    """Fixes the measured orientation: sets ``choice["transposed"]``; records each measurement."""
+    choice = {"transposed": True, "measured": []}
+
+    def measure(weight, bias, rows):
+        choice["measured"].append((tuple(weight.shape), rows))
+        return choice["transposed"]
+
+    monkeypatch.setattr(beam_search, "_ORIENTATION", {})
+    monkeypatch.setattr(beam_search, "_measure_orientation", measure)
+    return choice
+
+
+@pytest.fixture
+def transposed_calls(monkeypatch):
+    """Records the row count of every product :func:`beam_search._linear` takes as ``(W @ x.T).T``."""
+    calls = []
+    original = beam_search._transposed_linear
+    monkeypatch.setattr(beam_search, "_transposed_linear",
+                        lambda weight, bias, flat: calls.append(flat.shape[0]) or original(weight, bias, flat))
+    return calls
+
+
+@pytest.mark.parametrize("transposed", [True, False])
+def test_tokens_equal_stock_generate_in_either_orientation(tiny_model, orientation, transposed_calls, transposed):
+    orientation["transposed"] = transposed
+    codes, clap = random_clips(1, [25], seed=7)
+    inputs = make_batch(codes, clap)
+    for opts in OPTIONS:
+        config = GenerationOptions(**opts).to_generation_config(tiny_model.config)
+        stock = tiny_model.generate(**inputs, generation_config=config, share_cross_attention=False)
+        assert torch.equal(tiny_model.generate(**inputs, generation_config=config), stock), opts
+    assert bool(transposed_calls) == transposed
+
+
 @pytest.mark.parametrize("rows", [1, 2, 4, 5, 12])
 @pytest.mark.parametrize("bias", [True, False])
-def test_decoder_linear_layers_compute_what_the_module_computes(rows, bias):
+@pytest.mark.parametrize("transposed", [True, False])
+def test_decoder_linear_layers_compute_what_the_module_computes(orientation, rows, bias, transposed):
+    orientation["transposed"] = transposed
     torch.manual_seed(rows)
     layer = torch.nn.Linear(48, 80, bias=bias)
     x = torch.randn(rows, 1, 48)
@@ -118,7 +158,83 @@ def test_decoder_linear_layers_compute_what_the_module_computes(rows, bias):
     got = beam_search._linear(layer, x)
     assert got.shape == expected.shape == (rows, 1, 80) and got.is_contiguous()
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
-    if rows > beam_search._SKINNY_ROWS:  # the module's own kernel: bit for bit
+    if rows > 4 or not transposed:  # the module's own kernel: bit for bit
         assert torch.equal(got, expected)
     other = beam_search._linear(layer, x.flip(0) + 1.0)
     assert not torch.allclose(other, got), "different rows must give different outputs"
+
+
+@pytest.mark.parametrize("transposed", [True, False])
+def test_up_to_four_rows_take_the_measured_orientation_and_more_rows_never_measure(orientation, transposed_calls,
+                                                                                 transposed):
+    # Four rows: one clip's beams at the default num_beams. More rows (a batch of clips, or more
+    # beams) cost the same either way, so they keep F.linear and measure nothing.
+    orientation["transposed"] = transposed
+    layer = torch.nn.Linear(16, 24)
+    for rows in (1, 2, 3, 4, 5, 8, 12):
+        beam_search._linear(layer, torch.randn(rows, 1, 16))
+    assert orientation["measured"] == [((24, 16), rows) for rows in (1, 2, 3, 4)]
+    assert transposed_calls == ([1, 2, 3, 4] if transposed else [])
+
+
+def test_the_orientation_is_measured_once_per_shape(orientation, transposed_calls):
+    small, wide = torch.nn.Linear(16, 24), torch.nn.Linear(16, 40)
+    for _ in range(3):
+        beam_search._linear(small, torch.randn(4, 1, 16))
+        beam_search._linear(torch.nn.Linear(16, 24), torch.randn(4, 16))  # same shape, other weights
+    orientation["transposed"] = False  # a new measurement would now say F.linear: only new shapes see it
+    beam_search._linear(wide, torch.randn(4, 1, 16))
+    beam_search._linear(small, torch.randn(2, 1, 16))
+    beam_search._linear(small, torch.randn(4, 1, 16))
+    assert orientation["measured"] == [((24, 16), 4), ((40, 16), 4), ((24, 16), 2)]
+    assert transposed_calls == [4] * 7
+
+
+def test_off_the_cpu_nothing_is_measured(orientation, transposed_calls):
+    layer = torch.nn.Linear(16, 24, device="meta")
+    assert beam_search._linear(layer, torch.empty(4, 1, 16, device="meta")).shape == (4, 1, 24)
+    assert orientation["measured"] == [] and transposed_calls == []
+
+
+@pytest.mark.parametrize("slow", ["linear", "transposed"])
+def test_the_measurement_picks_the_faster_orientation(monkeypatch, slow):
+    # Slowing one orientation down by far more than either takes decides the measurement.
+    layer = torch.nn.Linear(32, 64)
+    if slow == "linear":
+        original = torch.nn.functional.linear
+        monkeypatch.setattr(torch.nn.functional, "linear", lambda *a: time.sleep(0.02) or original(*a))
+    else:
+        original = beam_search._transposed_linear
+        monkeypatch.setattr(beam_search, "_transposed_linear", lambda *a: time.sleep(0.02) or original(*a))
+    with torch.no_grad():
+        assert beam_search._measure_orientation(layer.weight, layer.bias, 4) == (slow == "linear")
+
+
+def test_bf16_weights_are_cast_once_and_again_after_the_weights_change(tiny_model):
+    layer = torch.nn.Linear(16, 24)
+    first = beam_search._cast_weights(layer, torch.bfloat16)
+    assert first.weight.dtype == first.bias.dtype == torch.bfloat16
+    assert beam_search._cast_weights(layer, torch.bfloat16) is first
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    again = beam_search._cast_weights(layer, torch.bfloat16)
+    assert again is not first and torch.equal(again.weight, layer.weight.detach().to(torch.bfloat16))
+
+
+def test_bf16_decoder_weights_run_the_products_in_bf16(tiny_model, monkeypatch):
+    codes, clap = random_clips(2, [25, 14], seed=3)
+    inputs = make_batch(codes, clap)
+    config = GenerationOptions().to_generation_config(tiny_model.config)
+    seen = set()
+    original = beam_search._linear
+    monkeypatch.setattr(beam_search, "_linear", lambda module, x: seen.add((module.weight.dtype, x.dtype))
+                        or original(module, x))
+    with torch.no_grad():
+        states = tiny_model.get_encoder()(**inputs).last_hidden_state
+    ids = beam_search.beam_search(tiny_model, states, inputs["attention_mask"], config, torch.bfloat16)
+    assert seen == {(torch.bfloat16, torch.bfloat16)}
+    seen.clear()
+    assert torch.equal(beam_search.beam_search(tiny_model, states, inputs["attention_mask"], config),
+                       tiny_model.generate(**inputs, generation_config=config, share_cross_attention=False))
+    assert seen == {(torch.float32, torch.float32)}
+    assert ids.shape[0] == 2 and ids[:, 0].eq(config.decoder_start_token_id).all()

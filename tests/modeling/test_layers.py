@@ -288,3 +288,28 @@ def test_mcm_loss_never_reads_device_values():
     assert loss.device.type == "meta" and loss.shape == ()
     with pytest.raises(Exception):  # without the host-side count, it must be read from the device
         meta_model.masked_codec_loss(hidden, mcm_labels.to("meta"))
+
+
+@pytest.mark.parametrize("attention_dropout, training, blocked", [(0.1, True, True), (0.0, True, False),
+                                                                   (0.1, False, False)])
+def test_cpu_encoder_self_attention_is_blocked_only_with_attention_dropout(monkeypatch, attention_dropout, training,
+                                                                           blocked):
+    # Speed rule: SDPA has no CPU kernel for attention dropout (it would materialise the whole
+    # attention matrix and its mask); without dropout its flash kernel is the faster one.
+    from modeling import attention as blocked_attention
+    from modeling import layers
+
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return blocked_attention.attention(*args, **kwargs)
+
+    monkeypatch.setattr(layers, "attention", spy)
+    torch.manual_seed(0)
+    model = EnClapBartForConditionalGeneration(make_tiny_config(100, attention_dropout=attention_dropout))
+    model.train(training)
+    batch = _training_batch()
+    with torch.set_grad_enabled(training):
+        model(**batch).loss
+    assert len(calls) == (model.config.encoder_layers if blocked else 0)
