@@ -77,7 +77,9 @@ def test_glob_and_jsonl_output(tiny_ckpt, clips, reference, tmp_path, capsys):
     assert [r["file_path"].split("/")[-1] for r in records] == ["b_24bit.flac", "d_8bit.wav"]
     assert all(r["error"] is None for r in records)
     assert records[0]["caption"] == reference.caption(str(clips / "b_24bit.flac"))[0]
-    assert not list(out.parent.glob(".tmp-*")), "atomic write leaves no temporary file"
+    # common.io.atomic_open writes beside the output under a hidden ``.<name>.*.partial`` name.
+    leftovers = [p.name for p in out.parent.rglob("*") if p.name.startswith(".") or p.name.endswith(".partial")]
+    assert not leftovers, "atomic writes leave no temporary file"
 
 
 def test_window_mode_writes_one_row_per_window(tiny_ckpt, tmp_path, capsys):
