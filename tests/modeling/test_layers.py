@@ -12,7 +12,7 @@ import torch
 from torch.func import functional_call
 
 from modeling import EnClapBartForConditionalGeneration
-from modeling.layers import EnClapBartEncoderLayer, EnClapCrossAttention
+from modeling.layers import EnClapBartEncoderLayer, EnClapCrossAttention, _FeedForward
 from tests.helpers import make_batch, make_tiny_config, random_clips, saved_tensor_bytes
 
 
@@ -123,6 +123,37 @@ def test_feedforward_gradients_with_dropout():
     out = f(x, *params.values())
     assert (out != 0).all()
     assert torch.autograd.gradcheck(f, (x, *params.values()), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("which", ["activation_dropout", "dropout"])
+def test_feedforward_dropout_keeps_one_minus_p_and_scales_by_its_inverse(which):
+    """Each of the feed-forward's two dropouts zeroes a fraction p of its elements and scales the
+    rest by 1 / (1 - p) (gradcheck cannot see either: it only checks backward against forward)."""
+    p, width = 0.3, 64
+    config = make_tiny_config(100, d_model=width, encoder_attention_heads=2, encoder_ffn_dim=width, **{which: p})
+    layer = EnClapBartEncoderLayer(config, layer_idx=0).double().train()
+    with torch.no_grad():  # fc2 = identity: each output element shows one activation element
+        layer.fc2.weight.copy_(torch.eye(width))
+        layer.fc2.bias.zero_()
+    ln = layer.self_attn_layer_norm
+    torch.manual_seed(0)
+    h1 = torch.randn(8, 250, width, dtype=torch.float64)
+    ln1 = torch.nn.functional.layer_norm(h1, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+
+    def branch():  # the feed-forward's output without its residual: drop(fc2(drop(act(fc1(ln1)))))
+        out = _FeedForward.apply(h1, ln.weight, ln.bias, layer.fc1.weight, layer.fc1.bias, layer.fc2.weight,
+                                 layer.fc2.bias, layer)
+        return (out - ln1).detach()
+
+    dropped = branch()
+    setattr(layer, which, 0.0)
+    clean = branch()
+    usable = clean.abs() > 1e-6
+    ratio = dropped[usable] / clean[usable]
+    kept = ratio != 0
+    torch.testing.assert_close(ratio[kept], torch.full_like(ratio[kept], 1 / (1 - p)))
+    n = ratio.numel()
+    assert abs(int(kept.sum()) - n * (1 - p)) <= 5 * (n * p * (1 - p)) ** 0.5, kept.double().mean().item()
 
 
 def test_feedforward_matches_stock_under_bf16_autocast():
