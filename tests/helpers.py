@@ -5,6 +5,7 @@ Import as ``from tests.helpers import ...`` (pytest.ini puts the repo root on sy
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 
@@ -90,6 +91,17 @@ def lay_out_hub_cache(cache, repo_id: str, folder) -> None:
     (root / "refs").mkdir(parents=True)
     (root / "refs" / "main").write_text(commit)
     shutil.copytree(folder, root / "snapshots" / commit)
+
+
+def user_env(**extra: str) -> dict:
+    """The environment of a user's shell, for running an entry point as it is typed: no PYTHONPATH
+    (a script must find the repository's packages by itself), the hub offline, one torch thread
+    per process (two cores are shared with the other tests), accelerate on the CPU; then ``extra``."""
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", TOKENIZERS_PARALLELISM="false",
+               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", ACCELERATE_USE_CPU="true")
+    env.update(extra)
+    return env
 
 
 def free_port() -> int:

@@ -77,7 +77,9 @@ def test_glob_and_jsonl_output(tiny_ckpt, clips, reference, tmp_path, capsys):
     assert [r["file_path"].split("/")[-1] for r in records] == ["b_24bit.flac", "d_8bit.wav"]
     assert all(r["error"] is None for r in records)
     assert records[0]["caption"] == reference.caption(str(clips / "b_24bit.flac"))[0]
-    assert not list(out.parent.glob(".tmp-*")), "atomic write leaves no temporary file"
+    # common.io.atomic_open writes beside the output under a hidden ``.<name>.*.partial`` name.
+    leftovers = [p.name for p in out.parent.rglob("*") if p.name.startswith(".") or p.name.endswith(".partial")]
+    assert not leftovers, "atomic writes leave no temporary file"
 
 
 def test_window_mode_writes_one_row_per_window(tiny_ckpt, tmp_path, capsys):
@@ -118,3 +120,33 @@ def test_truncated_clip_reports_the_captioned_span(tiny_ckpt, tmp_path, capsys):
     record = json.loads(jsonl.read_text())
     assert record["truncated"] is True and record["duration"] == pytest.approx(2.0)
     assert record["end"] == pytest.approx(61 / 75, abs=1e-3)
+
+
+def test_every_generation_and_rerank_flag_reaches_the_pipeline(tiny_ckpt, clips, monkeypatch):
+    """Each flag, set off its default (all values different), arrives in the options the pipeline
+    generates and re-ranks with."""
+    from captioning.rerank import RerankOptions
+    from modeling.generation import GenerationOptions
+
+    seen = []
+    run = EnClap.run
+
+    def recording(self, sources, *rest, options=None, rerank=None, **kwargs):
+        seen.append((options, rerank))
+        return run(self, sources, *rest, options=options, rerank=rerank, **kwargs)
+
+    monkeypatch.setattr(EnClap, "run", recording)
+    generation = {"num_beams": 3, "max_length": 17, "no_repeat_ngram_size": 2, "length_penalty": 1.7,
+                  "early_stopping": False, "do_sample": True, "top_p": 0.65, "temperature": 1.35,
+                  "num_return_sequences": 2}
+    rerank = {"num_candidates": 5, "clap_weight": 2.3, "lm_weight": 0.4, "seed": 7}
+    defaults = {**vars(GenerationOptions()), **vars(RerankOptions())}
+    assert set(generation) == set(vars(GenerationOptions())) and not any(
+        defaults[name] == value for name, value in {**generation, **rerank}.items())
+    flags = [f"--{name}={value}" for name, value in generation.items() if not isinstance(value, bool)]
+    flags += ["--no-early_stopping", "--do_sample", "--rerank", "--rerank_candidates", "5", "--rerank_clap_weight",
+              "2.3", "--rerank_lm_weight", "0.4", "--seed", "7"]
+    assert inference.main(args(tiny_ckpt, "--input", clips / "b_24bit.flac", *flags)) == 0
+    (options, reranking), = seen
+    assert vars(options) == pytest.approx(generation)
+    assert {name: getattr(reranking, name) for name in rerank} == pytest.approx(rerank) and reranking.enabled

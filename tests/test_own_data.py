@@ -21,7 +21,8 @@ import numpy as np
 import soundfile as sf
 
 from data import make_csv
-from tests.test_cli_train import REPO, TINY, _env
+from tests.helpers import user_env
+from tests.test_cli_train import REPO, TINY
 
 # name, seconds, sample rate, channels, tone (Hz), captions
 CLIPS = [
@@ -51,7 +52,8 @@ def _write_own_data(root: Path) -> None:
 
 
 def _run(cwd: Path, *command: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(list(command), cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
+    # user_env: no PYTHONPATH, as typed in the user's shell; the scripts must find the repository themselves.
+    result = subprocess.run(list(command), cwd=cwd, env=user_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
     return result
 

@@ -20,8 +20,9 @@ from captioning.collection import caption_collection, parts_folder
 from captioning.pipeline import EnClap
 from captioning.records import format_records, part_files
 from captioning.rerank import RerankOptions
+from data.audio import expand_audio_inputs
 from modeling.generation import GenerationOptions
-from tests.helpers import free_port, sigkill_when
+from tests.helpers import free_port, sigkill_when, user_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -107,9 +108,9 @@ def test_window_mode_and_reranking_through_collections(pipeline, tiny_ckpt, tmp_
 
 
 def _env() -> dict:
-    """One torch thread per CLI process, like this test process (tests/conftest.py): the same float rounding."""
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
-            "MKL_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO)}
+    """As a user's shell has it (no PYTHONPATH), with one torch thread per CLI process like this
+    test process (tests/conftest.py): the same float rounding."""
+    return user_env()
 
 
 def _inference_args(ckpt, clips, out, extra=()) -> list[str]:
@@ -148,8 +149,16 @@ def test_a_killed_run_resumes_and_two_processes_equal_one_byte_for_byte(tiny_ckp
                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert two.returncode != 0 and "1 input(s) failed, 10 captioned" in two.stderr, two.stderr[-3000:]
     assert (tmp_path / "two.csv").read_bytes() == one.read_bytes()
-    prefixes = {p for _, p, _, _ in part_files(parts_folder(str(tmp_path / "two.csv")))}
-    assert prefixes == {"r00000-of-00002", "r00001-of-00002"}  # both ranks captioned
+    # Each rank captioned its own half of the 11 inputs (inputs r, r + 2, ...), not all of them
+    # (the merge would hide duplicates).
+    parts = parts_folder(str(tmp_path / "two.csv"))
+    by_rank = {}
+    for name, prefix, _, _ in part_files(parts):
+        with open(os.path.join(parts, name), encoding="utf-8") as handle:
+            by_rank.setdefault(prefix, []).extend(json.loads(line)["source"] for line in handle)
+    inputs = expand_audio_inputs([str(clips)])[0]  # the input list every rank reads, in order
+    assert len(inputs) == 11
+    assert by_rank == {"r00000-of-00002": inputs[0::2], "r00001-of-00002": inputs[1::2]}
     assert "on 2 process(es)" in two.stderr and "clip_99_corrupt.wav" in two.stderr
 
 

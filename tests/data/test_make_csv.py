@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from data import make_csv
+from tests.helpers import user_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -159,7 +160,8 @@ def test_shipped_example_csvs_have_spec_format():
 def test_cli_script_runs_from_repo_root(tmp_path):
     meta = _clotho_metadata(tmp_path / "meta")
     proc = subprocess.run([sys.executable, "data/make_csv.py", "clotho", "--metadata_dir", str(meta),
-                           "--out_dir", str(tmp_path / "o")], cwd=REPO, capture_output=True, text=True)
+                           "--out_dir", str(tmp_path / "o")], cwd=REPO, env=user_env(), capture_output=True,
+                          text=True)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "o" / "valid.csv").is_file()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-from training.checkpoints import CheckpointManager
+from training.checkpoints import CheckpointManager, best_entry
 
 
 def _fake_checkpoint(manager: CheckpointManager, step: int, score: float, all_empty: bool = False) -> str:
@@ -49,3 +49,15 @@ def test_rotation_never_keeps_an_all_empty_pass_among_the_best(tmp_path):
         if step == 2:
             assert 2 in [s for s, _ in manager.complete()]
     assert [step for step, _ in manager.complete()] == [1, 4]
+
+
+def test_the_earliest_of_equal_scores_is_best_in_summary_and_rotation(tmp_path):
+    # A later pass must beat the best so far to replace it (an equal score is no progress).
+    history = [{"step": s, "epoch": s, "scores": {"cider_d": v}} for s, v in [(1, 0.2), (2, 0.5), (3, 0.5), (4, 0.4)]]
+    assert best_entry(history, "cider_d")["step"] == 2
+    assert best_entry([{**history[0], "all_empty": True}], "cider_d") is None
+    manager = CheckpointManager(str(tmp_path), keep_best=1)
+    for entry in history:
+        _fake_checkpoint(manager, entry["step"], entry["scores"]["cider_d"])
+        manager.rotate("cider_d")
+    assert [step for step, _ in manager.complete()] == [2, 4]  # the best (earliest of two) + the newest

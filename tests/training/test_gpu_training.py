@@ -75,15 +75,40 @@ def test_validation_loader_is_this_process_share_with_persistent_workers():
     assert not validation_loader(dataset, None, accelerator, 2, 0).persistent_workers
 
 
-def test_bf16_mixed_precision_trains_through_accelerate_on_cpu(tmp_path):
+# Runs train.main(sys.argv[2:]) with a hook on every module that records the dtype of what each
+# Linear layer returns during training forwards, then writes those dtypes to sys.argv[1].
+RECORD_DTYPES = """
+import json, sys, torch
+seen = set()
+def record(module, args, output):
+    if module.training and isinstance(module, torch.nn.Linear):
+        seen.add(str(output.dtype).replace("torch.", ""))
+torch.nn.modules.module.register_module_forward_hook(record)
+import train
+status = train.main(sys.argv[2:])
+json.dump(sorted(seen), open(sys.argv[1], "w"))
+sys.exit(status)
+"""
+
+
+def test_the_recipes_mixed_precision_reaches_the_model_as_bf16_autocast(tmp_path):
+    """The tiny model trained with the GPU recipes' own ``optim.mixed_precision`` (through train.py,
+    Accelerate, autocast on CPU): the model's layers compute in bf16, the losses stay finite and a
+    best checkpoint is written."""
+    import json
+
     from tests.test_cli_train import TINY, _env, write_split
 
+    (precision,) = {load_config(str(REPO / recipe)).optim.mixed_precision for recipe in GPU_RECIPES}
     data = write_split(tmp_path / "data", 8, 4)
     out = tmp_path / "run"
-    command = [sys.executable, "train.py", "cfg/tiny.yaml", *TINY, *data, f"output_dir={out}", "optim.epochs=2",
-               "optim.mixed_precision=bf16", "log.every_steps=1", "model.dropout=0.1"]
+    (tmp_path / "runner.py").write_text(RECORD_DTYPES)
+    command = [sys.executable, str(tmp_path / "runner.py"), str(tmp_path / "dtypes.json"), "cfg/tiny.yaml", *TINY,
+               *data, f"output_dir={out}", "optim.epochs=2", f"optim.mixed_precision={precision}",
+               "log.every_steps=1", "model.dropout=0.1"]
     result = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "dtypes.json").read_text()) == ["bfloat16"]
     log = (out / "train.log").read_text()
     losses = [float(x) for x in re.findall(r"step \d+ epoch \d+ loss ([0-9.naif]+)", log)]
     assert len(losses) == 2 and all(0 < x < 100 for x in losses), log[-2000:]

@@ -33,6 +33,13 @@ def test_global_batches_split_across_processes_cover_every_example():
         seen.extend(i for piece in pieces for i in piece)
     assert set(seen) == set(range(n))  # every example, the last batch filled up with repeats
     assert len(seen) == math.ceil(n / batch) * batch
+    # Process p takes items p, p + P, ... of each global batch: with length grouping the
+    # processes get rows of similar lengths (a contiguous split would give one the longest).
+    batches = shards[0].global_batches()
+    assert all(per_process[p][k] == list(batches[k][p::procs]) for p in range(procs) for k in range(len(batches)))
+    # The repeats that fill the last batch are the first examples of the epoch's order.
+    order = np.concatenate(batches)
+    assert list(order[n:]) == list(order[: len(order) - n]) and len(set(order[:n])) == n
 
 
 def test_global_batches_are_deterministic_per_epoch_and_resumable():
