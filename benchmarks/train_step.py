@@ -101,7 +101,7 @@ class BaselineDataset:
     def __init__(self, root: str, tokenizer):
         import numpy as np
 
-        from data.masking import MASK_STREAM, example_rng, span_mask
+        from data.training.masking import MASK_STREAM, example_rng, span_mask
 
         with open(os.path.join(root, "train.csv"), newline="") as handle:
             self.rows = list(csv.DictReader(handle))
@@ -182,8 +182,8 @@ def run_pipeline(args) -> dict:
 
     import torch
 
-    from data.collator import EnClapCollator
-    from data.dataset import CaptionDataset
+    from data.training.collator import EnClapCollator
+    from data.training.dataset import CaptionDataset
     from modeling import EnClapBartConfig, EnClapBartForConditionalGeneration
     from training.optim import build_optimizer
     from training.tokenizer import train_tokenizer

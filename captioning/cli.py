@@ -9,9 +9,9 @@ from dataclasses import fields
 
 from captioning.pipeline import LONG_AUDIO_MODES, EnClap
 from captioning.rerank import RerankOptions
-from data.audio import ENCODEC_FRAME_RATE
-from data.encoders import CLAP_CHECKPOINT_NAME, CLAP_HUB_REPO
-from data.masking import MAX_FRAMES
+from data.features.audio import ENCODEC_FRAME_RATE
+from data.features.encoders import CLAP_CHECKPOINT_NAME, CLAP_HUB_REPO
+from data.training.masking import MAX_FRAMES
 from modeling.generation import GenerationOptions
 
 

@@ -9,9 +9,9 @@ codes (T, 16) int64 and ``OUT/clap/<rel>.npy`` with the CLAP embedding (512,) fl
 
 How it works (one place per concern):
 
-* decoding and resampling (``data.encoders.decode`` + ``prepare_branches``) run in
+* decoding and resampling (``data.features.encoders.decode`` + ``prepare_branches``) run in
   DataLoader worker processes while the main process encodes the previous batch;
-* features come from ``data.encoders.FeatureExtractor`` -- the same front end that
+* features come from ``data.features.encoders.FeatureExtractor`` -- the same front end that
   evaluation, inference and the demo use -- in batches of clips of similar length;
 * outputs are written to ``NAME.npy.partial`` then renamed, so a killed run never leaves a
   truncated ``.npy``; a rerun skips every clip whose outputs all exist (resume);
@@ -19,7 +19,7 @@ How it works (one place per concern):
   ``path<TAB>reason``; all other clips are still processed and the exit status is 1;
 * ``--shard i/N`` (or ``accelerate launch``/``torchrun``: RANK and WORLD_SIZE) gives each
   process a disjoint share of the sorted file list, and its own GPU (:func:`pick_device`);
-* ``--pack STORE`` writes a packed store instead of the two trees (:mod:`data.store`): each
+* ``--pack STORE`` writes a packed store instead of the two trees (:mod:`data.features.store`): each
   share appends its clips to its own shards, each committed whole (a killed run redoes at most
   the shard in flight), and the share that finishes last writes the store's index.
 
@@ -45,14 +45,14 @@ import numpy as np
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data.audio import AUDIO_EXTENSIONS, ENCODEC_FRAME_RATE, ENCODEC_SAMPLE_RATE, find_audio_files
-from data.batching import (DEFAULT_MAX_BATCH_SECONDS, DecodeDataset, UsageError, collate_list, parse_shard,
+from data.features.audio import AUDIO_EXTENSIONS, ENCODEC_FRAME_RATE, ENCODEC_SAMPLE_RATE, find_audio_files
+from data.features.batching import (DEFAULT_MAX_BATCH_SECONDS, DecodeDataset, UsageError, collate_list, parse_shard,
                            pick_device, plan_batches, probe_duration, select_shard, worker_init)
-from data.encoders import CLAP_CHECKPOINT_URL
-from data.masking import MAX_FRAMES
+from data.features.encoders import CLAP_CHECKPOINT_URL
+from data.training.masking import MAX_FRAMES
 from common.errors import UserError, one_line
 from common.io import atomic_open, atomic_write_text
-from data import store
+from data.features import store
 
 logger = logging.getLogger("preprocess")
 
@@ -84,7 +84,7 @@ def normalize_extensions(extensions: Sequence[str]) -> Tuple[str, ...]:
 
 
 def discover(data_path: Path, extensions: Sequence[str]) -> List[str]:
-    """Audio files under ``data_path`` (see :func:`data.audio.find_audio_files`), or the one file given."""
+    """Audio files under ``data_path`` (see :func:`data.features.audio.find_audio_files`), or the one file given."""
     if data_path.is_file():
         return [data_path.name]
     if not data_path.is_dir():
@@ -206,7 +206,7 @@ def check_weights_args(args: argparse.Namespace) -> Optional[str]:
 
 def build_extractor(args: argparse.Namespace, device):
     """Builds the shared FeatureExtractor (one builder, seeded), turning weight problems into UsageErrors."""
-    from data.encoders import build_feature_extractor
+    from data.features.encoders import build_feature_extractor
 
     ckpt = check_weights_args(args)
     try:
@@ -284,7 +284,7 @@ class _TreeSink:
 
 
 class _PackedSink:
-    """The packed layout (:mod:`data.store`): this share's own shards; the last share to finish indexes them."""
+    """The packed layout (:mod:`data.features.store`): this share's own shards; the last share to finish indexes them."""
 
     def __init__(self, root: Path, kinds: Sequence[str], files: Sequence[str], index: int, count: int,
                  shard_clips: int):

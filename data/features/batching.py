@@ -15,8 +15,8 @@ from torch.utils.data import Dataset
 
 from common.device import launcher_rank, resolve_device
 from common.errors import UserError
-from data.audio import AudioError
-from data.encoders import decode, prepare_branches
+from data.features.audio import AudioError
+from data.features.encoders import decode, prepare_branches
 
 logger = logging.getLogger(__name__)
 
