@@ -74,7 +74,7 @@ def train(cfg) -> int:
     model.train()
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     # Built once: its workers (as many as the training loader's) persist between validations.
-    val_loader = validation_loader(data.val_set, data.training.collator, accelerator, cfg.eval.batch_size,
+    val_loader = validation_loader(data.val_set, data.collator, accelerator, cfg.eval.batch_size,
                                    data.loader.num_workers)
     if cfg.log.trackers:
         accelerator.init_trackers(cfg.log.project_name, config=flat_config(cfg))
@@ -91,7 +91,7 @@ def train(cfg) -> int:
     def validate_and_checkpoint(epoch: int, batch_in_epoch: int) -> None:
         if batch_in_epoch >= batches_per_epoch:
             epoch, batch_in_epoch = epoch + 1, 0
-        result = validate(model, data.val_set, data.training.collator, tokenizer, accelerator, generation_config, metrics,
+        result = validate(model, data.val_set, data.collator, tokenizer, accelerator, generation_config, metrics,
                           cfg.eval.batch_size, predictions_path(cfg.output_dir, global_step),
                           hint=undertrained_hint(global_step, len(data.train_set), cfg.optim.epochs, cfg.optim.lr),
                           loader=val_loader)
