@@ -35,7 +35,7 @@ from data.training.masking import crop_codes
 from captioning.pieces import MIN_SECONDS, Piece, decode_input, split_input
 from captioning.rerank import RerankOptions, pick_best, score_candidates
 from modeling.generation import GenerationOptions, decode_captions, generate_ids
-from modeling.loading import load_pretrained
+from modeling.pretrained import load_pretrained
 
 logger = logging.getLogger(__name__)
 

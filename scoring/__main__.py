@@ -7,7 +7,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from scoring.java import MetricsUnavailable, preflight, setup
+from scoring.install import setup
+from scoring.java import MetricsUnavailable, preflight
 from scoring.names import DEFAULT_METRICS, DISPLAY_NAMES, METRIC_NAMES
 
 
