@@ -46,11 +46,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.features.audio import AUDIO_EXTENSIONS, ENCODEC_FRAME_RATE, ENCODEC_SAMPLE_RATE, find_audio_files
-from data.features.batching import (DEFAULT_MAX_BATCH_SECONDS, DecodeDataset, UsageError, collate_list, parse_shard,
-                           pick_device, plan_batches, probe_duration, select_shard, worker_init)
+from data.features.batching import (DEFAULT_MAX_BATCH_SECONDS, DecodeDataset, collate_list, plan_batches,
+                                    probe_duration, worker_init)
 from data.features.encoders import CLAP_CHECKPOINT_URL
 from data.training.masking import MAX_FRAMES
-from common.errors import UserError, one_line
+from common.device import pick_device
+from common.distributed import parse_shard, select_shard
+from common.errors import UsageError, UserError, one_line
 from common.io import atomic_open, atomic_write_text
 from data.features import store
 

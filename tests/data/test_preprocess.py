@@ -367,7 +367,7 @@ def test_each_process_and_shard_gets_its_own_gpu(monkeypatch, tmp_path, capsys):
     import torch
 
     from common.device import DeviceError
-    from data.features.batching import pick_device
+    from common.device import pick_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
