@@ -67,7 +67,7 @@ def evaluate(args: argparse.Namespace) -> int:
     """Check everything, generate, score once; returns the exit status."""
     from captioning.cli import generation_from_args, pipeline_from_args, rerank_from_args
     from common.io import atomic_write_text, write_predictions_csv
-    from data.features.audio import audio_for_feature_path
+    from data.extraction.audio import audio_for_feature_path
     from data.training.dataset import DataError, read_split
     from scoring import compute_scores, format_scores, preflight, usable_metrics
     from scoring.diversity import checkpoint_hint, degenerate_warning

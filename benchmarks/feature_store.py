@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from data.features import store  # noqa: E402
+from data.extraction import store  # noqa: E402
 from data.training.dataset import CaptionDataset  # noqa: E402
 
 FRAMES, RVQ, CLAP_DIM = 750, 16, 512

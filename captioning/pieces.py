@@ -20,8 +20,8 @@ from typing import Any, List
 import numpy as np
 import torch
 
-from data.features.audio import AudioError, resample_for_clap, resample_for_encodec
-from data.features.encoders import decode
+from data.extraction.audio import AudioError, resample_for_clap, resample_for_encodec
+from data.extraction.encoders import decode
 
 #: Below this length a clip is captioned with a warning that it is too short to describe.
 #: EnCodec gives a frame per 13.3 ms, and its last convolution spans 7 frames (93 ms) whose
@@ -83,7 +83,7 @@ def encodec_prefix(mono: np.ndarray, sr: int, encodec, frames: int) -> torch.Ten
     Args:
         mono: the clip (N,) at ``sr``.
         sr: its sample rate.
-        encodec: the :class:`data.features.encodec_encoder.EncodecEncoder`.
+        encodec: the :class:`data.extraction.encodec_encoder.EncodecEncoder`.
         frames: frames the model will read.
     """
     samples24 = encodec.prefix_samples(frames)

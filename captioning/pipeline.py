@@ -1,7 +1,7 @@
 """The EnCLAP captioning pipeline: audio in, captions out.
 
 ``EnClap`` hides everything between an audio file and its caption: decoding (the shared front
-end in :mod:`data.features.audio`), the EnCodec and CLAP encoders (:class:`data.features.encoders.FeatureExtractor`,
+end in :mod:`data.extraction.audio`), the EnCodec and CLAP encoders (:class:`data.extraction.encoders.FeatureExtractor`,
 the same object preprocessing uses), batching (:class:`data.training.collator.EnClapCollator`, the same
 collator training uses), the model's beam search with the design §7 defaults
 (:class:`modeling.generation.GenerationOptions`) and decoding of the token ids. ``evaluate.py``,
@@ -23,13 +23,13 @@ import torch
 
 from common.device import resolve_device
 from common.errors import UserError
-from data.features.audio import AudioError
+from data.extraction.audio import AudioError
 from data.training.collator import EnClapCollator
 from data.training.dataset import CaptionDataset
-from data.features.clap_encoder import ClapEncoder
-from data.features.encodec_encoder import EncodecEncoder
-from data.features.batching import DEFAULT_MAX_BATCH_SECONDS, plan_batches
-from data.features.encoders import (FeatureExtractor, build_clap, build_encodec, check_codebooks,
+from data.extraction.clap_encoder import ClapEncoder
+from data.extraction.encodec_encoder import EncodecEncoder
+from data.extraction.batching import DEFAULT_MAX_BATCH_SECONDS, plan_batches
+from data.extraction.encoders import (FeatureExtractor, build_clap, build_encodec, check_codebooks,
                            resolve_clap_checkpoint)
 from data.training.masking import crop_codes
 from captioning.pieces import MIN_SECONDS, Piece, decode_input, split_input
@@ -115,8 +115,8 @@ class EnClap:
             or ``"window"`` (caption consecutive windows of ``max_frames`` frames).
         seed: seed of the CLAP encoder's random chunk choice for clips over 10 s and, when
             random, of its weights.
-        encodec: an already-built :class:`data.features.encoders.EncodecEncoder` to reuse (optional).
-        clap: an already-built :class:`data.features.encoders.ClapEncoder` to reuse (optional).
+        encodec: an already-built :class:`data.extraction.encoders.EncodecEncoder` to reuse (optional).
+        clap: an already-built :class:`data.extraction.encoders.ClapEncoder` to reuse (optional).
         max_batch_seconds: cap on an encoder batch's padded audio (clips x longest, seconds),
             the one preprocessing uses: bounds GPU memory for long or mixed-length inputs.
     """
@@ -231,7 +231,7 @@ class EnClap:
         Args:
             audio_or_paths: a path, an ``(array, sample_rate)`` pair, or a list of those.
                 Arrays are (samples,) or (channels, samples), numpy or torch, float or int, any
-                rate (see :func:`data.features.audio.load_audio`).
+                rate (see :func:`data.extraction.audio.load_audio`).
             batch_size: clips per generate call (default: the pipeline's).
             options: generation options (default: design §7 beam search).
             rerank: CLAP re-ranking options (default: off).
@@ -259,7 +259,7 @@ class EnClap:
         Inputs are decoded a chunk at a time (so memory stays bounded on long lists). EnCodec
         encodes only what the model reads (:mod:`captioning.pieces`), in batches of similar
         length whose padded audio stays under ``max_batch_seconds`` (the cap preprocessing uses,
-        :func:`data.features.batching.plan_batches`), and the results come back in input order.
+        :func:`data.extraction.batching.plan_batches`), and the results come back in input order.
 
         Args:
             audio_or_paths: as for :meth:`caption`.

@@ -242,8 +242,8 @@ def missing_features(file_paths: Sequence[str], roots: Sequence[Path]) -> List[s
 
 
 def _feature_sources(roots: Sequence[Path]) -> list:
-    """One reader per feature root: a per-file tree or a packed store (``data.features.store``)."""
-    from data.features.store import StoreError, open_source
+    """One reader per feature root: a per-file tree or a packed store (``data.extraction.store``)."""
+    from data.extraction.store import StoreError, open_source
 
     try:
         return [open_source(root, None) for root in roots]

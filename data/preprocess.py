@@ -9,9 +9,9 @@ codes (T, 16) int64 and ``OUT/clap/<rel>.npy`` with the CLAP embedding (512,) fl
 
 How it works (one place per concern):
 
-* decoding and resampling (``data.features.encoders.decode`` + ``prepare_branches``) run in
+* decoding and resampling (``data.extraction.encoders.decode`` + ``prepare_branches``) run in
   DataLoader worker processes while the main process encodes the previous batch;
-* features come from ``data.features.encoders.FeatureExtractor`` -- the same front end that
+* features come from ``data.extraction.encoders.FeatureExtractor`` -- the same front end that
   evaluation, inference and the demo use -- in batches of clips of similar length;
 * outputs are written to ``NAME.npy.partial`` then renamed, so a killed run never leaves a
   truncated ``.npy``; a rerun skips every clip whose outputs all exist (resume);
@@ -19,7 +19,7 @@ How it works (one place per concern):
   ``path<TAB>reason``; all other clips are still processed and the exit status is 1;
 * ``--shard i/N`` (or ``accelerate launch``/``torchrun``: RANK and WORLD_SIZE) gives each
   process a disjoint share of the sorted file list, and its own GPU (:func:`pick_device`);
-* ``--pack STORE`` writes a packed store instead of the two trees (:mod:`data.features.store`): each
+* ``--pack STORE`` writes a packed store instead of the two trees (:mod:`data.extraction.store`): each
   share appends its clips to its own shards, each committed whole (a killed run redoes at most
   the shard in flight), and the share that finishes last writes the store's index.
 
@@ -45,16 +45,16 @@ import numpy as np
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data.features.audio import AUDIO_EXTENSIONS, ENCODEC_FRAME_RATE, ENCODEC_SAMPLE_RATE, find_audio_files
-from data.features.batching import (DEFAULT_MAX_BATCH_SECONDS, DecodeDataset, collate_list, plan_batches,
+from data.extraction.audio import AUDIO_EXTENSIONS, ENCODEC_FRAME_RATE, ENCODEC_SAMPLE_RATE, find_audio_files
+from data.extraction.batching import (DEFAULT_MAX_BATCH_SECONDS, DecodeDataset, collate_list, plan_batches,
                                     probe_duration, worker_init)
-from data.features.encoders import CLAP_CHECKPOINT_URL
+from data.extraction.encoders import CLAP_CHECKPOINT_URL
 from data.training.masking import MAX_FRAMES
 from common.device import pick_device
 from common.distributed import parse_shard, select_shard
 from common.errors import UsageError, UserError, one_line
 from common.io import atomic_open, atomic_write_text
-from data.features import store
+from data.extraction import store
 
 logger = logging.getLogger("preprocess")
 
@@ -86,7 +86,7 @@ def normalize_extensions(extensions: Sequence[str]) -> Tuple[str, ...]:
 
 
 def discover(data_path: Path, extensions: Sequence[str]) -> List[str]:
-    """Audio files under ``data_path`` (see :func:`data.features.audio.find_audio_files`), or the one file given."""
+    """Audio files under ``data_path`` (see :func:`data.extraction.audio.find_audio_files`), or the one file given."""
     if data_path.is_file():
         return [data_path.name]
     if not data_path.is_dir():
@@ -208,7 +208,7 @@ def check_weights_args(args: argparse.Namespace) -> Optional[str]:
 
 def build_extractor(args: argparse.Namespace, device):
     """Builds the shared FeatureExtractor (one builder, seeded), turning weight problems into UsageErrors."""
-    from data.features.encoders import build_feature_extractor
+    from data.extraction.encoders import build_feature_extractor
 
     ckpt = check_weights_args(args)
     try:
@@ -286,7 +286,7 @@ class _TreeSink:
 
 
 class _PackedSink:
-    """The packed layout (:mod:`data.features.store`): this share's own shards; the last share to finish indexes them."""
+    """The packed layout (:mod:`data.extraction.store`): this share's own shards; the last share to finish indexes them."""
 
     def __init__(self, root: Path, kinds: Sequence[str], files: Sequence[str], index: int, count: int,
                  shard_clips: int):

@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from data.features import store_cli
+from data.extraction import store_cli
 from tests.helpers import free_port
 from tests.test_cli_train import REPO, TINY, _env, read_predictions, write_split
 

@@ -18,10 +18,10 @@ from typing import Optional
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from data.features.audio import ENCODEC_FRAME_RATE
+from data.extraction.audio import ENCODEC_FRAME_RATE
 from data.training.dataset import CaptionDataset
 from data.training.masking import MAX_FRAMES
-from data.features.store import StoreError
+from data.extraction.store import StoreError
 from scoring import normalize_metrics, usable_metrics
 from scoring.java import MetricsUnavailable
 from training.config import ConfigError, looks_like_local_path

@@ -3,8 +3,8 @@
 A split is a CSV file plus two feature roots holding one ``.npy`` per clip under the same
 relative name: ``encodec_root/<file_path>`` with codes (T, 16) int64 and
 ``clap_root/<file_path>`` with the CLAP embedding (512,) float32. Either root may instead be a
-packed store (a few shard files and an index, :mod:`data.features.store`); the dataset reads both
-layouts through :class:`data.features.store.FeatureStore` and serves identical items from them. Training rows
+packed store (a few shard files and an index, :mod:`data.extraction.store`); the dataset reads both
+layouts through :class:`data.extraction.store.FeatureStore` and serves identical items from them. Training rows
 (``file_path, caption``) give one example per (clip, caption); evaluation rows
 (``file_path, caption_1 .. caption_5``) give one example per clip with all its references.
 
@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data.features.audio import ENCODEC_FRAME_RATE
+from data.extraction.audio import ENCODEC_FRAME_RATE
 from common.errors import UserError
 from data.training.masking import (CROP_STREAM, MASK_PROB, MASK_SPAN, MASK_STREAM, MAX_FRAMES, crop_codes,
                           example_rng, span_mask)
-from data.features.store import FeatureStore, StoreError
+from data.extraction.store import FeatureStore, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -164,11 +164,11 @@ class CaptionDataset(Dataset):
         clap_dim: CLAP embedding size (512).
         feature_fn: Optional ``feature_fn(file_path) -> (codes, clap_embedding)`` used instead
             of the feature trees (e.g. features computed from audio on the fly by
-            ``data.features.encoders.FeatureExtractor``); the roots are then not read.
+            ``data.extraction.encoders.FeatureExtractor``); the roots are then not read.
         check_files: Check that every feature file exists when the dataset is built (see
             :meth:`validate`); ignored with ``feature_fn``.
         layout: ``auto`` (a root with ``index.json`` or ``shards/`` is a packed store),
-            ``files`` or ``packed`` (see :mod:`data.features.store`).
+            ``files`` or ``packed`` (see :mod:`data.extraction.store`).
     """
 
     def __init__(self, csv_path: str, encodec_root: str | None, clap_root: str | None, train: bool,

@@ -120,7 +120,7 @@ def test_check_and_drop_missing(tmp_path, capsys):
 
 
 def test_drop_missing_reads_a_packed_store(tmp_path, capsys):
-    from data.features.store_cli import pack_trees
+    from data.extraction.store_cli import pack_trees
 
     meta = _clotho_metadata(tmp_path / "meta")
     enc, clap = tmp_path / "enc", tmp_path / "clap"

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data.features.audio import AudioError
-from data.features.encoders import ENCODEC_URL, ModelLoadError, resolve_batch_size
+from data.extraction.audio import AudioError
+from data.extraction.encoders import ENCODEC_URL, ModelLoadError, resolve_batch_size
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,7 +210,7 @@ class EncodecEncoder:
         """Encodes 24 kHz mono clips into codes, one batch.
 
         Args:
-            wavs: 1-D float tensors/arrays at 24 kHz (see ``data.features.audio.resample_for_encodec``),
+            wavs: 1-D float tensors/arrays at 24 kHz (see ``data.extraction.audio.resample_for_encodec``),
                 any lengths >= 1.
 
         Returns:

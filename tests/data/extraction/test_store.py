@@ -1,4 +1,4 @@
-"""The packed feature store (data/features/store.py): round trip, resume, shares, index, and the same
+"""The packed feature store (data/extraction/store.py): round trip, resume, shares, index, and the same
 training batches as the per-file layout of the same clips."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from common.errors import UserError
-from data.features import store, store_cli
+from data.extraction import store, store_cli
 from data.training.collator import EnClapCollator
 from data.training.dataset import CaptionDataset, DataError
 

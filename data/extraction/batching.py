@@ -12,8 +12,8 @@ import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 
-from data.features.audio import AudioError
-from data.features.encoders import decode, prepare_branches
+from data.extraction.audio import AudioError
+from data.extraction.encoders import decode, prepare_branches
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ as int16 (all below 1024) and handed out as int64 like the per-file layout's.
 
 :class:`PackedWriter` writes one process's shards, each atomically (:mod:`common.io`); the share
 that finishes last writes the index (:func:`finish_share`). :class:`FeatureStore` reads a CSV's
-``file_path`` from two roots of either layout. ``python -m data.features.store pack|index|info`` converts
+``file_path`` from two roots of either layout. ``python -m data.extraction.store pack|index|info`` converts
 per-file trees, rebuilds an index, describes a store.
 """
 
@@ -115,19 +115,19 @@ class PackedStore:
                              "write it with data/preprocess.py --pack)")
         if not os.path.isfile(path) and not os.path.isdir(os.path.join(self.root, SHARDS_DIR)):
             raise StoreError(f"{os.path.abspath(self.root)} is not a packed feature store (no {INDEX_NAME}); write one "
-                             "with data/preprocess.py --pack or python -m data.features.store pack, or read it as files")
+                             "with data/preprocess.py --pack or python -m data.extraction.store pack, or read it as files")
         if not os.path.isfile(path):
             raise StoreError(f"packed feature store {os.path.abspath(self.root)} has no {INDEX_NAME}: preprocessing "
-                             f"is unfinished (rerun it) or run `python -m data.features.store index {self.root}`")
+                             f"is unfinished (rerun it) or run `python -m data.extraction.store index {self.root}`")
         try:
             with open(path, encoding="utf-8") as handle:
                 index = json.load(handle)
         except (OSError, ValueError) as error:
             raise StoreError(f"cannot read {os.path.abspath(path)}: {error} "
-                             f"(rebuild it: python -m data.features.store index {self.root})") from None
+                             f"(rebuild it: python -m data.extraction.store index {self.root})") from None
         if index.get("format") != FORMAT or index.get("version") != VERSION:
             raise StoreError(f"{os.path.abspath(path)} is not a version-{VERSION} {FORMAT} index "
-                             f"(rebuild it: python -m data.features.store index {self.root})")
+                             f"(rebuild it: python -m data.extraction.store index {self.root})")
         self.kinds = tuple(index["kinds"])
         self.shards = [shard["name"] for shard in index["shards"]]
         names: List[Optional[str]] = []
@@ -455,7 +455,7 @@ def finish_share(root: str | os.PathLike, index: int, count: int) -> Optional[in
     return None
 
 
-if __name__ == "__main__":  # python -m data.features.store pack|index|info (data/features/store_cli.py)
-    from data.features.store_cli import main
+if __name__ == "__main__":  # python -m data.extraction.store pack|index|info (data/extraction/store_cli.py)
+    from data.extraction.store_cli import main
 
     sys.exit(main())

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data.features.audio import CLAP_SAMPLE_RATE, AudioError, clap_quantize
-from data.features.encoders import CLAP_CHECKPOINT_NAME, CLAP_CHECKPOINT_URL, ModelLoadError, resolve_batch_size
+from data.extraction.audio import CLAP_SAMPLE_RATE, AudioError, clap_quantize
+from data.extraction.encoders import CLAP_CHECKPOINT_NAME, CLAP_CHECKPOINT_URL, ModelLoadError, resolve_batch_size
 
 logger = logging.getLogger(__name__)
 
@@ -297,12 +297,12 @@ class ClapEncoder:
     def encode(self, wavs: Sequence[Union[np.ndarray, torch.Tensor]]) -> np.ndarray:
         """Embeds 48 kHz mono clips, one batch.
 
-        Each clip gets laion_clap's int16 round trip (``data.features.audio.clap_quantize``), so pass
+        Each clip gets laion_clap's int16 round trip (``data.extraction.audio.clap_quantize``), so pass
         the resampled float audio, not an already quantised copy (quantising twice is
         harmless anyway: the round trip is idempotent).
 
         Args:
-            wavs: 1-D float arrays at 48 kHz (see ``data.features.audio.resample_for_clap``).
+            wavs: 1-D float arrays at 48 kHz (see ``data.extraction.audio.resample_for_clap``).
 
         Returns:
             np.float32 (B, 512), each row L2-normalised.

@@ -8,10 +8,10 @@ call it (or ``extract_prepared`` after decoding and resampling in DataLoader wor
 The two encoders share a small interface, so a different codec can be swapped in without
 touching the model:
 
-* the codec (:class:`data.features.encodec_encoder.EncodecEncoder`): ``sample_rate``, ``frame_rate``,
+* the codec (:class:`data.extraction.encodec_encoder.EncodecEncoder`): ``sample_rate``, ``frame_rate``,
   ``num_codebooks``, ``codebook_size``, ``encode(wavs) -> [(T, num_codebooks) int64]`` and
   ``num_frames(samples)``;
-* CLAP (:class:`data.features.clap_encoder.ClapEncoder`): ``sample_rate``, ``dim`` (the embedding
+* CLAP (:class:`data.extraction.clap_encoder.ClapEncoder`): ``sample_rate``, ``dim`` (the embedding
   size), ``encode(wavs) -> (B, dim)`` and ``embed_text(texts)``.
 
 Both encode batches with results equal to encoding each clip alone. :func:`build_encodec`,
@@ -30,11 +30,11 @@ import numpy as np
 import torch
 
 from common.errors import UserError
-from data.features.audio import load_audio, resample_for_clap, resample_for_encodec, to_mono
+from data.extraction.audio import load_audio, resample_for_clap, resample_for_encodec, to_mono
 
 if TYPE_CHECKING:  # the encoders import this module; their classes are only named here
-    from data.features.clap_encoder import ClapEncoder
-    from data.features.encodec_encoder import EncodecEncoder
+    from data.extraction.clap_encoder import ClapEncoder
+    from data.extraction.encodec_encoder import EncodecEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def decode(source: AudioInput) -> Tuple[np.ndarray, int]:
 
     Args:
         source: a file path, or ``(array, sr)`` with the array laid out as
-            ``data.features.audio.load_audio`` documents ((N,), (C, N) or (N, C); the shorter axis of
+            ``data.extraction.audio.load_audio`` documents ((N,), (C, N) or (N, C); the shorter axis of
             a 2-D array is taken as channels).
 
     Returns:
@@ -182,7 +182,7 @@ def exact_float32(device: Union[str, torch.device]) -> None:
 def build_encodec(device: Union[str, torch.device] = "cpu", random_weights: bool = False, seed: int = 0,
                   max_batch_size: Optional[int] = None) -> "EncodecEncoder":
     """The EnCodec encoder: Meta's weights, or seeded random ones (``random_weights``)."""
-    from data.features.encodec_encoder import EncodecEncoder
+    from data.extraction.encodec_encoder import EncodecEncoder
 
     exact_float32(device)
     return EncodecEncoder(device=device, pretrained=not random_weights, seed=seed, max_batch_size=max_batch_size)
@@ -192,7 +192,7 @@ def build_clap(device: Union[str, torch.device] = "cpu", random_weights: bool = 
                clap_ckpt: Optional[Union[str, os.PathLike]] = None,
                max_batch_size: Optional[int] = None) -> "ClapEncoder":
     """The CLAP encoder: the checkpoint ``clap_ckpt`` (None: the hub cache), or seeded random weights."""
-    from data.features.clap_encoder import ClapEncoder
+    from data.extraction.clap_encoder import ClapEncoder
 
     exact_float32(device)
     path = None if random_weights else resolve_clap_checkpoint(clap_ckpt)
