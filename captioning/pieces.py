@@ -83,12 +83,12 @@ def encodec_prefix(mono: np.ndarray, sr: int, encodec, frames: int) -> torch.Ten
     Args:
         mono: the clip (N,) at ``sr``.
         sr: its sample rate.
-        encodec: the :class:`data.extraction.encodec_encoder.EncodecEncoder`.
+        encodec: the codec (a :class:`data.extraction.contract.Codec`).
         frames: frames the model will read.
     """
     samples24 = encodec.prefix_samples(frames)
     source = -(-samples24 * sr // encodec.sample_rate) + math.ceil(RESAMPLER_MARGIN_SECONDS * sr)
-    return resample_for_encodec(mono[:source], sr)[:samples24]
+    return resample_for_encodec(mono[:source], sr, encodec.sample_rate)[:samples24]
 
 
 def split_input(index: int, mono: np.ndarray, sr: int, encodec, max_frames: int, long_audio: str) -> List[Piece]:
@@ -106,7 +106,8 @@ def split_input(index: int, mono: np.ndarray, sr: int, encodec, max_frames: int,
     # Frames after resampling to 24 kHz (integer arithmetic, no float drift).
     frames = encodec.num_frames(-(-len(mono) * encodec.sample_rate // sr))
     if frames <= max_frames:
-        return [Piece(index, 0.0, duration, resample_for_encodec(mono, sr), resample_for_clap(mono, sr))]
+        return [Piece(index, 0.0, duration, resample_for_encodec(mono, sr, encodec.sample_rate),
+                      resample_for_clap(mono, sr))]
     window = max_frames / float(encodec.frame_rate)
     if long_audio == "truncate":
         return [Piece(index, 0.0, window, encodec_prefix(mono, sr, encodec, max_frames), resample_for_clap(mono, sr))]
@@ -114,6 +115,6 @@ def split_input(index: int, mono: np.ndarray, sr: int, encodec, max_frames: int,
     pieces = []
     for start in range(0, len(mono), hop):
         part = mono[start:start + hop]
-        pieces.append(Piece(index, start / sr, (start + len(part)) / sr, resample_for_encodec(part, sr),
+        pieces.append(Piece(index, start / sr, (start + len(part)) / sr, resample_for_encodec(part, sr, encodec.sample_rate),
                             resample_for_clap(part, sr)))
     return pieces

@@ -26,8 +26,7 @@ from common.errors import UserError
 from data.extraction.audio import AudioError
 from data.training.collator import EnClapCollator
 from data.training.dataset import CaptionDataset
-from data.extraction.clap_encoder import ClapEncoder
-from data.extraction.encodec_encoder import EncodecEncoder
+from data.extraction.contract import Codec, Embedder
 from data.extraction.batching import DEFAULT_MAX_BATCH_SECONDS, plan_batches
 from data.extraction.encoders import (FeatureExtractor, build_clap, build_encodec, check_codebooks,
                            resolve_clap_checkpoint)
@@ -115,8 +114,10 @@ class EnClap:
             or ``"window"`` (caption consecutive windows of ``max_frames`` frames).
         seed: seed of the CLAP encoder's random chunk choice for clips over 10 s and, when
             random, of its weights.
-        encodec: an already-built :class:`data.extraction.encoders.EncodecEncoder` to reuse (optional).
-        clap: an already-built :class:`data.extraction.encoders.ClapEncoder` to reuse (optional).
+        encodec: an already-built codec (a :class:`data.extraction.contract.Codec`) to reuse
+            (optional); otherwise the one the checkpoint's config names (``codec``, from the
+            recipe's ``data.codec``), EnCodec when it names none.
+        clap: an already-built embedder (a :class:`data.extraction.contract.Embedder`) to reuse (optional).
         max_batch_seconds: cap on an encoder batch's padded audio (clips x longest, seconds),
             the one preprocessing uses: bounds GPU memory for long or mixed-length inputs.
     """
@@ -131,8 +132,8 @@ class EnClap:
         batch_size: int = 8,
         long_audio: str = "truncate",
         seed: int = 0,
-        encodec: EncodecEncoder | None = None,
-        clap: ClapEncoder | None = None,
+        encodec: Codec | None = None,
+        clap: Embedder | None = None,
         max_batch_seconds: float = DEFAULT_MAX_BATCH_SECONDS,
     ):
         if long_audio not in LONG_AUDIO_MODES:
@@ -182,18 +183,19 @@ class EnClap:
         return self._random_encoders
 
     @property
-    def encodec(self) -> EncodecEncoder:
+    def encodec(self) -> Codec:
         """The EnCodec encoder (built on first use)."""
         if self._encodec is None:
             self._warn_random()
             # Random weights come from the seed, so that two pipelines (e.g. the one that
             # preprocessed a test split and the one evaluating it) get the same encoder.
-            self._encodec = build_encodec(self.device, self._random_encoders, self._seed)
+            self._encodec = build_encodec(self.device, self._random_encoders, self._seed,
+                                          codec=getattr(self.model.config, "codec", None))
             check_codebooks(self._encodec, self.model.config.num_rvq, "the checkpoint")
         return self._encodec
 
     @property
-    def clap(self) -> ClapEncoder:
+    def clap(self) -> Embedder:
         """The LAION-CLAP encoder (built on first use)."""
         if self._clap is None:
             self._warn_random()

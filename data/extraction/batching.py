@@ -12,7 +12,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 
-from data.extraction.audio import AudioError
+from data.extraction.audio import ENCODEC_SAMPLE_RATE, AudioError
 from data.extraction.encoders import decode, prepare_branches
 
 logger = logging.getLogger(__name__)
@@ -73,11 +73,13 @@ class DecodeDataset(Dataset):
     returned as ``(index, None, reason)`` and recorded by the main process.
     """
 
-    def __init__(self, paths: Sequence[Path]):
+    def __init__(self, paths: Sequence[Path], codec_rate: int = ENCODEC_SAMPLE_RATE):
         """Args:
             paths: audio files, in the order the batch sampler's indices refer to.
+            codec_rate: the codec's sample rate (``FeatureExtractor.codec_rate``).
         """
         self.paths = list(paths)
+        self.codec_rate = int(codec_rate)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -85,7 +87,7 @@ class DecodeDataset(Dataset):
     def __getitem__(self, index: int):
         try:
             mono, sr = decode(str(self.paths[index]))  # (N,)
-            return index, prepare_branches(mono, sr), None  # (wav24 (N24,), wav48 (N48,))
+            return index, prepare_branches(mono, sr, self.codec_rate), None  # (wav24 (N24,), wav48 (N48,))
         except AudioError as err:
             return index, None, str(err)
         except Exception as err:  # noqa: BLE001 -- one bad file must not stop a 50 000-clip run

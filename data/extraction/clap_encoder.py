@@ -24,9 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from data.extraction.audio import CLAP_SAMPLE_RATE, AudioError, clap_quantize
-from data.extraction.encoders import CLAP_CHECKPOINT_NAME, CLAP_CHECKPOINT_URL, ModelLoadError, resolve_batch_size
+from data.extraction.contract import ModelLoadError, resolve_batch_size
 
 logger = logging.getLogger(__name__)
+
+CLAP_HUB_REPO = "lukewys/laion_clap"  # where laion_clap itself fetches its checkpoints
+CLAP_CHECKPOINT_NAME = "630k-audioset-fusion-best.pt"
+CLAP_CHECKPOINT_URL = f"https://huggingface.co/{CLAP_HUB_REPO}/resolve/main/{CLAP_CHECKPOINT_NAME}"
 
 # --------------------------------------------------------------------------------------------
 # LAION-CLAP (HTSAT-tiny, fusion)
@@ -251,7 +255,8 @@ class _LogMel(nn.Module):
 
 
 class ClapEncoder:
-    """LAION-CLAP HTSAT-tiny fusion audio embeddings (and text embeddings for re-ranking).
+    """LAION-CLAP HTSAT-tiny fusion audio embeddings (and text embeddings for re-ranking); a
+    :class:`data.extraction.contract.Embedder`.
 
     Args:
         ckpt_path: a laion_clap checkpoint (``630k-audioset-fusion-best.pt``); None builds

@@ -27,7 +27,8 @@ from torch.utils.data import Dataset
 
 from data.extraction.audio import ENCODEC_FRAME_RATE
 from common.errors import UserError
-from data.training.masking import (CROP_STREAM, MASK_PROB, MASK_SPAN, MASK_STREAM, MAX_FRAMES, crop_codes,
+from common.constants import DEFAULT_SEED, MASK_PROB, MASK_SPAN, MAX_FRAMES
+from data.training.masking import (CROP_STREAM, MASK_STREAM, crop_codes,
                           example_rng, span_mask)
 from data.extraction.store import FeatureStore, StoreError
 
@@ -173,7 +174,7 @@ class CaptionDataset(Dataset):
 
     def __init__(self, csv_path: str, encodec_root: str | None, clap_root: str | None, train: bool,
                  max_frames: int = MAX_FRAMES, masking_prob: float = MASK_PROB,
-                 mask_span: int = MASK_SPAN, seed: int = 1115, static_masks: bool = False,
+                 mask_span: int = MASK_SPAN, seed: int = DEFAULT_SEED, static_masks: bool = False,
                  num_rvq: int = 16, codebook_size: int = 1024, clap_dim: int = 512,
                  feature_fn: FeatureFn | None = None, check_files: bool = True, layout: str = "auto"):
         if max_frames < 1:

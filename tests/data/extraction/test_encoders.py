@@ -18,7 +18,8 @@ import torch
 from data.extraction.audio import AudioError
 from data.extraction.clap_encoder import ClapEncoder
 from data.extraction.encodec_encoder import EncodecEncoder
-from data.extraction.encoders import FeatureExtractor, ModelLoadError
+from data.extraction.contract import ModelLoadError
+from data.extraction.encoders import FeatureExtractor
 
 HTSAT_TINY_AUDIO_CFG = dict(  # laion_clap/clap_module/model_configs/HTSAT-tiny.json
     audio_length=1024, clip_samples=480000, mel_bins=64, sample_rate=48000, window_size=1024,
