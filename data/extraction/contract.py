@@ -41,7 +41,8 @@ class Codec(Protocol):
 
     #: Hz of the audio ``encode`` reads (the front end resamples to it).
     sample_rate: ClassVar[int]
-    #: Frames per second of the codes.
+    #: Frames per second of the codes: a frame limit (``common.constants.frame_limit``) lasts
+    #: ``frames / frame_rate`` seconds.
     frame_rate: ClassVar[float]
     #: Codes per frame (residual quantisers): the model's ``num_rvq``.
     num_codebooks: ClassVar[int]
@@ -74,11 +75,6 @@ class Embedder(Protocol):
 
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
         """Embeddings ``(B, dim)`` float32 of captions."""
-
-
-def frames_to_seconds(frames: int, codec: Union[Codec, type]) -> float:
-    """Seconds of audio that ``frames`` codec frames hold (a frame limit in user terms)."""
-    return frames / float(codec.frame_rate)
 
 
 def resolve_batch_size(max_batch_size: Optional[int], device: torch.device) -> Optional[int]:
