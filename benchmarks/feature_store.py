@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from common.constants import MAX_FRAMES  # noqa: E402
 from data.extraction import store  # noqa: E402
 from data.training.dataset import CaptionDataset  # noqa: E402
 
@@ -133,7 +134,7 @@ def main(argv=None) -> int:
         print(f"{'layout':9} {'cache':5} {'files opened':>12} {'array bytes':>12} {'from storage':>13} {'clips/s':>9}")
         for cache in ("cold", "warm"):
             for layout, roots in layouts.items():
-                dataset = CaptionDataset(str(csv_path), *map(str, roots), train=False, max_frames=1021,
+                dataset = CaptionDataset(str(csv_path), *map(str, roots), train=False, max_frames=MAX_FRAMES,
                                          check_files=False)
                 if cache == "cold":
                     cached = cached_kib()
