@@ -93,8 +93,8 @@ def evaluate(args: argparse.Namespace) -> int:
     """Check everything, generate, score once; returns the exit status."""
     from captioning.cli import generation_from_args, pipeline_from_args, rerank_from_args
     from common.io import atomic_write_text, write_predictions_csv
-    from data.audio import audio_for_feature_path
-    from data.dataset import DataError, read_split
+    from data.extraction.audio import audio_for_feature_path
+    from data.training.dataset import DataError, read_split
     from scoring import DEFAULT_METRICS, format_scores, preflight, usable_metrics
     from scoring.names import DISPLAY_NAMES
     from scoring.bootstrap import DEFAULT_SEED, LEVEL, intervals

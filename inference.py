@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from captioning.records import OUTPUT_SUFFIXES
     from common.device import launcher_rank
     from common.errors import UserError, one_line
-    from data.audio import expand_audio_inputs
+    from data.extraction.audio import expand_audio_inputs
     from scoring.diversity import checkpoint_hint, degenerate_warning
 
     if args.output and not args.output.lower().endswith(OUTPUT_SUFFIXES):

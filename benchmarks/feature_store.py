@@ -4,7 +4,7 @@
     python benchmarks/feature_store.py --clips 2000 --keep --workdir /scratch/x
 
 Writes the same synthetic clips (codes (750, 16), CLAP (512,)) both ways, then reads one epoch
-through :class:`data.dataset.CaptionDataset` (evaluation mode: the whole clip, checked and copied,
+through :class:`data.training.dataset.CaptionDataset` (evaluation mode: the whole clip, checked and copied,
 as validation and ``evaluate.py --from_preprocessed`` read it) in one shuffled order, per layout:
 
 * **cold**: the page cache is emptied of the benchmark's files first with
@@ -37,8 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from data import store  # noqa: E402
-from data.dataset import CaptionDataset  # noqa: E402
+from common.constants import MAX_FRAMES  # noqa: E402
+from data.extraction import store  # noqa: E402
+from data.training.dataset import CaptionDataset  # noqa: E402
 
 FRAMES, RVQ, CLAP_DIM = 750, 16, 512
 
@@ -133,7 +134,7 @@ def main(argv=None) -> int:
         print(f"{'layout':9} {'cache':5} {'files opened':>12} {'array bytes':>12} {'from storage':>13} {'clips/s':>9}")
         for cache in ("cold", "warm"):
             for layout, roots in layouts.items():
-                dataset = CaptionDataset(str(csv_path), *map(str, roots), train=False, max_frames=1021,
+                dataset = CaptionDataset(str(csv_path), *map(str, roots), train=False, max_frames=MAX_FRAMES,
                                          check_files=False)
                 if cache == "cold":
                     cached = cached_kib()

@@ -14,7 +14,7 @@ import sys
 
 REQUIREMENTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "requirements-gpu.txt")
 # Our modules the benchmarks import, checked once the packages are there (their own imports).
-OURS = ("modeling", "data.dataset", "data.collator", "training.optim", "captioning.pipeline")
+OURS = ("modeling", "data.training.dataset", "data.training.collator", "training.optim", "captioning.pipeline")
 
 
 def problem(module: str, fix: str) -> str | None:

@@ -26,7 +26,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-FPS, MAX_FRAMES, SEED = 75, 1021, 1115
+from common.constants import DEFAULT_SEED as SEED  # noqa: E402
+from common.constants import MAX_FRAMES, NON_FRAME_POSITIONS  # noqa: E402
+from data.extraction.audio import ENCODEC_FRAME_RATE as FPS  # noqa: E402
 
 
 def audiocaps_like(rng: np.random.Generator, n: int = 49838) -> np.ndarray:
@@ -41,7 +43,7 @@ def clotho_like(rng: np.random.Generator, clips: int = 3839, captions: int = 5) 
 def padding_share(lengths: np.ndarray, batch_size: int, grouped: bool) -> float:
     from training.sampler import GlobalBatchSampler
 
-    rows = np.minimum(lengths, MAX_FRAMES) + 3
+    rows = np.minimum(lengths, MAX_FRAMES) + NON_FRAME_POSITIONS
     sampler = GlobalBatchSampler(len(rows), batch_size, seed=SEED, lengths=rows if grouped else None)
     real = padded = 0
     for batch in sampler.global_batches():

@@ -87,7 +87,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from common.device import resolve_device
-    from data.encoders import build_feature_extractor
+    from data.extraction.encoders import build_feature_extractor
 
     device = resolve_device(args.device)
     extractor = build_feature_extractor(device, random_weights=True, seed=0)

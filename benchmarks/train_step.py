@@ -46,7 +46,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-SEED = 1115
+from common.constants import DEFAULT_SEED as SEED  # noqa: E402
+from common.constants import MASK_PROB, MASK_SPAN, MAX_FRAMES  # noqa: E402
 CAPTIONS = [
     "a dog barks repeatedly while a man speaks in the distance",
     "heavy rain falls on a metal roof as thunder rumbles",
@@ -101,7 +102,7 @@ class BaselineDataset:
     def __init__(self, root: str, tokenizer):
         import numpy as np
 
-        from data.masking import MASK_STREAM, example_rng, span_mask
+        from data.training.masking import MASK_STREAM, example_rng, span_mask
 
         with open(os.path.join(root, "train.csv"), newline="") as handle:
             self.rows = list(csv.DictReader(handle))
@@ -109,7 +110,8 @@ class BaselineDataset:
         self.masks = []
         for index, row in enumerate(self.rows):  # same draws as our dataset's epoch 0
             codes = np.load(os.path.join(root, "enc", row["file_path"]))
-            self.masks.append(span_mask(codes.shape[0], example_rng(SEED, 0, index, MASK_STREAM), 16, 0.15, 10))
+            self.masks.append(span_mask(codes.shape[0], example_rng(SEED, 0, index, MASK_STREAM), 16, MASK_PROB,
+                                            MASK_SPAN))
 
     def __len__(self):
         return len(self.rows)
@@ -182,8 +184,8 @@ def run_pipeline(args) -> dict:
 
     import torch
 
-    from data.collator import EnClapCollator
-    from data.dataset import CaptionDataset
+    from data.training.collator import EnClapCollator
+    from data.training.dataset import CaptionDataset
     from modeling import EnClapBartConfig, EnClapBartForConditionalGeneration
     from training.optim import build_optimizer
     from training.tokenizer import train_tokenizer
@@ -303,8 +305,8 @@ def parse_args(argv=None):
     args.pipelines = pipelines
     if any(not 0.0 <= p < 1.0 for p in args.dropout):
         parser.error("--dropout values must be in [0, 1)")
-    if args.batch < 1 or args.frames < 20 or args.frames > 1021:
-        parser.error("--batch must be >= 1 and --frames in [20, 1021]")
+    if args.batch < 1 or args.frames < 20 or args.frames > MAX_FRAMES:
+        parser.error(f"--batch must be >= 1 and --frames in [20, {MAX_FRAMES}]")
     if args.steps is None:
         args.steps = 20 if device == "cuda" else 2
     if args.warmup is None:

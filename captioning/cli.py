@@ -9,9 +9,9 @@ from dataclasses import fields
 
 from captioning.pipeline import DTYPES, LONG_AUDIO_MODES, EnClap
 from captioning.rerank import RerankOptions
-from data.audio import ENCODEC_FRAME_RATE
-from data.encoders import CLAP_CHECKPOINT_NAME, CLAP_HUB_REPO
-from data.masking import MAX_FRAMES
+from data.extraction.audio import ENCODEC_FRAME_RATE
+from data.extraction.clap_encoder import CLAP_CHECKPOINT_NAME, CLAP_HUB_REPO
+from common.constants import MAX_FRAMES
 from modeling.generation import GenerationOptions
 
 

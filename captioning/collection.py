@@ -36,7 +36,7 @@ from captioning.records import PART_NAME, format_records, merge_results, part_fi
 from common.device import launcher_rank
 from common.errors import UserError
 from common.io import atomic_write_text, next_number
-from training.distributed import all_gather, broadcast, check_shared_folder, end_group, init_gloo_group
+from common.distributed import all_gather, broadcast, check_shared_folder, end_group, init_gloo_group
 
 PARTS_SUFFIX = ".parts"
 SETTINGS_NAME = "settings.json"
@@ -133,7 +133,7 @@ def caption_collection(pipeline, sources: Sequence[str], output: str, settings: 
 
     Raises:
         CollectionError: other settings in the parts folder, or ranks that see other inputs.
-        training.distributed.DistributedError: ranks that do not share the output folder.
+        common.distributed.DistributedError: ranks that do not share the output folder.
     """
     from tqdm.auto import tqdm
 

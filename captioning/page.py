@@ -24,8 +24,8 @@ import time
 import warnings
 
 from captioning.pieces import MIN_SECONDS, decode_input
-from data.audio import AudioError
-from data.batching import probe_duration
+from data.extraction.audio import AudioError
+from data.extraction.batching import probe_duration
 
 EXAMPLE_CLIP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "example.wav")
 EMPTY_MESSAGE = "No audio yet: upload a file or record with the microphone, then press Caption."

@@ -20,8 +20,8 @@ from typing import Any, List
 import numpy as np
 import torch
 
-from data.audio import AudioError, resample_for_clap, resample_for_encodec
-from data.encoders import decode
+from data.extraction.audio import ENCODEC_SAMPLE_RATE, AudioError, resample_for_clap, resample_for_encodec
+from data.extraction.encoders import decode
 
 #: Below this length a clip is captioned with a warning that it is too short to describe.
 #: EnCodec gives a frame per 13.3 ms, and its last convolution spans 7 frames (93 ms) whose
@@ -44,6 +44,7 @@ class Piece:
         start, end: the span the caption describes, in seconds of the input.
         wav24: what EnCodec encodes (24 kHz float32 tensor; the span's start when truncating).
         wav48: what CLAP embeds (48 kHz float32 array; the whole clip when truncating).
+        codec_rate: the sample rate of ``wav24`` (the codec's; 24 kHz for EnCodec).
     """
 
     index: int
@@ -51,11 +52,12 @@ class Piece:
     end: float
     wav24: torch.Tensor
     wav48: np.ndarray
+    codec_rate: int = ENCODEC_SAMPLE_RATE
 
     @property
     def encoded_seconds(self) -> float:
         """Seconds of audio EnCodec reads (what a batch's padding cap counts)."""
-        return len(self.wav24) / 24000.0
+        return len(self.wav24) / float(self.codec_rate)
 
 
 def decode_input(source: Any) -> tuple[np.ndarray, int]:
@@ -83,12 +85,12 @@ def encodec_prefix(mono: np.ndarray, sr: int, encodec, frames: int) -> torch.Ten
     Args:
         mono: the clip (N,) at ``sr``.
         sr: its sample rate.
-        encodec: the :class:`data.encodec_encoder.EncodecEncoder`.
+        encodec: the codec (a :class:`data.extraction.contract.Codec`).
         frames: frames the model will read.
     """
     samples24 = encodec.prefix_samples(frames)
     source = -(-samples24 * sr // encodec.sample_rate) + math.ceil(RESAMPLER_MARGIN_SECONDS * sr)
-    return resample_for_encodec(mono[:source], sr)[:samples24]
+    return resample_for_encodec(mono[:source], sr, encodec.sample_rate)[:samples24]
 
 
 def split_input(index: int, mono: np.ndarray, sr: int, encodec, max_frames: int, long_audio: str) -> List[Piece]:
@@ -106,14 +108,16 @@ def split_input(index: int, mono: np.ndarray, sr: int, encodec, max_frames: int,
     # Frames after resampling to 24 kHz (integer arithmetic, no float drift).
     frames = encodec.num_frames(-(-len(mono) * encodec.sample_rate // sr))
     if frames <= max_frames:
-        return [Piece(index, 0.0, duration, resample_for_encodec(mono, sr), resample_for_clap(mono, sr))]
+        return [Piece(index, 0.0, duration, resample_for_encodec(mono, sr, encodec.sample_rate),
+                      resample_for_clap(mono, sr), encodec.sample_rate)]
     window = max_frames / float(encodec.frame_rate)
     if long_audio == "truncate":
-        return [Piece(index, 0.0, window, encodec_prefix(mono, sr, encodec, max_frames), resample_for_clap(mono, sr))]
+        return [Piece(index, 0.0, window, encodec_prefix(mono, sr, encodec, max_frames), resample_for_clap(mono, sr),
+                      encodec.sample_rate)]
     hop = int(round(window * sr))
     pieces = []
     for start in range(0, len(mono), hop):
         part = mono[start:start + hop]
-        pieces.append(Piece(index, start / sr, (start + len(part)) / sr, resample_for_encodec(part, sr),
-                            resample_for_clap(part, sr)))
+        pieces.append(Piece(index, start / sr, (start + len(part)) / sr, resample_for_encodec(part, sr, encodec.sample_rate),
+                            resample_for_clap(part, sr), encodec.sample_rate))
     return pieces

@@ -1,8 +1,8 @@
 """The EnCLAP captioning pipeline: audio in, captions out.
 
 ``EnClap`` hides everything between an audio file and its caption: decoding (the shared front
-end in :mod:`data.audio`), the EnCodec and CLAP encoders (:class:`data.encoders.FeatureExtractor`,
-the same object preprocessing uses), batching (:class:`data.collator.EnClapCollator`, the same
+end in :mod:`data.extraction.audio`), the EnCodec and CLAP encoders (:class:`data.extraction.encoders.FeatureExtractor`,
+the same object preprocessing uses), batching (:class:`data.training.collator.EnClapCollator`, the same
 collator training uses), the model's beam search with the design §7 defaults
 (:class:`modeling.generation.GenerationOptions`) and decoding of the token ids. ``evaluate.py``,
 ``inference.py`` and ``gradio_app.py`` are thin wrappers around it.
@@ -24,19 +24,18 @@ import torch
 
 from common.device import cpu_workers_per_process, resolve_device
 from common.errors import UserError
-from data.audio import AudioError
-from data.collator import EnClapCollator
-from data.dataset import CaptionDataset
-from data.clap_encoder import ClapEncoder
-from data.encodec_encoder import EncodecEncoder
-from data.batching import DEFAULT_MAX_BATCH_SECONDS, plan_batches
-from data.encoders import (FeatureExtractor, build_clap, build_encodec, check_codebooks,
+from data.extraction.audio import AudioError
+from data.training.collator import EnClapCollator
+from data.training.dataset import CaptionDataset
+from data.extraction.contract import Codec, Embedder
+from data.extraction.batching import DEFAULT_MAX_BATCH_SECONDS, plan_batches
+from data.extraction.encoders import (FeatureExtractor, build_clap, build_encodec, check_codebooks,
                            resolve_clap_checkpoint)
-from data.masking import crop_codes
+from data.training.masking import crop_codes
 from captioning.pieces import MIN_SECONDS, Piece, decode_input, split_input
 from captioning.rerank import RerankOptions, pick_best, score_candidates
 from modeling.generation import GenerationOptions, decode_captions, generate_ids
-from modeling.loading import load_pretrained
+from modeling.pretrained import load_pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -158,8 +157,10 @@ class EnClap:
             or ``"window"`` (caption consecutive windows of ``max_frames`` frames).
         seed: seed of the CLAP encoder's random chunk choice for clips over 10 s and, when
             random, of its weights.
-        encodec: an already-built :class:`data.encoders.EncodecEncoder` to reuse (optional).
-        clap: an already-built :class:`data.encoders.ClapEncoder` to reuse (optional).
+        encodec: an already-built codec (a :class:`data.extraction.contract.Codec`) to reuse
+            (optional); otherwise the one the checkpoint's config names (``codec``, from the
+            recipe's ``data.codec``), EnCodec when it names none.
+        clap: an already-built embedder (a :class:`data.extraction.contract.Embedder`) to reuse (optional).
         max_batch_seconds: cap on an encoder batch's padded audio (clips x longest, seconds),
             the one preprocessing uses: bounds GPU memory for long or mixed-length inputs.
         decode_workers: threads that decode and resample inputs while the model works
@@ -177,8 +178,8 @@ class EnClap:
         batch_size: int = 8,
         long_audio: str = "truncate",
         seed: int = 0,
-        encodec: EncodecEncoder | None = None,
-        clap: ClapEncoder | None = None,
+        encodec: Codec | None = None,
+        clap: Embedder | None = None,
         max_batch_seconds: float = DEFAULT_MAX_BATCH_SECONDS,
         decode_workers: int | None = None,
     ):
@@ -227,18 +228,19 @@ class EnClap:
         return self._random_encoders
 
     @property
-    def encodec(self) -> EncodecEncoder:
+    def encodec(self) -> Codec:
         """The EnCodec encoder (built on first use)."""
         if self._encodec is None:
             self._warn_random()
             # Random weights come from the seed, so that two pipelines (e.g. the one that
             # preprocessed a test split and the one evaluating it) get the same encoder.
-            self._encodec = build_encodec(self.device, self._random_encoders, self._seed)
+            self._encodec = build_encodec(self.device, self._random_encoders, self._seed,
+                                          codec=getattr(self.model.config, "codec", None))
             check_codebooks(self._encodec, self.model.config.num_rvq, "the checkpoint")
         return self._encodec
 
     @property
-    def clap(self) -> ClapEncoder:
+    def clap(self) -> Embedder:
         """The LAION-CLAP encoder (built on first use)."""
         if self._clap is None:
             self._warn_random()
@@ -276,7 +278,7 @@ class EnClap:
         Args:
             audio_or_paths: a path, an ``(array, sample_rate)`` pair, or a list of those.
                 Arrays are (samples,) or (channels, samples), numpy or torch, float or int, any
-                rate (see :func:`data.audio.load_audio`).
+                rate (see :func:`data.extraction.audio.load_audio`).
             batch_size: clips per generate call (default: the pipeline's).
             options: generation options (default: design §7 beam search).
             rerank: CLAP re-ranking options (default: off).
@@ -306,7 +308,7 @@ class EnClap:
         this one is encoded and captioned). EnCodec
         encodes only what the model reads (:mod:`captioning.pieces`), in batches of similar
         length whose padded audio stays under ``max_batch_seconds`` (the cap preprocessing uses,
-        :func:`data.batching.plan_batches`), and the results come back in input order.
+        :func:`data.extraction.batching.plan_batches`), and the results come back in input order.
 
         Args:
             audio_or_paths: as for :meth:`caption`.
@@ -406,7 +408,7 @@ class EnClap:
 
         Args:
             items: dicts with ``codes`` (T, 16) int64 (at most ``max_frames`` frames) and
-                ``clap_embedding`` (512,) float32, e.g. from :class:`data.dataset.CaptionDataset`.
+                ``clap_embedding`` (512,) float32, e.g. from :class:`data.training.dataset.CaptionDataset`.
             batch_size: clips per generate call.
             options: generation options.
             rerank: CLAP re-ranking options.

@@ -1,13 +1,16 @@
 """Where this process runs: the one device resolver (preprocessing, the captioning pipeline, the
-benchmarks) and its rank under a launcher."""
+benchmarks), its rank under a launcher, and the GPU of each share of a sharded job."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
 
 from common.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 
 class DeviceError(UserError):
@@ -68,3 +71,19 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         raise DeviceError(f"{source} asks for GPU {index}, but only {count} GPU(s) are visible "
                           "(check CUDA_VISIBLE_DEVICES and the number of processes per machine)")
     return torch.device("cuda", index)
+
+
+def pick_device(device: str, shard_index: int, shard_count: int, sharded_by_flag: bool):
+    """The device of this share: ``common.device.resolve_device``, plus one GPU per ``--shard`` run.
+
+    Under a launcher, ``auto`` and a bare ``cuda`` become ``cuda:LOCAL_RANK``. Separate
+    ``--shard i/N`` runs have no ``LOCAL_RANK``; they take GPU ``i % (visible GPUs)`` so that N
+    runs on one machine do not all land on GPU 0 (``cuda:K`` or ``CUDA_VISIBLE_DEVICES`` choose
+    otherwise).
+    """
+    text = str(device or "auto")
+    bare = text == "cuda" or (text == "auto" and torch.cuda.is_available())
+    if bare and sharded_by_flag and shard_count > 1 and "LOCAL_RANK" not in os.environ and torch.cuda.is_available():
+        text = f"cuda:{shard_index % torch.cuda.device_count()}"
+        logger.info("--shard %d/%d runs on %s", shard_index, shard_count, text)
+    return resolve_device(text)

@@ -13,6 +13,10 @@ class UserError(Exception):
     that names the thing and the fix."""
 
 
+class UsageError(UserError):
+    """A problem with a command line or the trees it names that the user must fix; one line."""
+
+
 def one_line(error: BaseException) -> str:
     """The first line of an error's message (its class name when the message is empty)."""
     return (str(error).strip().splitlines() or [type(error).__name__])[0]

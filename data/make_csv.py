@@ -1,7 +1,7 @@
 """Write the train/valid/test CSVs of design §5: from your own ``file,caption`` table, or from the
 official AudioCaps / Clotho metadata.
 
-Output format (what `data/dataset.py` reads):
+Output format (what `data/training/dataset.py` reads):
 
 * ``train.csv``: ``file_path,caption``, one row per audio-caption pair;
 * ``valid.csv`` / ``test.csv``: ``file_path,caption_1,...,caption_5``, one row per clip.
@@ -25,7 +25,7 @@ Usage::
     python data/make_csv.py check csv/clotho/*.csv --encodec_path F/encodec --clap_path F/clap
 
 ``own`` splits the clips (not the rows) by ``--split 0.8,0.1,0.1`` with ``--seed``, or by a
-column (``--split_column split``, values train/valid/test); see :mod:`data.own_split`. Add
+column (``--split_column split``, values train/valid/test); see :mod:`data.corpora.own_split`. Add
 ``--encodec_path/--clap_path`` with ``--check`` (report missing feature files, exit 1) or
 ``--drop_missing`` (leave out clips whose features are missing, e.g. AudioCaps videos that
 could not be downloaded) to the first three forms.
@@ -44,7 +44,7 @@ if __package__ in (None, ""):  # run as a file: import from the repository root,
 
 from common.errors import UserError  # noqa: E402
 from common.io import write_csv  # noqa: E402
-from data.own_split import (own_tables, parse_ratios, read_caption_table, split_by_ratio,  # noqa: E402
+from data.corpora.own_split import (own_tables, parse_ratios, read_caption_table, split_by_ratio,  # noqa: E402
                             uncaptioned_audio)
 
 NUM_REFERENCES = 5  # design §5: caption_1 ... caption_5 in valid/test
@@ -242,8 +242,8 @@ def missing_features(file_paths: Sequence[str], roots: Sequence[Path]) -> List[s
 
 
 def _feature_sources(roots: Sequence[Path]) -> list:
-    """One reader per feature root: a per-file tree or a packed store (``data.store``)."""
-    from data.store import StoreError, open_source
+    """One reader per feature root: a per-file tree or a packed store (``data.extraction.store``)."""
+    from data.extraction.store import StoreError, open_source
 
     try:
         return [open_source(root, None) for root in roots]

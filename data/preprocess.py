@@ -9,9 +9,9 @@ codes (T, 16) int64 and ``OUT/clap/<rel>.npy`` with the CLAP embedding (512,) fl
 
 How it works (one place per concern):
 
-* decoding and resampling (``data.encoders.decode`` + ``prepare_branches``) run in
+* decoding and resampling (``data.extraction.encoders.decode`` + ``prepare_branches``) run in
   DataLoader worker processes while the main process encodes the previous batch;
-* features come from ``data.encoders.FeatureExtractor`` -- the same front end that
+* features come from ``data.extraction.encoders.FeatureExtractor`` -- the same front end that
   evaluation, inference and the demo use -- in batches of clips of similar length;
 * outputs are written to ``NAME.npy.partial`` then renamed, so a killed run never leaves a
   truncated ``.npy``; a rerun skips every clip whose outputs all exist (resume);
@@ -19,7 +19,7 @@ How it works (one place per concern):
   ``path<TAB>reason``; all other clips are still processed and the exit status is 1;
 * ``--shard i/N`` (or ``accelerate launch``/``torchrun``: RANK and WORLD_SIZE) gives each
   process a disjoint share of the sorted file list, and its own GPU (:func:`pick_device`);
-* ``--pack STORE`` writes a packed store instead of the two trees (:mod:`data.store`): each
+* ``--pack STORE`` writes a packed store instead of the two trees (:mod:`data.extraction.store`): each
   share appends its clips to its own shards, each committed whole (a killed run redoes at most
   the shard in flight), and the share that finishes last writes the store's index.
 
@@ -45,15 +45,17 @@ import numpy as np
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data.audio import AUDIO_EXTENSIONS, ENCODEC_FRAME_RATE, ENCODEC_SAMPLE_RATE, find_audio_files
-from data.batching import (DEFAULT_MAX_BATCH_SECONDS, DecodeDataset, UsageError, collate_list, parse_shard,
-                           pick_device, plan_batches, probe_duration, select_shard, worker_init)
-from data.encoders import CLAP_CHECKPOINT_URL
-from data.masking import MAX_FRAMES
-from common.device import cpu_workers_per_process
-from common.errors import UserError, one_line
+from data.extraction.audio import AUDIO_EXTENSIONS, ENCODEC_FRAME_RATE, find_audio_files
+from data.extraction.batching import (DEFAULT_MAX_BATCH_SECONDS, DecodeDataset, collate_list, plan_batches,
+                                    probe_duration, worker_init)
+from data.extraction.clap_encoder import CLAP_CHECKPOINT_URL
+from data.extraction.encoders import DEFAULT_CODEC, build_feature_extractor, codec_class
+from common.constants import MAX_FRAMES
+from common.device import cpu_workers_per_process, pick_device
+from common.distributed import parse_shard, select_shard
+from common.errors import UsageError, UserError, one_line
 from common.io import atomic_open, atomic_write_text
-from data import store
+from data.extraction import store
 
 logger = logging.getLogger("preprocess")
 
@@ -91,7 +93,7 @@ def normalize_extensions(extensions: Sequence[str]) -> Tuple[str, ...]:
 
 
 def discover(data_path: Path, extensions: Sequence[str]) -> List[str]:
-    """Audio files under ``data_path`` (see :func:`data.audio.find_audio_files`), or the one file given."""
+    """Audio files under ``data_path`` (see :func:`data.extraction.audio.find_audio_files`), or the one file given."""
     if data_path.is_file():
         return [data_path.name]
     if not data_path.is_dir():
@@ -171,6 +173,7 @@ class Summary:
     failures_file: Optional[Path] = None
     indexed: Optional[int] = None  # --pack: clips in the index this run wrote (None: no index written)
     max_frames: int = MAX_FRAMES  # --max_frames: the frame limit of the recipe to train with
+    frame_rate: float = ENCODEC_FRAME_RATE  # the codec's (--codec), for the limit in seconds
     long_names: List[str] = dataclasses.field(default_factory=list)  # the long clips, first few named
     short_names: List[str] = dataclasses.field(default_factory=list)  # clips shorter than one EnCodec frame
 
@@ -180,16 +183,16 @@ class Summary:
         if self.failed:
             text += f" (listed in {self.failures_file})"
         text += (f"; {self.long_clips} clip(s) exceed {self.max_frames} EnCodec frames "
-                 f"({self.max_frames / ENCODEC_FRAME_RATE:.1f} s): stored whole, cropped at load time")
+                 f"({self.max_frames / self.frame_rate:.1f} s): stored whole, cropped at load time")
         if self.indexed is not None:
             text += f"; packed store indexed: {self.indexed} clip(s)"
         return text
 
     def warnings(self, shown: int = 5) -> List[str]:
         """The clips the user should hear about: over the frame limit, or shorter than one frame."""
-        what = (f"are longer than {self.max_frames} frames ({self.max_frames / ENCODEC_FRAME_RATE:.1f} s, "
+        what = (f"are longer than {self.max_frames} frames ({self.max_frames / self.frame_rate:.1f} s, "
                 "--max_frames): the model reads only that much of each", "hold less sound than one EnCodec frame "
-                f"({1000 / ENCODEC_FRAME_RATE:.1f} ms) and became a single frame")
+                f"({1000 / self.frame_rate:.1f} ms) and became a single frame")
         return [f"{len(names)} clip(s) {text}: {', '.join(names[:shown])}{', ...' if len(names) > shown else ''}"
                 for names, text in zip((self.long_names, self.short_names), what) if names]
 
@@ -213,12 +216,10 @@ def check_weights_args(args: argparse.Namespace) -> Optional[str]:
 
 def build_extractor(args: argparse.Namespace, device):
     """Builds the shared FeatureExtractor (one builder, seeded), turning weight problems into UsageErrors."""
-    from data.encoders import build_feature_extractor
-
     ckpt = check_weights_args(args)
     try:
         return build_feature_extractor(device, random_weights=args.random_weights, seed=args.seed, clap_ckpt=ckpt,
-                                       encodec=not args.skip_encodec, clap=not args.skip_clap)
+                                       encodec=not args.skip_encodec, clap=not args.skip_clap, codec=args.codec)
     except OSError as err:  # weights unreadable: one line, no traceback
         raise UsageError(_one_line(err)) from None
 
@@ -291,7 +292,7 @@ class _TreeSink:
 
 
 class _PackedSink:
-    """The packed layout (:mod:`data.store`): this share's own shards; the last share to finish indexes them."""
+    """The packed layout (:mod:`data.extraction.store`): this share's own shards; the last share to finish indexes them."""
 
     def __init__(self, root: Path, kinds: Sequence[str], files: Sequence[str], index: int, count: int,
                  shard_clips: int):
@@ -368,7 +369,8 @@ def run(args: argparse.Namespace, extractor=None) -> Summary:
     kinds = [kind for kind, skip in (("codes", args.skip_encodec), ("clap", args.skip_clap)) if not skip]
     sink = _PackedSink(pack, kinds, files, shard_index, shard_count, args.pack_shard_clips) if pack is not None \
         else _TreeSink(roots, files)
-    summary = Summary(failures_file=failures_file, max_frames=args.max_frames)
+    codec = extractor.encodec if extractor is not None and extractor.encodec is not None else codec_class(args.codec)
+    summary = Summary(failures_file=failures_file, max_frames=args.max_frames, frame_rate=codec.frame_rate)
     pending = []
     for rel in files:
         frames = sink.done_frames(rel)
@@ -397,7 +399,7 @@ def run(args: argparse.Namespace, extractor=None) -> Summary:
         durations = [probe_duration(p) for p in tqdm(paths, desc="reading headers", unit="file",
                                                      disable=len(paths) < 1000 or args.quiet)]
         batches = plan_batches(durations, batch_size, args.max_batch_seconds)
-        loader = DataLoader(DecodeDataset(paths), batch_sampler=batches, num_workers=num_workers,
+        loader = DataLoader(DecodeDataset(paths, extractor.codec_rate), batch_sampler=batches, num_workers=num_workers,
                             collate_fn=collate_list, worker_init_fn=worker_init if num_workers else None,
                             prefetch_factor=2 if num_workers else None)
         progress = tqdm(total=len(pending), desc=f"preprocess{shard_tag}", unit="clip", dynamic_ncols=True,
@@ -421,10 +423,10 @@ def run(args: argparse.Namespace, extractor=None) -> Summary:
                     summary.long_clips += 1
                     summary.long_names.append(pending[index])
                 # One EnCodec frame is a hop of 320 samples at 24 kHz; less sound still gives a frame.
-                if len(wav24) < ENCODEC_SAMPLE_RATE // ENCODEC_FRAME_RATE:
+                if len(wav24) < extractor.codec_rate / summary.frame_rate:
                     summary.short_names.append(pending[index])
                 summary.done += 1
-                summary.audio_seconds += len(wav24) / ENCODEC_SAMPLE_RATE
+                summary.audio_seconds += len(wav24) / extractor.codec_rate
             progress.update(len(batch))
             progress.set_postfix(failed=len(failures), refresh=False)
         progress.close()
@@ -469,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use random-weight encoders (no downloads, meaningless features): tests and demos only")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the random-weight encoders and of CLAP's chunk choice for clips over 10 s")
+    p.add_argument("--codec", default=DEFAULT_CODEC,
+                   help="the codec: encodec, or package.module:Class of another (design §10); train with the "
+                        "same name in the recipe's data.codec")
     p.add_argument("--skip_encodec", action="store_true", help="do not compute EnCodec codes")
     p.add_argument("--skip_clap", action="store_true", help="do not compute CLAP embeddings")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

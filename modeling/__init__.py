@@ -2,7 +2,8 @@
 
 from .configuration_enclap import EnClapBartConfig
 from .generation import GenerationOptions
-from .loading import CheckpointError, Pretrained, load_pretrained, load_tokenizer
+from .loading import CheckpointError
+from .pretrained import Pretrained, load_pretrained, load_tokenizer
 from .modeling_enclap import EnClapBartForConditionalGeneration
 
 __all__ = ["CheckpointError", "EnClapBartConfig", "EnClapBartForConditionalGeneration", "GenerationOptions",

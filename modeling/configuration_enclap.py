@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from transformers import BartConfig
 
+from common.constants import LABEL_SMOOTHING, MCM_LOSS_SCALE, frame_limit
+
 
 class EnClapBartConfig(BartConfig):
     """Configuration for :class:`~modeling.EnClapBartForConditionalGeneration`.
@@ -31,8 +33,8 @@ class EnClapBartConfig(BartConfig):
         num_rvq: int = 16,
         encodec_vocab_size: int = 1024,
         encodec_pad_token_id: int = 1024,
-        mcm_loss_scale: float = 0.7,
-        label_smoothing: float = 0.2,
+        mcm_loss_scale: float = MCM_LOSS_SCALE,
+        label_smoothing: float = LABEL_SMOOTHING,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -65,4 +67,4 @@ class EnClapBartConfig(BartConfig):
     @property
     def max_frames(self) -> int:
         """Most EnCodec frames one clip can hold: positions minus the CLAP slot, ``<s>`` and ``</s>``."""
-        return self.max_position_embeddings - 3
+        return frame_limit(self.max_position_embeddings)

@@ -11,7 +11,8 @@ import sys
 from typing import Optional, Sequence
 
 from common.errors import UserError, one_line
-from scoring.java import preflight, setup
+from scoring.install import setup
+from scoring.java import MetricsUnavailable, preflight
 from scoring.names import DEFAULT_METRICS, DISPLAY_NAMES, METRIC_NAMES
 
 

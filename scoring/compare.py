@@ -51,7 +51,7 @@ def compare(a_csv: str, b_csv: str, test_csv: str, metrics: Union[str, Iterable[
     Raises:
         UserError: the files' clips differ, a clip is not in the split, or a metric cannot run.
     """
-    from data.dataset import read_split
+    from data.training.dataset import read_split
     from scoring.bootstrap import paired_differences
     from scoring.java import preflight, usable_metrics
     from scoring.metrics import score_clips

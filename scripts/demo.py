@@ -4,7 +4,7 @@
 
 Every step is one of the project's own entry points, run as a user would run it:
 
-1. ``python -m data.synth``      a seeded corpus of synthesized sound events with 5 captions each
+1. ``python -m data.corpora.synth``      a seeded corpus of synthesized sound events with 5 captions each
 2. ``python data/preprocess.py`` EnCodec codes + CLAP embeddings (seeded random weights unless a
                                  CLAP checkpoint is given; then pretrained EnCodec + that CLAP)
 3. ``sh train.sh cfg/tiny.yaml`` the tiny from-scratch recipe, with the corpus paths as overrides
@@ -246,7 +246,7 @@ def run_demo(args: argparse.Namespace) -> int:
           f"{', '.join(metrics)}" + (f" (not available here: {', '.join(skipped)})" if skipped else ""), flush=True)
 
     steps.header("generate the captioned sound corpus")
-    steps.run("corpus", [py, "-m", "data.synth", "--out", corpus, "--num_clips", args.num_clips,
+    steps.run("corpus", [py, "-m", "data.corpora.synth", "--out", corpus, "--num_clips", args.num_clips,
                          "--seed", args.seed])
 
     steps.header("extract EnCodec codes and CLAP embeddings")

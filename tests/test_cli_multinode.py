@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from data import store_cli
+from data.extraction import store_cli
 from tests.helpers import free_port
 from tests.test_cli_train import REPO, TINY, _env, read_predictions, write_split
 
@@ -71,7 +71,7 @@ def test_two_machines_equal_two_processes_on_one(tmp_path):
 SHARED_CHECK = textwrap.dedent("""
     import sys
     from common.errors import one_line
-    from training.distributed import DistributedError, check_shared_folder, end_group, init_gloo_group
+    from common.distributed import DistributedError, check_shared_folder, end_group, init_gloo_group
     started = init_gloo_group(timeout_minutes=1)
     try:
         for folder, resume in zip(sys.argv[1::2], sys.argv[2::2]):

@@ -138,8 +138,8 @@ def _evaluate_single_process(model_dir: Path, val_csv: Path, enc: Path, clap: Pa
     """A plain one-process evaluation: one clip at a time, no Accelerate, scored once."""
     from transformers import BartTokenizerFast
 
-    from data.collator import EnClapCollator
-    from data.dataset import CaptionDataset
+    from data.training.collator import EnClapCollator
+    from data.training.dataset import CaptionDataset
     from modeling import EnClapBartForConditionalGeneration
     from scoring import compute_scores
 

@@ -11,6 +11,7 @@ from typing import Any, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from common.constants import DEFAULT_SEED, LABEL_SMOOTHING, MASK_PROB, MASK_SPAN, MCM_LOSS_SCALE
 from common.errors import UserError
 
 # --------------------------------------------------------------------------------------------
@@ -56,8 +57,8 @@ class ModelConfig:
     init: str = "bart"
     name_or_path: str = "facebook/bart-base"
     tokenizer: Optional[str] = None
-    mcm_loss_scale: float = 0.7
-    label_smoothing: float = 0.2
+    mcm_loss_scale: float = MCM_LOSS_SCALE
+    label_smoothing: float = LABEL_SMOOTHING
     dropout: Optional[float] = None
     efficient_training: bool = True
     vocab_size: int = 1000
@@ -90,6 +91,9 @@ class DataConfig:
         group_by_length: batch examples of similar length together (less padding).
         feature_layout: ``auto`` (a feature root with ``index.json`` or ``shards/`` is a packed
             store, see docs/data.md), ``files`` (one ``.npy`` per clip) or ``packed``.
+        codec: the codec the features were made with (preprocessing's ``--codec``): None for
+            EnCodec, or ``package.module:Class`` of another (design §10); a scratch model takes
+            its codebooks from it, and the checkpoint records it for captioning.
     """
 
     train_csv: str = "csv/audiocaps/train.csv"
@@ -98,13 +102,14 @@ class DataConfig:
     clap_base_path: str = "data/audiocaps/clap"
     max_frames: Optional[int] = None
     max_target_length: int = 64
-    encodec_masking_prob: float = 0.15
-    encodec_masking_span: int = 10
+    encodec_masking_prob: float = MASK_PROB
+    encodec_masking_span: int = MASK_SPAN
     static_masks: bool = False
     num_workers: Optional[int] = None
     pin_memory: bool = True
     group_by_length: bool = False
     feature_layout: str = "auto"
+    codec: Optional[str] = None
 
 
 @dataclass
@@ -204,7 +209,7 @@ class TrainConfig:
     """
 
     output_dir: str = "runs/enclap"
-    seed: int = 1115
+    seed: int = DEFAULT_SEED
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

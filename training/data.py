@@ -9,8 +9,8 @@ from typing import Any
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Subset
 
-from data.collator import EnClapCollator
-from data.dataset import CaptionDataset
+from data.training.collator import EnClapCollator
+from data.training.dataset import CaptionDataset
 from training.config import ConfigError
 from training.sampler import GlobalBatchSampler
 

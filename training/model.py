@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 import torch
 from omegaconf import DictConfig
 
+from data.extraction.encoders import codec_class
 from modeling import EnClapBartConfig, EnClapBartForConditionalGeneration, load_pretrained, load_tokenizer
 from training.tokenizer import train_tokenizer
 
@@ -81,6 +82,10 @@ def build_model_and_tokenizer(cfg: DictConfig, accelerator, train_captions: Sequ
         if resume_dir is None:
             logger.info("fine-tuning from %s (%s)", os.path.abspath(str(loaded.folder)), starting_step(loaded.folder))
         return loaded.model, loaded.tokenizer
+    if cfg.data.codec is not None:  # another codec: its codebooks, and its name for captioning
+        codec = codec_class(cfg.data.codec)
+        fields.update(num_rvq=codec.num_codebooks, encodec_vocab_size=codec.codebook_size,
+                      encodec_pad_token_id=codec.codebook_size, codec=cfg.data.codec)
     if m.init == "bart":
         tokenizer = load_tokenizer(m.tokenizer or m.name_or_path)
         return EnClapBartForConditionalGeneration.from_bart(m.name_or_path, **fields), tokenizer

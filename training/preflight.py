@@ -18,10 +18,11 @@ from typing import Optional
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from data.audio import ENCODEC_FRAME_RATE
-from data.dataset import CaptionDataset
-from data.masking import MAX_FRAMES
-from data.store import StoreError
+from data.extraction.audio import ENCODEC_FRAME_RATE
+from data.extraction.encoders import codec_class
+from data.training.dataset import CaptionDataset
+from common.constants import MAX_FRAMES, frame_limit
+from data.extraction.store import StoreError
 from scoring import normalize_metrics, usable_metrics
 from scoring.java import MetricsUnavailable
 from common.device import launcher_rank
@@ -87,7 +88,8 @@ def frame_counts(dataset: CaptionDataset) -> dict[str, int]:
     return counts
 
 
-def limit_warnings(frames: dict[str, dict[str, int]], max_frames: int, source: str, shown: int = 5) -> list[str]:
+def limit_warnings(frames: dict[str, dict[str, int]], max_frames: int, source: str, shown: int = 5,
+                   frame_rate: float = ENCODEC_FRAME_RATE) -> list[str]:
     """Messages about clips over the frame limit and clips of a single frame, once per run.
 
     Args:
@@ -95,6 +97,7 @@ def limit_warnings(frames: dict[str, dict[str, int]], max_frames: int, source: s
         max_frames: the run's limit in frames.
         source: where the limit comes from, for the message (a recipe key).
         shown: clips named per message.
+        frame_rate: the codec's frames per second (``Codec.frame_rate``).
 
     Returns:
         One line per kind of problem found (possibly none).
@@ -102,7 +105,7 @@ def limit_warnings(frames: dict[str, dict[str, int]], max_frames: int, source: s
     def named(paths: list[str]) -> str:
         return ", ".join(paths[:shown]) + (f", ... ({len(paths) - shown} more)" if len(paths) > shown else "")
 
-    seconds = max_frames / ENCODEC_FRAME_RATE
+    seconds = max_frames / frame_rate
     messages = []
     longer = {split: [p for p, t in counts.items() if t > max_frames] for split, counts in frames.items()}
     if any(longer.values()):
@@ -113,7 +116,7 @@ def limit_warnings(frames: dict[str, dict[str, int]], max_frames: int, source: s
                         f"{seconds:.1f} s: {named(list(dict.fromkeys(everyone)))}")
     single = list(dict.fromkeys(p for counts in frames.values() for p, t in counts.items() if t <= 1))
     if single:
-        messages.append(f"{len(single)} clip(s) have a single EnCodec frame ({1000 / ENCODEC_FRAME_RATE:.0f} ms or "
+        messages.append(f"{len(single)} clip(s) have a single EnCodec frame ({1000 / frame_rate:.0f} ms or "
                         f"less of sound), too short to describe: {named(single)}")
     return messages
 
@@ -215,11 +218,11 @@ def check_recipe(cfg: DictConfig, check_model: bool = True) -> RecipePlan:
     warnings: list[str] = []
     limit: Optional[int] = cfg.data.max_frames
     positions = model_positions(cfg) if check_model and (limit is not None or cfg.model.init == "scratch") else None
-    if positions is not None and limit is not None and limit > positions - 3:
+    if positions is not None and limit is not None and limit > frame_limit(positions):
         raise ConfigError(f"data.max_frames={limit} exceeds what the model's {positions} positions "
-                          f"allow ({positions - 3}); lower data.max_frames")
+                          f"allow ({frame_limit(positions)}); lower data.max_frames")
     if limit is None and positions is not None:
-        limit, source = positions - 3, "model.max_position_embeddings - 3"
+        limit, source = frame_limit(positions), "model.max_position_embeddings - 3"
     elif limit is None:
         limit, source = MAX_FRAMES, "BART's 1024 positions - 3"  # bart-base/large and the released models
     else:
@@ -227,7 +230,7 @@ def check_recipe(cfg: DictConfig, check_model: bool = True) -> RecipePlan:
     frames: dict[str, dict[str, int]] = {}
     if check_model:  # a resumed run has said it already
         frames = {"training": frame_counts(train_probe), "validation": frame_counts(val_probe)}
-        warnings += limit_warnings(frames, limit, source)
+        warnings += limit_warnings(frames, limit, source, frame_rate=codec_class(cfg.data.codec).frame_rate)
 
     try:
         metrics, skipped_warning = usable_metrics(wanted)

@@ -20,7 +20,7 @@ from captioning.collection import caption_collection, parts_folder
 from captioning.pipeline import EnClap
 from captioning.records import format_records, part_files
 from captioning.rerank import RerankOptions
-from data.audio import expand_audio_inputs
+from data.extraction.audio import expand_audio_inputs
 from modeling.generation import GenerationOptions
 from tests.helpers import free_port, sigkill_when, user_env
 

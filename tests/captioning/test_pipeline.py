@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from data.audio import AudioError
+from data.extraction.audio import AudioError
 from modeling.generation import GenerationOptions
 from captioning.pipeline import EnClap
 from captioning.rerank import RerankOptions
@@ -231,7 +231,7 @@ def test_seed_reaches_both_random_encoders(tiny_ckpt):
 def test_truncation_encodes_only_the_start_and_gets_the_whole_clips_codes(tiny_ckpt, pipeline):
     """At the released models' 1021 frames: a 20 s clip at 44.1 kHz, encoded whole vs its prefix."""
     from captioning.pieces import encodec_prefix
-    from data.encoders import prepare_branches
+    from data.extraction.encoders import prepare_branches
 
     wav = make_clip(21, 20.0, 44100)
     whole = pipeline.encodec.encode([prepare_branches(wav, 44100)[0]])[0]  # (1500, 16)

@@ -121,7 +121,7 @@ def test_check_and_drop_missing(tmp_path, capsys):
 
 
 def test_drop_missing_reads_a_packed_store(tmp_path, capsys):
-    from data.store_cli import pack_trees
+    from data.extraction.store_cli import pack_trees
 
     meta = _clotho_metadata(tmp_path / "meta")
     enc, clap = tmp_path / "enc", tmp_path / "clap"
@@ -215,7 +215,7 @@ def test_own_split_by_ratio_is_seeded_and_keeps_clips_whole(tmp_path, capsys):
 
 
 def test_own_split_by_column_and_read_back_with_one_reference(tmp_path):
-    from data.dataset import read_split
+    from data.training.dataset import read_split
 
     audio = _own_audio(tmp_path / "audio", ["a.wav", "b.wav", "c.wav", "d.ogg"])
     _write(tmp_path / "caps.csv", ["name", "text", "set"], [

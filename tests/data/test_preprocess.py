@@ -46,7 +46,7 @@ def _run(extractor, *args) -> preprocess.Summary:
 @pytest.fixture(scope="module")
 def extractor():
     """The seeded random-weight encoders that ``--random_weights`` (seed 0) builds, built once."""
-    from data.encoders import build_feature_extractor
+    from data.extraction.encoders import build_feature_extractor
 
     return build_feature_extractor("cpu", random_weights=True, seed=0)
 
@@ -334,7 +334,7 @@ def test_seed_reaches_both_random_encoders(tmp_path):
 def test_two_processes_write_the_features_of_one_in_both_layouts(small_tree, one_process, tmp_path):
     """accelerate launch: two processes, each writing its share of the per-file trees (by RANK) and of a
     packed store (by --shard RANK/2), give the features of one process in both layouts."""
-    from data.store import PackedStore
+    from data.extraction.store import PackedStore
     from tests.helpers import free_port
 
     one, two = one_process, tmp_path / "two"
@@ -367,7 +367,7 @@ def test_each_process_and_shard_gets_its_own_gpu(monkeypatch, tmp_path, capsys):
     import torch
 
     from common.device import DeviceError
-    from data.batching import pick_device
+    from common.device import pick_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

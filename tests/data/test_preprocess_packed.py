@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 
-from data.store import PackedStore
+from data.extraction.store import PackedStore
 from tests.data.test_preprocess import _run, _write_clip, extractor  # noqa: F401 (extractor: a fixture)
 
 BASE = ["--random_weights", "--quiet", "--num_workers", 0]

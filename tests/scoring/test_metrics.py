@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import scoring.install as I
 import scoring.java as J
 import scoring.metrics as S
 import scoring.names as N
@@ -34,13 +35,13 @@ REF_CIDER_D, REF_ROUGE_L, REF_METEOR = 2.250412, 0.607900, 0.328429
 def cache(tmp_path_factory):
     """A freshly prepared aac-metrics cache (no download attempted)."""
     cache_dir = tmp_path_factory.mktemp("aac_cache")
-    J.setup(cache_dir, download=False, log=lambda _msg: None)
+    I.setup(cache_dir, download=False, log=lambda _msg: None)
     return cache_dir
 
 
 def _fresh_cache(tmp_path: Path) -> Path:
     cache_dir = tmp_path / "cache"
-    J.setup(cache_dir, download=False, log=lambda _msg: None)
+    I.setup(cache_dir, download=False, log=lambda _msg: None)
     return cache_dir
 
 
@@ -228,11 +229,11 @@ def test_setup_is_idempotent_and_repairs(tmp_path, monkeypatch):
     monkeypatch.setenv("FENSE_DATA", str(tmp_path / "no_fense"))  # FENSE's checker absent, as here
     messages = []
     cache_dir = tmp_path / "cache"
-    first = J.setup(cache_dir, download=False, log=messages.append)
+    first = I.setup(cache_dir, download=False, log=messages.append)
     tree = _tree(cache_dir)
     assert any("linked" in m for m in messages)
     messages.clear()
-    second = J.setup(cache_dir, download=False, log=messages.append)
+    second = I.setup(cache_dir, download=False, log=messages.append)
     assert second == first
     assert _tree(cache_dir) == tree
     assert not any("linked" in m for m in messages)
@@ -245,7 +246,7 @@ def test_setup_is_idempotent_and_repairs(tmp_path, monkeypatch):
     meteor = cache_dir / J.METEOR_JAR
     meteor.unlink()
     meteor.symlink_to(tmp_path / "gone" / "meteor-1.5.jar")
-    J.setup(cache_dir, download=False, log=messages.append)
+    I.setup(cache_dir, download=False, log=messages.append)
     assert ptb.read_bytes() == b"user copy"
     assert meteor.is_file() and meteor.stat().st_size > 1_000_000
 
@@ -266,28 +267,28 @@ def test_setup_corenlp_download_paths(tmp_path, monkeypatch):
             (lib / name).write_bytes(b"jar")
 
     monkeypatch.setattr(aac_metrics.download, "download_metrics", fake_download)
-    monkeypatch.setattr(J, "_fense_missing", lambda: [])  # FENSE's models in place: CoreNLP alone here
+    monkeypatch.setattr(J, "fense_missing", lambda: [])  # FENSE's models in place: CoreNLP alone here
     cache_dir = tmp_path / "cache"
 
     behaviour, messages = "ok", []
     monkeypatch.setattr(J, "_network_reachable", lambda *a, **k: False)
-    assert set(J.setup(cache_dir, log=messages.append)) == {"spice", "spider", "spider_fl"}
+    assert set(I.setup(cache_dir, log=messages.append)) == {"spice", "spider", "spider_fl"}
     assert calls == []
     assert any("SPICE, SPIDEr, SPIDEr-FL unavailable" in m and "stanford-corenlp-3.6.0.jar" in m for m in messages)
 
-    monkeypatch.setattr(J, "_network_reachable", lambda *a, **k: True)
+    monkeypatch.setattr(I, "_network_reachable", lambda *a, **k: True)
     behaviour, messages = "fail", []
-    assert set(J.setup(cache_dir, log=messages.append)) == {"spice", "spider", "spider_fl"}
+    assert set(I.setup(cache_dir, log=messages.append)) == {"spice", "spider", "spider_fl"}
     assert any("download failed (OSError: connection reset)" in m for m in messages)
 
     behaviour, messages = "ok", []
-    assert J.setup(cache_dir, log=messages.append) == {}
+    assert I.setup(cache_dir, log=messages.append) == {}
     assert calls[-1]["spice"] is True and calls[-1]["meteor"] is False and calls[-1]["fense"] is False
     assert Path(calls[-1]["cache_path"]) == cache_dir
     assert not any("unavailable" in m for m in messages)
     # Present now: a further setup does not download again.
     n_calls = len(calls)
-    J.setup(cache_dir, log=messages.append)
+    I.setup(cache_dir, log=messages.append)
     assert len(calls) == n_calls
 
 
@@ -393,20 +394,20 @@ def test_setup_fetches_fense_models_when_online_and_says_what_is_missing_offline
         missing.clear()
         return True
 
-    monkeypatch.setattr(J, "_fense_missing", lambda: list(missing))
+    monkeypatch.setattr(J, "fense_missing", lambda: list(missing))
     monkeypatch.setattr(scoring.fense, "download", fake_download)
-    monkeypatch.setattr(J, "_network_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(I, "_network_reachable", lambda *a, **k: False)
     messages = []
-    assert {"fense", "spider_fl"} <= set(J.setup(cache_dir, download=True, log=messages.append))
+    assert {"fense", "spider_fl"} <= set(I.setup(cache_dir, download=True, log=messages.append))
     assert downloads == []
     assert any(m.startswith("metrics setup: FENSE unavailable: FENSE models missing (fense_data/echecker")
                for m in messages)
-    monkeypatch.setattr(J, "_network_reachable", lambda *a, **k: True)
-    assert J.setup(cache_dir, download=False, log=messages.append).get("fense")  # --no_download: no try
+    monkeypatch.setattr(I, "_network_reachable", lambda *a, **k: True)
+    assert I.setup(cache_dir, download=False, log=messages.append).get("fense")  # --no_download: no try
     assert downloads == []
-    assert "fense" not in J.setup(cache_dir, download=True, log=messages.append)
+    assert "fense" not in I.setup(cache_dir, download=True, log=messages.append)
     assert len(downloads) == 1
-    J.setup(cache_dir, download=True, log=messages.append)  # present now: not fetched again
+    I.setup(cache_dir, download=True, log=messages.append)  # present now: not fetched again
     assert len(downloads) == 1
 
 

@@ -1,4 +1,4 @@
-"""Tests of data/collator.py against the design §3 encoder layout and label rules."""
+"""Tests of data/training/collator.py against the design §3 encoder layout and label rules."""
 
 import copy
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from data.collator import EnClapCollator
+from data.training.collator import EnClapCollator
 
 PAD, BOS, EOS = 1024, 0, 2
 

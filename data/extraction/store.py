@@ -12,7 +12,7 @@ as int16 (all below 1024) and handed out as int64 like the per-file layout's.
 
 :class:`PackedWriter` writes one process's shards, each atomically (:mod:`common.io`); the share
 that finishes last writes the index (:func:`finish_share`). :class:`FeatureStore` reads a CSV's
-``file_path`` from two roots of either layout. ``python -m data.store pack|index|info`` converts
+``file_path`` from two roots of either layout. ``python -m data.extraction.store_cli pack|index|info`` converts
 per-file trees, rebuilds an index, describes a store.
 """
 
@@ -21,12 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
-from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
-
-if __package__ in (None, ""):  # run as a file: import from the repository root, not data/
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import numpy as np
 
@@ -115,19 +110,19 @@ class PackedStore:
                              "write it with data/preprocess.py --pack)")
         if not os.path.isfile(path) and not os.path.isdir(os.path.join(self.root, SHARDS_DIR)):
             raise StoreError(f"{os.path.abspath(self.root)} is not a packed feature store (no {INDEX_NAME}); write one "
-                             "with data/preprocess.py --pack or python -m data.store pack, or read it as files")
+                             "with data/preprocess.py --pack or python -m data.extraction.store_cli pack, or read it as files")
         if not os.path.isfile(path):
             raise StoreError(f"packed feature store {os.path.abspath(self.root)} has no {INDEX_NAME}: preprocessing "
-                             f"is unfinished (rerun it) or run `python -m data.store index {self.root}`")
+                             f"is unfinished (rerun it) or run `python -m data.extraction.store_cli index {self.root}`")
         try:
             with open(path, encoding="utf-8") as handle:
                 index = json.load(handle)
         except (OSError, ValueError) as error:
             raise StoreError(f"cannot read {os.path.abspath(path)}: {error} "
-                             f"(rebuild it: python -m data.store index {self.root})") from None
+                             f"(rebuild it: python -m data.extraction.store_cli index {self.root})") from None
         if index.get("format") != FORMAT or index.get("version") != VERSION:
             raise StoreError(f"{os.path.abspath(path)} is not a version-{VERSION} {FORMAT} index "
-                             f"(rebuild it: python -m data.store index {self.root})")
+                             f"(rebuild it: python -m data.extraction.store_cli index {self.root})")
         self.kinds = tuple(index["kinds"])
         self.shards = [shard["name"] for shard in index["shards"]]
         names: List[Optional[str]] = []
@@ -453,9 +448,3 @@ def finish_share(root: str | os.PathLike, index: int, count: int) -> Optional[in
         # Two shares finishing together both write the same index; the rename keeps one whole.
         return build_index(root)
     return None
-
-
-if __name__ == "__main__":  # python -m data.store pack|index|info (data/store_cli.py)
-    from data.store_cli import main
-
-    sys.exit(main())

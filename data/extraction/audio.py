@@ -187,12 +187,14 @@ def _torchaudio_resampler(orig_sr: int, new_sr: int) -> torchaudio.transforms.Re
     return torchaudio.transforms.Resample(orig_sr, new_sr)
 
 
-def resample_for_encodec(mono: Union[np.ndarray, torch.Tensor], sr: int) -> torch.Tensor:
+def resample_for_encodec(mono: Union[np.ndarray, torch.Tensor], sr: int,
+                         rate: int = ENCODEC_SAMPLE_RATE) -> torch.Tensor:
     """Resamples mono audio to 24 kHz with torchaudio's default ``Resample`` (EnCodec branch).
 
     Args:
         mono: float array of shape (samples,).
         sr: its sample rate.
+        rate: the codec's rate (``Codec.sample_rate``; 24 kHz for EnCodec).
 
     Returns:
         float32 tensor of shape (ceil(samples * 24000 / sr),). Values beyond +-1 are kept.
@@ -201,10 +203,10 @@ def resample_for_encodec(mono: Union[np.ndarray, torch.Tensor], sr: int) -> torc
                           else mono.detach().cpu().float())
     if wav.dim() != 1:
         raise ValueError(f"resample_for_encodec expects a 1-D signal, got shape {tuple(wav.shape)}")
-    if int(sr) == ENCODEC_SAMPLE_RATE:
+    if int(sr) == int(rate):
         return wav.clone()
     with torch.inference_mode():
-        out = _torchaudio_resampler(int(sr), ENCODEC_SAMPLE_RATE)(wav[None])[0]  # (N24,)
+        out = _torchaudio_resampler(int(sr), int(rate))(wav[None])[0]  # (N24,)
     return out.clone()  # a normal tensor (not an inference tensor) that callers may modify
 
 

@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from common.errors import UserError
-from data.audio import AUDIO_EXTENSIONS, find_audio_files
+from data.extraction.audio import AUDIO_EXTENSIONS, find_audio_files
 
 SPLITS = ("train", "valid", "test")
 #: Values accepted in the split column (lower-cased) -> our split names.

@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-#: Frames that fit in the encoder: 1024 positions minus CLAP slot, <s> and </s> (design §3).
-MAX_FRAMES = 1021
-#: Defaults of the paper's MCM objective (design §4).
-MASK_PROB = 0.15
-MASK_SPAN = 10
+from common.constants import MASK_PROB, MASK_SPAN, MAX_FRAMES
 
 # Independent random streams of one example, so that turning masking on or off never
 # changes the crop window an example gets (and vice versa).

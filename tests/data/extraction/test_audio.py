@@ -1,4 +1,4 @@
-"""Tests for data/audio.py: decoding every format, downmix, per-branch resamplers, int16 round trip.
+"""Tests for data/extraction/audio.py: decoding every format, downmix, per-branch resamplers, int16 round trip.
 
 Audio files are written by the tests with soundfile; the references for the resamplers are the
 libraries the original EnCLAP called (encodec's convert_audio / torchaudio Resample for the
@@ -15,7 +15,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from data.audio import (
+from data.extraction.audio import (
     AUDIO_EXTENSIONS,
     CLAP_SAMPLE_RATE,
     ENCODEC_SAMPLE_RATE,

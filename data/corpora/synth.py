@@ -1,6 +1,6 @@
 """A generated, captioned sound corpus: the quick start's offline stand-in for AudioCaps.
 
-``python -m data.synth --out DIR`` writes a few hundred short clips of synthesized sound
+``python -m data.corpora.synth --out DIR`` writes a few hundred short clips of synthesized sound
 events -- beeps, chirps, noise bursts, clicks, sirens, hums, steady static -- each with five
 captions from a small grammar ("a high pitched beep repeats three times", "static noise fades
 in, followed by a low hum"), in the layout the rest of the project reads::
@@ -38,7 +38,7 @@ import soundfile as sf
 
 from common.io import atomic_write_bytes, csv_text
 from common.errors import UserError
-from data.synth_captions import NUM_CAPTIONS, captions_for
+from data.corpora.synth_captions import NUM_CAPTIONS, captions_for
 
 #: Event kinds. Repeated ones come ``count`` times; sustained ones last and may fade.
 REPEATED_KINDS = ("beep", "chirp", "burst", "click")
@@ -411,10 +411,10 @@ def load_metadata(folder: os.PathLike) -> List[Clip]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command-line interface of ``python -m data.synth``."""
+    """The command-line interface of ``python -m data.corpora.synth``."""
     defaults = CorpusSettings()
     p = argparse.ArgumentParser(
-        prog="python -m data.synth",
+        prog="python -m data.corpora.synth",
         description="Generate the quick start's captioned sound corpus (wavs + design §5 CSVs). "
                     "Deterministic: the same settings give byte-identical files.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -436,10 +436,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         clips = generate(args.out, settings, progress=not args.quiet)
     except SynthError as error:
-        print(f"data.synth: error: {error}", file=sys.stderr)
+        print(f"data.corpora.synth: error: {error}", file=sys.stderr)
         return 2
     except OSError as error:
-        print(f"data.synth: error: cannot write under {args.out}: {error.strerror or error}", file=sys.stderr)
+        print(f"data.corpora.synth: error: cannot write under {args.out}: {error.strerror or error}", file=sys.stderr)
         return 2
     counts = ", ".join(f"{split} {len(clips[split])}" for split in SPLITS)
     print(f"corpus in {args.out}: {settings.num_clips} clips ({counts}), {NUM_CAPTIONS} captions each, "

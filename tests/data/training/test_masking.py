@@ -1,11 +1,11 @@
-"""Tests of data/masking.py: crop rules and the MCM span masks of design §4."""
+"""Tests of data/training/masking.py: crop rules and the MCM span masks of design §4."""
 
 from math import comb
 
 import numpy as np
 import pytest
 
-from data.masking import crop_codes, example_rng, num_masked_spans, span_mask
+from data.training.masking import crop_codes, example_rng, num_masked_spans, span_mask
 
 
 def expected_masked_fraction(num_frames, mask_prob=0.15, span=10):

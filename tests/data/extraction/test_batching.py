@@ -1,6 +1,6 @@
-"""Tests for data/batching.py: length-aware batch plans."""
+"""Tests for data/extraction/batching.py: length-aware batch plans."""
 
-from data.batching import plan_batches
+from data.extraction.batching import plan_batches
 
 
 def test_plan_batches_groups_similar_lengths():

@@ -1,4 +1,4 @@
-"""Tests of data/dataset.py on tiny split files and feature trees written by the test."""
+"""Tests of data/training/dataset.py on tiny split files and feature trees written by the test."""
 
 import csv
 import logging
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from data.dataset import CaptionDataset, DataError
+from data.training.dataset import CaptionDataset, DataError
 
 CLIPS = {"train/a.npy": 30, "train/b.npy": 12, "train/sub/c.npy": 5}
 
@@ -106,7 +106,7 @@ def test_static_masks_repeat_every_epoch(split):
 
 def test_evaluation_keeps_the_first_frames_and_warns(split, caplog):
     data = CaptionDataset(split["eval_csv"], split["codes"], split["clap"], train=False, max_frames=20)
-    with caplog.at_level(logging.WARNING, logger="data.dataset"):
+    with caplog.at_level(logging.WARNING, logger="data.training.dataset"):
         item = data[0]
     assert np.array_equal(item["codes"], split["features"]["train/a.npy"][0][:20])
     assert "train/a.npy" in caplog.text and "first 20" in caplog.text

@@ -42,7 +42,7 @@ class EnClapCollator:
     An example is a dict with ``codes`` (T, num_rvq) int (numpy or torch) and
     ``clap_embedding`` (512,), and optionally ``mcm_mask`` (T, num_rvq) bool or None,
     ``caption`` (str), ``file_path`` and ``references`` -- what
-    :class:`data.dataset.CaptionDataset` returns, or what inference builds from features.
+    :class:`data.training.dataset.CaptionDataset` returns, or what inference builds from features.
 
     The batch holds ``input_ids`` (B, L, num_rvq) long, ``encodec_mask`` (B, L) bool,
     ``attention_mask`` (B, L) long and ``clap_embedding`` (B, 512) float32, plus:

@@ -1,4 +1,4 @@
-"""The caption grammar of the generated corpus (:mod:`data.synth`): captions that say only what
+"""The caption grammar of the generated corpus (:mod:`data.corpora.synth`): captions that say only what
 a clip's parameters say, in several wordings."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, List, Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:  # data.synth imports this module
-    from data.synth import Event
+if TYPE_CHECKING:  # data.corpora.synth imports this module
+    from data.corpora.synth import Event
 
 NUM_CAPTIONS = 5
 _COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}

@@ -1,19 +1,13 @@
-"""Feature encoders behind one interface, the one FeatureExtractor, and the one builder.
+"""The one FeatureExtractor and the one builder of the encoders.
 
 ``FeatureExtractor.extract`` is THE single place raw audio becomes EnCLAP features; the
 preprocessing CLI, the captioning pipeline, evaluation's raw-audio mode and the demo all
 call it (or ``extract_prepared`` after decoding and resampling in DataLoader workers with
 ``prepare_branches``), so a clip gets identical features whichever way it comes in.
 
-The two encoders share a small interface, so a different codec can be swapped in without
-touching the model:
-
-* the codec (:class:`data.encodec_encoder.EncodecEncoder`): ``sample_rate``, ``frame_rate``,
-  ``num_codebooks``, ``codebook_size``, ``encode(wavs) -> [(T, num_codebooks) int64]`` and
-  ``num_frames(samples)``;
-* CLAP (:class:`data.clap_encoder.ClapEncoder`): ``sample_rate``, ``dim`` (the embedding
-  size), ``encode(wavs) -> (B, dim)`` and ``embed_text(texts)``.
-
+The two encoders follow the contracts of :mod:`data.extraction.contract` (:class:`Codec`,
+:class:`Embedder`), so a different codec can be swapped in without touching the model: the
+codec is named by a spec (``encodec``, or ``package.module:Class``; :func:`codec_class`).
 Both encode batches with results equal to encoding each clip alone. :func:`build_encodec`,
 :func:`build_clap` and :func:`build_feature_extractor` are the one place where weights,
 random weights and seeds are chosen.
@@ -21,41 +15,25 @@ random weights and seeds are chosen.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import pathlib
-from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-from common.errors import UserError
-from data.audio import load_audio, resample_for_clap, resample_for_encodec, to_mono
-
-if TYPE_CHECKING:  # the encoders import this module; their classes are only named here
-    from data.clap_encoder import ClapEncoder
-    from data.encodec_encoder import EncodecEncoder
+from data.extraction.audio import ENCODEC_SAMPLE_RATE, load_audio, resample_for_clap, resample_for_encodec, to_mono
+from data.extraction.clap_encoder import CLAP_CHECKPOINT_NAME, CLAP_CHECKPOINT_URL, CLAP_HUB_REPO, ClapEncoder
+from data.extraction.contract import Codec, Embedder, ModelLoadError
+from data.extraction.encodec_encoder import EncodecEncoder
 
 logger = logging.getLogger(__name__)
 
-ENCODEC_CHECKPOINT = "encodec_24khz-d7cc33bc.th"
-ENCODEC_URL = "https://dl.fbaipublicfiles.com/encodec/v0/" + ENCODEC_CHECKPOINT
-CLAP_HUB_REPO = "lukewys/laion_clap"  # where laion_clap itself fetches its checkpoints
-CLAP_CHECKPOINT_NAME = "630k-audioset-fusion-best.pt"
-CLAP_CHECKPOINT_URL = f"https://huggingface.co/{CLAP_HUB_REPO}/resolve/main/{CLAP_CHECKPOINT_NAME}"
-
-
-class ModelLoadError(UserError, RuntimeError):
-    """Encoder weights that cannot be found or loaded; the message is one line with the fix."""
-
-
-def resolve_batch_size(max_batch_size: Optional[int], device: torch.device) -> Optional[int]:
-    """None -> 1 on CPU, unlimited (None) elsewhere; an explicit positive value is kept."""
-    if max_batch_size is None:
-        return 1 if device.type == "cpu" else None
-    if int(max_batch_size) < 1:
-        raise ValueError(f"max_batch_size must be >= 1 or None, got {max_batch_size}")
-    return int(max_batch_size)
+#: The codec of the paper, and of every recipe that names none (``data.codec``, ``--codec``).
+DEFAULT_CODEC = "encodec"
+CODECS = {DEFAULT_CODEC: EncodecEncoder}
 
 # --------------------------------------------------------------------------------------------
 # The one raw-audio -> features entry point
@@ -69,7 +47,7 @@ def decode(source: AudioInput) -> Tuple[np.ndarray, int]:
 
     Args:
         source: a file path, or ``(array, sr)`` with the array laid out as
-            ``data.audio.load_audio`` documents ((N,), (C, N) or (N, C); the shorter axis of
+            ``data.extraction.audio.load_audio`` documents ((N,), (C, N) or (N, C); the shorter axis of
             a 2-D array is taken as channels).
 
     Returns:
@@ -86,17 +64,19 @@ def decode(source: AudioInput) -> Tuple[np.ndarray, int]:
     return to_mono(wav), sr
 
 
-def prepare_branches(mono: np.ndarray, sr: int) -> Tuple[torch.Tensor, np.ndarray]:
+def prepare_branches(mono: np.ndarray, sr: int,
+                     codec_rate: int = ENCODEC_SAMPLE_RATE) -> Tuple[torch.Tensor, np.ndarray]:
     """Resamples one mono clip for both branches (cheap enough for DataLoader workers).
 
     Args:
         mono: float32 (N,).
         sr: its sample rate.
+        codec_rate: the codec's ``sample_rate`` (24 kHz for EnCodec).
 
     Returns:
         ``(wav24 (N24,) float32 tensor for EnCodec, wav48 (N48,) float32 array for CLAP)``.
     """
-    return resample_for_encodec(mono, sr), resample_for_clap(mono, sr)
+    return resample_for_encodec(mono, sr, codec_rate), resample_for_clap(mono, sr)
 
 
 class FeatureExtractor:
@@ -106,11 +86,11 @@ class FeatureExtractor:
     (``prepare_branches``) and fed to both encoders as one batch each.
 
     Args:
-        encodec: an ``EncodecEncoder``.
-        clap: a ``ClapEncoder``.
+        encodec: the codec (a :class:`Codec`; EnCodec in the paper).
+        clap: the embedder (an :class:`Embedder`; LAION-CLAP in the paper).
     """
 
-    def __init__(self, encodec: EncodecEncoder, clap: ClapEncoder):
+    def __init__(self, encodec: Optional[Codec], clap: Optional[Embedder]):
         self.encodec = encodec
         self.clap = clap
 
@@ -125,7 +105,12 @@ class FeatureExtractor:
     def extract_arrays(self, clips: Sequence[Tuple[np.ndarray, int]]
                        ) -> List[Tuple[np.ndarray, np.ndarray]]:
         """Features for already decoded ``(mono (N,) float32, sr)`` pairs, one batch."""
-        return self.extract_prepared([prepare_branches(mono, sr) for mono, sr in clips])
+        return self.extract_prepared([prepare_branches(mono, sr, self.codec_rate) for mono, sr in clips])
+
+    @property
+    def codec_rate(self) -> int:
+        """The sample rate of the codec branch (EnCodec's when that branch is skipped)."""
+        return self.encodec.sample_rate if self.encodec is not None else ENCODEC_SAMPLE_RATE
 
     def extract_prepared(self, prepared: Sequence[Tuple[torch.Tensor, np.ndarray]]
                          ) -> List[Tuple[np.ndarray, np.ndarray]]:
@@ -179,21 +164,37 @@ def exact_float32(device: Union[str, torch.device]) -> None:
         torch.backends.cudnn.allow_tf32 = False
 
 
-def build_encodec(device: Union[str, torch.device] = "cpu", random_weights: bool = False, seed: int = 0,
-                  max_batch_size: Optional[int] = None) -> "EncodecEncoder":
-    """The EnCodec encoder: Meta's weights, or seeded random ones (``random_weights``)."""
-    from data.encodec_encoder import EncodecEncoder
+def codec_class(spec: Optional[str] = None) -> type:
+    """The codec class a spec names: ``encodec`` (None), or ``package.module:Class`` of a
+    :class:`Codec` defined elsewhere (the seam design §10 describes).
 
+    Raises:
+        ModelLoadError: the module or class cannot be found (one line).
+    """
+    spec = spec or DEFAULT_CODEC
+    if spec in CODECS:
+        return CODECS[spec]
+    module_name, _, class_name = spec.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name) if class_name else None
+    except (ImportError, AttributeError) as err:
+        raise ModelLoadError(f"codec {spec!r} not found ({type(err).__name__}: {err})") from None
+    if cls is None:
+        raise ModelLoadError(f"unknown codec {spec!r}: use {', '.join(CODECS)} or package.module:Class")
+    return cls
+
+
+def build_encodec(device: Union[str, torch.device] = "cpu", random_weights: bool = False, seed: int = 0,
+                  max_batch_size: Optional[int] = None, codec: Optional[str] = None) -> Codec:
+    """The codec ``codec`` names (EnCodec by default): its weights, or seeded random ones (``random_weights``)."""
     exact_float32(device)
-    return EncodecEncoder(device=device, pretrained=not random_weights, seed=seed, max_batch_size=max_batch_size)
+    return codec_class(codec)(device=device, pretrained=not random_weights, seed=seed, max_batch_size=max_batch_size)
 
 
 def build_clap(device: Union[str, torch.device] = "cpu", random_weights: bool = False, seed: int = 0,
                clap_ckpt: Optional[Union[str, os.PathLike]] = None,
-               max_batch_size: Optional[int] = None) -> "ClapEncoder":
+               max_batch_size: Optional[int] = None) -> Embedder:
     """The CLAP encoder: the checkpoint ``clap_ckpt`` (None: the hub cache), or seeded random weights."""
-    from data.clap_encoder import ClapEncoder
-
     exact_float32(device)
     path = None if random_weights else resolve_clap_checkpoint(clap_ckpt)
     return ClapEncoder(ckpt_path=path, device=device, seed=seed, max_batch_size=max_batch_size)
@@ -201,7 +202,8 @@ def build_clap(device: Union[str, torch.device] = "cpu", random_weights: bool = 
 
 def build_feature_extractor(device: Union[str, torch.device] = "cpu", random_weights: bool = False, seed: int = 0,
                             clap_ckpt: Optional[Union[str, os.PathLike]] = None, encodec: bool = True,
-                            clap: bool = True, max_batch_size: Optional[int] = None) -> FeatureExtractor:
+                            clap: bool = True, max_batch_size: Optional[int] = None,
+                            codec: Optional[str] = None) -> FeatureExtractor:
     """Both encoders behind the shared front end, as preprocessing and the pipeline use them.
 
     Args:
@@ -212,18 +214,19 @@ def build_feature_extractor(device: Union[str, torch.device] = "cpu", random_wei
         clap_ckpt: the LAION-CLAP checkpoint (ignored with ``random_weights``).
         encodec, clap: build that branch (a skipped branch is ``None`` in the extractor).
         max_batch_size: clips per forward pass (None: 1 on CPU, all on a GPU).
+        codec: the codec spec (:func:`codec_class`; None: EnCodec).
     """
     return FeatureExtractor(
-        build_encodec(device, random_weights, seed, max_batch_size) if encodec else None,
+        build_encodec(device, random_weights, seed, max_batch_size, codec) if encodec else None,
         build_clap(device, random_weights, seed, clap_ckpt, max_batch_size) if clap else None)
 
 
-def check_codebooks(codec: "EncodecEncoder", num_rvq: int, source: str) -> None:
+def check_codebooks(codec: Codec, num_rvq: int, source: str) -> None:
     """Refuse a model whose number of codebooks (``num_rvq``) is not the codec's.
 
     Raises:
         ModelLoadError: one line naming both numbers.
     """
     if int(num_rvq) != codec.num_codebooks:
-        raise ModelLoadError(f"{source} expects num_rvq={num_rvq} codebooks, but the EnCodec encoder at "
+        raise ModelLoadError(f"{source} expects num_rvq={num_rvq} codebooks, but the codec at "
                              f"{codec.bandwidth:g} kbps gives {codec.num_codebooks}: use a matching checkpoint")

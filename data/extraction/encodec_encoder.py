@@ -21,8 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data.audio import AudioError
-from data.encoders import ENCODEC_URL, ModelLoadError, resolve_batch_size
+from data.extraction.audio import ENCODEC_FRAME_RATE, ENCODEC_SAMPLE_RATE, AudioError
+from data.extraction.contract import ModelLoadError, resolve_batch_size
+
+ENCODEC_CHECKPOINT = "encodec_24khz-d7cc33bc.th"
+ENCODEC_URL = "https://dl.fbaipublicfiles.com/encodec/v0/" + ENCODEC_CHECKPOINT
 
 
 # --------------------------------------------------------------------------------------------
@@ -31,7 +34,8 @@ from data.encoders import ENCODEC_URL, ModelLoadError, resolve_batch_size
 
 
 class EncodecEncoder:
-    """EnCodec 24 kHz at a fixed bandwidth, encoding batches exactly as clips alone.
+    """EnCodec 24 kHz at a fixed bandwidth, encoding batches exactly as clips alone
+    (a :class:`data.extraction.contract.Codec`).
 
     Args:
         device: torch device to run on ("cpu", "cuda", "cuda:1", ...).
@@ -50,6 +54,12 @@ class EncodecEncoder:
             latents of a seeded calibration signal (see :meth:`_calibrate_random_codebooks`),
             so codes depend on the audio as they do with trained weights.
     """
+
+    # The codes at the default 12 kbps, before any model is built (an instance reads its own).
+    sample_rate = ENCODEC_SAMPLE_RATE
+    frame_rate = ENCODEC_FRAME_RATE
+    num_codebooks = 16
+    codebook_size = 1024
 
     def __init__(self, device: Union[str, torch.device] = "cpu", pretrained: bool = True,
                  bandwidth: float = 12.0, repository: Optional[str] = None,
@@ -210,7 +220,7 @@ class EncodecEncoder:
         """Encodes 24 kHz mono clips into codes, one batch.
 
         Args:
-            wavs: 1-D float tensors/arrays at 24 kHz (see ``data.audio.resample_for_encodec``),
+            wavs: 1-D float tensors/arrays at 24 kHz (see ``data.extraction.audio.resample_for_encodec``),
                 any lengths >= 1.
 
         Returns:

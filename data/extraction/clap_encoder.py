@@ -23,10 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data.audio import CLAP_SAMPLE_RATE, AudioError, clap_quantize
-from data.encoders import CLAP_CHECKPOINT_NAME, CLAP_CHECKPOINT_URL, ModelLoadError, resolve_batch_size
+from data.extraction.audio import CLAP_SAMPLE_RATE, AudioError, clap_quantize
+from data.extraction.contract import ModelLoadError, resolve_batch_size
 
 logger = logging.getLogger(__name__)
+
+CLAP_HUB_REPO = "lukewys/laion_clap"  # where laion_clap itself fetches its checkpoints
+CLAP_CHECKPOINT_NAME = "630k-audioset-fusion-best.pt"
+CLAP_CHECKPOINT_URL = f"https://huggingface.co/{CLAP_HUB_REPO}/resolve/main/{CLAP_CHECKPOINT_NAME}"
 
 # --------------------------------------------------------------------------------------------
 # LAION-CLAP (HTSAT-tiny, fusion)
@@ -251,7 +255,8 @@ class _LogMel(nn.Module):
 
 
 class ClapEncoder:
-    """LAION-CLAP HTSAT-tiny fusion audio embeddings (and text embeddings for re-ranking).
+    """LAION-CLAP HTSAT-tiny fusion audio embeddings (and text embeddings for re-ranking); a
+    :class:`data.extraction.contract.Embedder`.
 
     Args:
         ckpt_path: a laion_clap checkpoint (``630k-audioset-fusion-best.pt``); None builds
@@ -297,12 +302,12 @@ class ClapEncoder:
     def encode(self, wavs: Sequence[Union[np.ndarray, torch.Tensor]]) -> np.ndarray:
         """Embeds 48 kHz mono clips, one batch.
 
-        Each clip gets laion_clap's int16 round trip (``data.audio.clap_quantize``), so pass
+        Each clip gets laion_clap's int16 round trip (``data.extraction.audio.clap_quantize``), so pass
         the resampled float audio, not an already quantised copy (quantising twice is
         harmless anyway: the round trip is idempotent).
 
         Args:
-            wavs: 1-D float arrays at 48 kHz (see ``data.audio.resample_for_clap``).
+            wavs: 1-D float arrays at 48 kHz (see ``data.extraction.audio.resample_for_clap``).
 
         Returns:
             np.float32 (B, 512), each row L2-normalised.

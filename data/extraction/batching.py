@@ -1,22 +1,19 @@
 """Raw audio for the encoders in batches: length-aware batch plans with a cap on padded audio,
-header-only durations, decoding in DataLoader workers, and each process's share of the files
-and its device (used by preprocessing)."""
+header-only durations and decoding in DataLoader workers (used by preprocessing); each
+process's share of the files and its device are :mod:`common.distributed` and :mod:`common.device`."""
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence
 
 import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 
-from common.device import launcher_rank, resolve_device
-from common.errors import UserError
-from data.audio import AudioError
-from data.encoders import decode, prepare_branches
+from data.extraction.audio import ENCODEC_SAMPLE_RATE, AudioError
+from data.extraction.encoders import decode, prepare_branches
 
 logger = logging.getLogger(__name__)
 
@@ -76,11 +73,13 @@ class DecodeDataset(Dataset):
     returned as ``(index, None, reason)`` and recorded by the main process.
     """
 
-    def __init__(self, paths: Sequence[Path]):
+    def __init__(self, paths: Sequence[Path], codec_rate: int = ENCODEC_SAMPLE_RATE):
         """Args:
             paths: audio files, in the order the batch sampler's indices refer to.
+            codec_rate: the codec's sample rate (``FeatureExtractor.codec_rate``).
         """
         self.paths = list(paths)
+        self.codec_rate = int(codec_rate)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -88,7 +87,7 @@ class DecodeDataset(Dataset):
     def __getitem__(self, index: int):
         try:
             mono, sr = decode(str(self.paths[index]))  # (N,)
-            return index, prepare_branches(mono, sr), None  # (wav24 (N24,), wav48 (N48,))
+            return index, prepare_branches(mono, sr, self.codec_rate), None  # (wav24 (N24,), wav48 (N48,))
         except AudioError as err:
             return index, None, str(err)
         except Exception as err:  # noqa: BLE001 -- one bad file must not stop a 50 000-clip run
@@ -103,50 +102,3 @@ def collate_list(items):
 def worker_init(_worker_id: int) -> None:
     # Decoding is single-threaded; keep workers from competing with the encoders' threads.
     torch.set_num_threads(1)
-
-
-class UsageError(UserError):
-    """A problem with preprocessing's command line or trees that the user must fix; one line."""
-
-
-def parse_shard(text: Optional[str]) -> Tuple[int, int]:
-    """Parses ``--shard i/N``; without it, takes RANK/WORLD_SIZE from ``accelerate launch``.
-
-    Args:
-        text: ``"i/N"`` with 0 <= i < N, or None.
-
-    Returns:
-        ``(index, count)``; ``(0, 1)`` when not sharded.
-    """
-    if text is None:
-        index, count = launcher_rank()
-    else:
-        try:
-            index_text, count_text = text.split("/")
-            index, count = int(index_text), int(count_text)
-        except ValueError:
-            raise UsageError(f"--shard must look like i/N (e.g. 0/4), got {text!r}") from None
-    if not (count >= 1 and 0 <= index < count):
-        raise UsageError(f"--shard {index}/{count}: need 0 <= i < N")
-    return index, count
-
-
-def select_shard(items: Sequence[str], index: int, count: int) -> List[str]:
-    """Every ``count``-th item starting at ``index``: shards are disjoint and cover all items."""
-    return list(items[index::count])
-
-
-def pick_device(device: str, shard_index: int, shard_count: int, sharded_by_flag: bool):
-    """The device of this share: ``common.device.resolve_device``, plus one GPU per ``--shard`` run.
-
-    Under a launcher, ``auto`` and a bare ``cuda`` become ``cuda:LOCAL_RANK``. Separate
-    ``--shard i/N`` runs have no ``LOCAL_RANK``; they take GPU ``i % (visible GPUs)`` so that N
-    runs on one machine do not all land on GPU 0 (``cuda:K`` or ``CUDA_VISIBLE_DEVICES`` choose
-    otherwise).
-    """
-    text = str(device or "auto")
-    bare = text == "cuda" or (text == "auto" and torch.cuda.is_available())
-    if bare and sharded_by_flag and shard_count > 1 and "LOCAL_RANK" not in os.environ and torch.cuda.is_available():
-        text = f"cuda:{shard_index % torch.cuda.device_count()}"
-        logger.info("--shard %d/%d runs on %s", shard_index, shard_count, text)
-    return resolve_device(text)

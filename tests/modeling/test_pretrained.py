@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-import modeling.loading
+import modeling.pretrained
 from modeling import CheckpointError, load_pretrained
 from modeling.generation import GenerationOptions
 from tests.helpers import lay_out_hub_cache, CAPTIONS, make_batch, random_clips
@@ -20,7 +20,7 @@ def test_hub_id_gets_the_tokenizer_stored_in_that_repo(tiny_ckpt, tokenizer, tmp
     # The fallback tokenizer differs from the repo's: a hub checkpoint must never get it.
     other = tmp_path / "other_tokenizer"
     train_tokenizer(["completely different words only"] * 3, vocab_size=280).save_pretrained(other)
-    monkeypatch.setattr(modeling.loading, "DEFAULT_TOKENIZER", str(other))
+    monkeypatch.setattr(modeling.pretrained, "DEFAULT_TOKENIZER", str(other))
     loaded = load_pretrained("someone/enclap-tiny", cache_dir=str(tmp_path / "hub"))
     assert loaded.tokenizer.get_vocab() == tokenizer.get_vocab()
     assert loaded.tokenizer(CAPTIONS[0]).input_ids == tokenizer(CAPTIONS[0]).input_ids
@@ -35,11 +35,11 @@ def test_released_folder_without_tokenizer_gets_the_default(tiny_ckpt, tmp_path,
         shutil.copy(tiny_ckpt / name, released_like / name)
     fallback = tmp_path / "fallback_tokenizer"
     train_tokenizer(CAPTIONS[:3] * 2, vocab_size=270).save_pretrained(fallback)
-    monkeypatch.setattr(modeling.loading, "DEFAULT_TOKENIZER", str(fallback))
+    monkeypatch.setattr(modeling.pretrained, "DEFAULT_TOKENIZER", str(fallback))
     loaded = load_pretrained(released_like)
     assert len(loaded.tokenizer) == len(train_tokenizer(CAPTIONS[:3] * 2, vocab_size=270))
     # An unreachable default fails in one line that names it.
-    monkeypatch.setattr(modeling.loading, "DEFAULT_TOKENIZER", "facebook/bart-base-uncached-test")
+    monkeypatch.setattr(modeling.pretrained, "DEFAULT_TOKENIZER", "facebook/bart-base-uncached-test")
     with pytest.raises(CheckpointError) as err:
         load_pretrained(released_like)
     assert "facebook/bart-base-uncached-test" in str(err.value) and "\n" not in str(err.value)

@@ -1,11 +1,11 @@
-"""The command line of the packed feature store: ``python -m data.store pack|index|info``.
+"""The command line of the packed feature store: ``python -m data.extraction.store_cli pack|index|info``.
 
 * ``pack --encodec_path E --clap_path C --out STORE``: converts per-file trees into a packed store
   (resumable: a rerun packs only what is missing);
 * ``index STORE``: (re)builds ``index.json`` from the committed shards;
 * ``info STORE``: what a store holds.
 
-The store itself is :mod:`data.store`.
+The store itself is :mod:`data.extraction.store`.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
-if __package__ in (None, ""):  # run as a file: import from the repository root, not data/
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+if __package__ in (None, ""):  # run as a file: import from the repository root, not data/extraction/
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
 import numpy as np
 
-from data.store import (DEFAULT_SHARD_CLIPS, INDEX_NAME, PackedStore, PackedWriter, StoreError, build_index,
+from data.extraction.store import (DEFAULT_SHARD_CLIPS, INDEX_NAME, PackedStore, PackedWriter, StoreError, build_index,
                         done_files, finish_share, start_share)
 
 
@@ -56,8 +56,8 @@ def pack_trees(encodec_root: str, clap_root: str, out: str, shard_clips: int = D
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m data.store pack|index|info``; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m data.store", description="Packed feature stores (docs/data.md).")
+    """``python -m data.extraction.store_cli pack|index|info``; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m data.extraction.store_cli", description="Packed feature stores (docs/data.md).")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("pack", help="convert per-file .npy trees into a packed store (resumable)")
     p.add_argument("--encodec_path", required=True, help="root of the codes tree")

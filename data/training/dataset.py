@@ -3,13 +3,13 @@
 A split is a CSV file plus two feature roots holding one ``.npy`` per clip under the same
 relative name: ``encodec_root/<file_path>`` with codes (T, 16) int64 and
 ``clap_root/<file_path>`` with the CLAP embedding (512,) float32. Either root may instead be a
-packed store (a few shard files and an index, :mod:`data.store`); the dataset reads both
-layouts through :class:`data.store.FeatureStore` and serves identical items from them. Training rows
+packed store (a few shard files and an index, :mod:`data.extraction.store`); the dataset reads both
+layouts through :class:`data.extraction.store.FeatureStore` and serves identical items from them. Training rows
 (``file_path, caption``) give one example per (clip, caption); evaluation rows
 (``file_path, caption_1 .. caption_5``) give one example per clip with all its references.
 
 Training examples are cropped to a random ``max_frames`` window and carry a fresh MCM mask
-every epoch, both drawn from (seed, epoch, example index) -- see :mod:`data.masking`.
+every epoch, both drawn from (seed, epoch, example index) -- see :mod:`data.training.masking`.
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data.audio import ENCODEC_FRAME_RATE
+from data.extraction.audio import ENCODEC_FRAME_RATE
 from common.errors import UserError
-from data.masking import (CROP_STREAM, MASK_PROB, MASK_SPAN, MASK_STREAM, MAX_FRAMES, crop_codes,
+from common.constants import DEFAULT_SEED, MASK_PROB, MASK_SPAN, MAX_FRAMES
+from data.training.masking import (CROP_STREAM, MASK_STREAM, crop_codes,
                           example_rng, span_mask)
-from data.store import FeatureStore, StoreError
+from data.extraction.store import FeatureStore, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class DataError(UserError):
     def __init__(self, message: str):
         # A DataLoader worker re-raises this in the main process as DataError("Caught
         # DataError in DataLoader worker process N.\nOriginal Traceback ...
-        # data.dataset.DataError: <message>"); keep only the user's one line.
+        # data.training.dataset.DataError: <message>"); keep only the user's one line.
         if "\n" in message and "DataError: " in message:
             message = message.rsplit("DataError: ", 1)[1].strip()
         super().__init__(message)
@@ -139,7 +140,7 @@ class CaptionDataset(Dataset):
     Items are dicts with ``file_path`` (the CSV's relative path), ``codes`` (T', 16) int64
     after cropping, ``mcm_mask`` (T', 16) bool or ``None``, ``clap_embedding`` (512,)
     float32, and ``caption`` (training) or ``references`` (evaluation, a list of str).
-    The codes are returned unmasked: :class:`data.collator.EnClapCollator` replaces the
+    The codes are returned unmasked: :class:`data.training.collator.EnClapCollator` replaces the
     masked ones by the pad id and builds the MCM labels.
 
     Either CSV layout works in either mode: in training, ``caption_1 .. caption_N`` rows are
@@ -164,16 +165,16 @@ class CaptionDataset(Dataset):
         clap_dim: CLAP embedding size (512).
         feature_fn: Optional ``feature_fn(file_path) -> (codes, clap_embedding)`` used instead
             of the feature trees (e.g. features computed from audio on the fly by
-            ``data.encoders.FeatureExtractor``); the roots are then not read.
+            ``data.extraction.encoders.FeatureExtractor``); the roots are then not read.
         check_files: Check that every feature file exists when the dataset is built (see
             :meth:`validate`); ignored with ``feature_fn``.
         layout: ``auto`` (a root with ``index.json`` or ``shards/`` is a packed store),
-            ``files`` or ``packed`` (see :mod:`data.store`).
+            ``files`` or ``packed`` (see :mod:`data.extraction.store`).
     """
 
     def __init__(self, csv_path: str, encodec_root: str | None, clap_root: str | None, train: bool,
                  max_frames: int = MAX_FRAMES, masking_prob: float = MASK_PROB,
-                 mask_span: int = MASK_SPAN, seed: int = 1115, static_masks: bool = False,
+                 mask_span: int = MASK_SPAN, seed: int = DEFAULT_SEED, static_masks: bool = False,
                  num_rvq: int = 16, codebook_size: int = 1024, clap_dim: int = 512,
                  feature_fn: FeatureFn | None = None, check_files: bool = True, layout: str = "auto"):
         if max_frames < 1:

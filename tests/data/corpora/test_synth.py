@@ -1,4 +1,4 @@
-"""Tests of the generated demo corpus (data/synth.py): determinism, CSV format, and captions
+"""Tests of the generated demo corpus (data/corpora/synth.py): determinism, CSV format, and captions
 and audio that agree with each clip's parameters.
 
 The checks here do not reuse the generator's code: captions are parsed with their own small
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from data import synth
+from data.corpora import synth
 
 NUM_CLIPS = 40
 

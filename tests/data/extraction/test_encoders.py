@@ -1,4 +1,4 @@
-"""Tests for the feature encoders (data/encodec_encoder.py, data/clap_encoder.py, data/encoders.py): batch-exact EnCodec codes, CLAP equal to laion_clap's own code path.
+"""Tests for the feature encoders (data/extraction/encodec_encoder.py, data/extraction/clap_encoder.py, data/extraction/encoders.py): batch-exact EnCodec codes, CLAP equal to laion_clap's own code path.
 
 Everything runs on random weights built here. The references are the original libraries'
 code paths called directly: ``EncodecModel.encode`` on one clip, and laion_clap's
@@ -15,10 +15,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from data.audio import AudioError
-from data.clap_encoder import ClapEncoder
-from data.encodec_encoder import EncodecEncoder
-from data.encoders import FeatureExtractor, ModelLoadError
+from data.extraction.audio import AudioError
+from data.extraction.clap_encoder import ClapEncoder
+from data.extraction.encodec_encoder import EncodecEncoder
+from data.extraction.contract import ModelLoadError
+from data.extraction.encoders import FeatureExtractor
 
 HTSAT_TINY_AUDIO_CFG = dict(  # laion_clap/clap_module/model_configs/HTSAT-tiny.json
     audio_length=1024, clip_samples=480000, mel_bins=64, sample_rate=48000, window_size=1024,
@@ -303,7 +304,7 @@ def test_random_weight_encodec_codes_depend_on_the_audio():
 
 
 def test_encoders_on_a_gpu_turn_tf32_off():
-    from data.encoders import exact_float32
+    from data.extraction.encoders import exact_float32
 
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     try:

@@ -1,4 +1,4 @@
-"""The packed feature store (data/store.py): round trip, resume, shares, index, and the same
+"""The packed feature store (data/extraction/store.py): round trip, resume, shares, index, and the same
 training batches as the per-file layout of the same clips."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from common.errors import UserError
-from data import store, store_cli
-from data.collator import EnClapCollator
-from data.dataset import CaptionDataset, DataError
+from data.extraction import store, store_cli
+from data.training.collator import EnClapCollator
+from data.training.dataset import CaptionDataset, DataError
 
 
 def write_tree(root, n, seed=0, min_frames=5, max_frames=90):
