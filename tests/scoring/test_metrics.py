@@ -271,7 +271,7 @@ def test_setup_corenlp_download_paths(tmp_path, monkeypatch):
     cache_dir = tmp_path / "cache"
 
     behaviour, messages = "ok", []
-    monkeypatch.setattr(J, "_network_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(I, "_network_reachable", lambda *a, **k: False)
     assert set(I.setup(cache_dir, log=messages.append)) == {"spice", "spider", "spider_fl"}
     assert calls == []
     assert any("SPICE, SPIDEr, SPIDEr-FL unavailable" in m and "stanford-corenlp-3.6.0.jar" in m for m in messages)

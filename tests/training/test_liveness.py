@@ -24,8 +24,9 @@ RANKS = textwrap.dedent("""
     import sys, time
     import torch.distributed as dist
     from common.errors import one_line
+    from common.distributed import init_gloo_group
     from training import distributed as d
-    d.init_gloo_group(timeout_minutes=0.05)  # collectives give up after 3 s
+    init_gloo_group(timeout_minutes=0.05)  # collectives give up after 3 s
     d.start_heartbeat(interval=0.5)
     rank = dist.get_rank()
 
