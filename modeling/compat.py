@@ -1,6 +1,6 @@
 """The one place that knows which major version of transformers is installed (4.57 or 5.x).
 
-transformers 5 changed three interfaces the model subclasses or calls (design §3):
+transformers 5 changed these interfaces that the model subclasses or calls (design §10):
 
 * the decoding cache is passed and returned as ``cache`` (4.x: ``past_key_values``);
 * ``BartEncoderLayer.forward(hidden_states, attention_mask, **kwargs)`` returns the hidden states
@@ -11,8 +11,10 @@ transformers 5 changed three interfaces the model subclasses or calls (design §
   own generation config, then from library defaults, and has no ``use_model_defaults`` (4.x, which
   this package calls with ``use_model_defaults=False``, runs a passed config as it is).
 
-Everything else the model uses reads the same under both; the rest of the package asks this
-module instead of comparing version strings.
+Two more changes need no version check where they are met: ``BartDecoder`` no longer takes the
+embedding (the model builds it, then ties the weight), and attention masks reach the layers as
+booleans (the cross-attention shortcut reads boolean and additive masks). Everything else reads
+the same under both; the rest of the package asks this module instead of comparing versions.
 """
 
 from __future__ import annotations
@@ -56,6 +58,17 @@ def stock_encoder_layer_kwargs(layer_head_mask: Optional[torch.Tensor], output_a
         require_4x("head masks", layer_head_mask is not None)
         return {}
     return {"layer_head_mask": layer_head_mask, "output_attentions": output_attentions}
+
+
+def stock_decoder_kwargs(decoder_head_mask: Optional[torch.Tensor], cross_attn_head_mask: Optional[torch.Tensor],
+                         cache_position: Optional[torch.Tensor]) -> dict:
+    """Keyword arguments of the installed ``BartModel.forward`` for these decoder options (5.x
+    has no head masks and takes cache positions from the cache)."""
+    if TRANSFORMERS_5:
+        require_4x("head masks", decoder_head_mask is not None or cross_attn_head_mask is not None)
+        return {}
+    return {"decoder_head_mask": decoder_head_mask, "cross_attn_head_mask": cross_attn_head_mask,
+            "cache_position": cache_position}
 
 
 def encoder_layer_output(hidden_states: torch.Tensor, attn_weights: Optional[torch.Tensor],

@@ -144,7 +144,7 @@ class EnClapBartEncoder(BartEncoder):
         output_hidden_states = (
             self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         )
-        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        return_dict = self.config.return_dict if return_dict is None else return_dict
         if inputs_embeds is None:
             if input_ids is None or encodec_mask is None or clap_embedding is None:
                 raise ValueError("EnClapBartEncoder needs input_ids, encodec_mask and clap_embedding")
@@ -263,11 +263,7 @@ class EnClapBartModel(BartModel):
         if decoder_input_ids is None and decoder_inputs_embeds is None:
             raise ValueError("EnClapBartModel needs decoder_input_ids (or decoder_inputs_embeds)")
         past_key_values = compat.pop_cache(past_key_values, kwargs)
-        if compat.TRANSFORMERS_5:  # no head masks; cache positions come from the cache
-            compat.require_4x("head masks", decoder_head_mask is not None or cross_attn_head_mask is not None)
-        else:
-            kwargs.update(decoder_head_mask=decoder_head_mask, cross_attn_head_mask=cross_attn_head_mask,
-                          cache_position=cache_position)
+        kwargs.update(compat.stock_decoder_kwargs(decoder_head_mask, cross_attn_head_mask, cache_position))
         return super().forward(
             attention_mask=attention_mask,
             decoder_input_ids=decoder_input_ids,
@@ -412,7 +408,7 @@ class EnClapBartForConditionalGeneration(BartForConditionalGeneration):
             Other arguments: as in :class:`~transformers.BartForConditionalGeneration` (head
                 masks under transformers 4.x only).
         """
-        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        return_dict = self.config.return_dict if return_dict is None else return_dict
         past_key_values = compat.pop_cache(past_key_values, kwargs)
         if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
             use_cache = False

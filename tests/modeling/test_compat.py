@@ -48,10 +48,12 @@ def test_head_masks_run_under_4x_and_are_refused_under_5x():
     codes, clap = random_clips(2, [9, 6], seed=0)
     batch = make_batch(codes, clap)
     batch["decoder_input_ids"] = torch.tensor([[2, 0, 5], [2, 0, 7]])
-    head_mask = torch.ones(config.encoder_layers, config.encoder_attention_heads)
+    masks = {"head_mask": torch.ones(config.encoder_layers, config.encoder_attention_heads),
+             "decoder_head_mask": torch.ones(config.decoder_layers, config.decoder_attention_heads)}
     with torch.no_grad():
-        if compat.TRANSFORMERS_5:
-            with pytest.raises(ValueError, match="head masks needs transformers 4.x"):
-                model(**batch, head_mask=head_mask)
-        else:
-            torch.testing.assert_close(model(**batch, head_mask=head_mask).logits, model(**batch).logits)
+        for name, mask in masks.items():
+            if compat.TRANSFORMERS_5:
+                with pytest.raises(ValueError, match="head masks needs transformers 4.x"):
+                    model(**batch, **{name: mask})
+            else:
+                torch.testing.assert_close(model(**batch, **{name: mask}).logits, model(**batch).logits)
