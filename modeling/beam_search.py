@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig
 
+from . import compat
+
 #: Generation-config fields this search implements; any other non-default field means "use stock".
 _HANDLED = {
     "num_beams", "max_length", "no_repeat_ngram_size", "length_penalty", "early_stopping", "do_sample",
@@ -45,7 +47,7 @@ _HANDLED = {
     "forced_bos_token_id", "forced_eos_token_id", "top_p", "temperature", "top_k", "use_cache",
     "transformers_version", "_from_model_config",
 }
-_DEFAULTS = GenerationConfig().to_dict()
+_DEFAULTS = compat.default_generation_options()
 
 
 def supported(model, config: GenerationConfig) -> bool:
@@ -57,6 +59,7 @@ def supported(model, config: GenerationConfig) -> bool:
     """
     if model.config._attn_implementation != "sdpa" or model.training:
         return False
+    config = compat.generation_config_used(model, config)
     if config.do_sample or not config.num_beams or config.num_beams < 2 or not config.use_cache:
         return False
     if config.early_stopping not in (True, False, "never"):
@@ -290,6 +293,7 @@ def beam_search(model, encoder_states: torch.Tensor, encoder_mask: Optional[torc
         (B * num_return_sequences, S) int64, best first per clip, padded with the pad id; S is
         the longest returned caption, decoder start token included.
     """
+    config = compat.generation_config_used(model, config)
     device = encoder_states.device
     batch = encoder_states.shape[0]
     beams, max_length = int(config.num_beams), int(config.max_length)

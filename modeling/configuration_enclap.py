@@ -59,6 +59,17 @@ class EnClapBartConfig(BartConfig):
         self.mcm_loss_scale = float(mcm_loss_scale)
         self.label_smoothing = float(label_smoothing)
 
+    def validate(self) -> None:
+        """transformers 5's checks (run when saving), without its special-token range check for
+        ``encodec_pad_token_id``: that id indexes the codec tables, not the text vocabulary, and
+        ``__init__`` checks it. transformers 4.x has no such method and never calls it."""
+        codec_pad = self.__dict__.pop("encodec_pad_token_id", None)
+        try:
+            super().validate()
+        finally:
+            if codec_pad is not None:
+                self.encodec_pad_token_id = codec_pad
+
     @property
     def encodec_table_size(self) -> int:
         """Rows of each codec embedding table: codes + pad id, rounded up to a multiple of 64."""

@@ -7,6 +7,8 @@ from typing import Optional
 
 from transformers import GenerationConfig, PretrainedConfig
 
+from . import compat
+
 
 @dataclass
 class GenerationOptions:
@@ -86,10 +88,10 @@ class GenerationOptions:
 def generate_ids(model, inputs: dict, generation_config: GenerationConfig):
     """Token ids of ``model.generate`` under exactly ``generation_config``: (B * R, S).
 
-    ``use_model_defaults=False``: otherwise transformers replaces every option equal to its
-    global default (e.g. ``num_beams=1``) by the checkpoint's ``generation_config`` value.
+    With :data:`modeling.compat.GENERATE_AS_GIVEN`: otherwise transformers 4.x replaces every
+    option equal to its global default (e.g. ``num_beams=1``) by the checkpoint's value.
     """
-    return model.generate(**inputs, generation_config=generation_config, use_model_defaults=False)
+    return model.generate(**inputs, generation_config=generation_config, **compat.GENERATE_AS_GIVEN)
 
 
 def decode_captions(tokenizer, sequences) -> list[str]:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from transformers.models.bart.modeling_bart import BartAttention, BartEncoderLayer
 
+from . import compat
 from .attention import MaskStream, attention, dropout, new_seed
 
 
@@ -135,19 +136,21 @@ class EnClapBartEncoderLayer(BartEncoderLayer):
         self,
         hidden_states: torch.Tensor,
         attention_mask: Optional[torch.Tensor],
-        layer_head_mask: Optional[torch.Tensor],
+        layer_head_mask: Optional[torch.Tensor] = None,
         output_attentions: Optional[bool] = False,
-    ) -> tuple[torch.Tensor, ...]:
+        **kwargs,
+    ):
+        """The installed stock layer's interface and output (:mod:`modeling.compat`)."""
         if not (self.efficient_training and self.training and torch.is_grad_enabled()) or self.fc1.bias is None:
-            return super().forward(hidden_states, attention_mask, layer_head_mask, output_attentions)
+            stock = compat.stock_encoder_layer_kwargs(layer_head_mask, output_attentions)
+            return super().forward(hidden_states, attention_mask, **stock, **kwargs)
         if self._blocked_attention_applies(hidden_states, attention_mask, layer_head_mask, output_attentions):
             attn, attn_weights = self._blocked_self_attention(hidden_states, attention_mask), None
         else:
             attn, attn_weights = self.self_attn(
                 hidden_states=hidden_states,
                 attention_mask=attention_mask,
-                layer_head_mask=layer_head_mask,
-                output_attentions=output_attentions,
+                **compat.stock_encoder_layer_kwargs(layer_head_mask, output_attentions),
             )
         hidden_states = hidden_states + dropout(attn, self.dropout)
         ln = self.self_attn_layer_norm
@@ -158,7 +161,7 @@ class EnClapBartEncoderLayer(BartEncoderLayer):
         if hidden_states.dtype == torch.float16:  # as stock BART: keep fp16 activations finite
             limit = torch.finfo(hidden_states.dtype).max - 1000
             hidden_states = torch.clamp(hidden_states, min=-limit, max=limit)
-        return (hidden_states, attn_weights) if output_attentions else (hidden_states,)
+        return compat.encoder_layer_output(hidden_states, attn_weights, output_attentions)
 
     def _blocked_attention_applies(self, hidden_states, attention_mask, layer_head_mask, output_attentions) -> bool:
         """CPU, attention dropout on, nothing but the output wanted: SDPA would materialise it all.
@@ -197,11 +200,10 @@ class EnClapCrossAttention(BartAttention):
         key_value_states: Optional[torch.Tensor] = None,
         past_key_values=None,
         attention_mask: Optional[torch.Tensor] = None,
-        layer_head_mask: Optional[torch.Tensor] = None,
-        output_attentions: bool = False,
-        cache_position: Optional[torch.Tensor] = None,
         **kwargs,
     ):
+        """The installed ``BartAttention.forward`` interface; the cache under either name (:mod:`modeling.compat`)."""
+        cache = compat.pop_cache(past_key_values, kwargs)
         mask_ok = attention_mask is None or (isinstance(attention_mask, torch.Tensor) and attention_mask.dim() in (2, 4))
         if (
             not (self.efficient_training and self.training and torch.is_grad_enabled())
@@ -209,9 +211,9 @@ class EnClapCrossAttention(BartAttention):
             # on CUDA, SDPA's fused cross-attention is the faster one.
             or hidden_states.device.type != "cpu"
             or key_value_states is None
-            or past_key_values is not None
-            or output_attentions
-            or layer_head_mask is not None
+            or cache is not None
+            or kwargs.get("output_attentions")
+            or kwargs.get("layer_head_mask") is not None
             or not mask_ok
             or self.k_proj.bias is None
             or self.v_proj.bias is None
@@ -219,11 +221,8 @@ class EnClapCrossAttention(BartAttention):
             return super().forward(
                 hidden_states,
                 key_value_states=key_value_states,
-                past_key_values=past_key_values,
                 attention_mask=attention_mask,
-                layer_head_mask=layer_head_mask,
-                output_attentions=output_attentions,
-                cache_position=cache_position,
+                **{compat.CACHE: cache},
                 **kwargs,
             )
         batch, queries, dim = hidden_states.shape
@@ -239,8 +238,11 @@ class EnClapCrossAttention(BartAttention):
         scores = (scores + q_bk.view(heads, batch, queries, 1).transpose(0, 1)) * self.scaling
         if attention_mask is not None:
             if attention_mask.dim() == 2:  # (B, L) 1 = keep, as flash-attention configs pass it
-                attention_mask = (1.0 - attention_mask[:, None, None, :].to(scores.dtype)) * torch.finfo(scores.dtype).min
-            scores = scores + attention_mask
+                attention_mask = attention_mask[:, None, None, :].bool()
+            if attention_mask.dtype == torch.bool:  # True = keep: transformers 5's SDPA masks, and the line above
+                scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+            else:  # additive
+                scores = scores + attention_mask
         probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(scores.dtype)
         probs = dropout(probs, self.dropout)
         # (P E) W_v^T + (row sums of P) b_v

@@ -30,7 +30,7 @@ from transformers.models.bart.modeling_bart import (
 )
 
 from .configuration_enclap import EnClapBartConfig
-from . import beam_search
+from . import beam_search, compat
 from .generation import GenerationOptions
 from .attention import dropout as cheap_dropout
 from .layers import EnClapBartEncoderLayer, EnClapCrossAttention
@@ -144,7 +144,7 @@ class EnClapBartEncoder(BartEncoder):
         output_hidden_states = (
             self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         )
-        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        return_dict = self.config.return_dict if return_dict is None else return_dict
         if inputs_embeds is None:
             if input_ids is None or encodec_mask is None or clap_embedding is None:
                 raise ValueError("EnClapBartEncoder needs input_ids, encodec_mask and clap_embedding")
@@ -165,6 +165,7 @@ class EnClapBartEncoder(BartEncoder):
             mask = (1.0 - attention_mask[:, None, None, :].to(hidden_states.dtype)) * torch.finfo(
                 hidden_states.dtype
             ).min
+        compat.require_4x("output_attentions of the EnCLAP encoder", bool(output_attentions))
         if head_mask is not None and head_mask.size(0) != len(self.layers):
             raise ValueError(f"head_mask is for {head_mask.size(0)} layers, the encoder has {len(self.layers)}")
 
@@ -183,7 +184,7 @@ class EnClapBartEncoder(BartEncoder):
                 layer_head_mask=head_mask[idx] if head_mask is not None else None,
                 output_attentions=output_attentions,
             )
-            hidden_states = layer_outputs[0]
+            hidden_states = compat.encoder_layer_hidden_states(layer_outputs)
             if output_attentions:
                 all_attentions += (layer_outputs[1],)
         if output_hidden_states:
@@ -205,7 +206,8 @@ class EnClapBartModel(BartModel):
             config.vocab_size, config.d_model, config.pad_token_id, embed_scale=embed_scale
         )
         self.encoder = EnClapBartEncoder(config, self.shared)
-        self.decoder = BartDecoder(config, self.shared)
+        self.decoder = BartDecoder(config)
+        self.decoder.embed_tokens.weight = self.shared.weight  # tied, as BartModel ties them
         for i, layer in enumerate(self.decoder.layers):
             layer.encoder_attn = EnClapCrossAttention(
                 config.d_model,
@@ -237,6 +239,7 @@ class EnClapBartModel(BartModel):
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
         cache_position: Optional[torch.LongTensor] = None,
+        **kwargs,
     ):
         """Encoder (when ``encoder_outputs`` is not given) then BART's decoder.
 
@@ -244,7 +247,9 @@ class EnClapBartModel(BartModel):
             input_ids, clap_embedding, encodec_mask, attention_mask: the encoder batch (design §3).
             decoder_input_ids: (B, S) decoder input; required (a 3-D codec input cannot be shifted
                 into a caption).
-            Other arguments: as in :class:`~transformers.BartModel`.
+            past_key_values: the decoding cache (transformers 5 also passes it as ``cache``).
+            Other arguments: as in :class:`~transformers.BartModel` (head masks and
+                ``cache_position`` under transformers 4.x only).
         """
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
@@ -260,20 +265,20 @@ class EnClapBartModel(BartModel):
             )
         if decoder_input_ids is None and decoder_inputs_embeds is None:
             raise ValueError("EnClapBartModel needs decoder_input_ids (or decoder_inputs_embeds)")
+        past_key_values = compat.pop_cache(past_key_values, kwargs)
+        kwargs.update(compat.stock_decoder_kwargs(decoder_head_mask, cross_attn_head_mask, cache_position))
         return super().forward(
             attention_mask=attention_mask,
             decoder_input_ids=decoder_input_ids,
             decoder_attention_mask=decoder_attention_mask,
-            decoder_head_mask=decoder_head_mask,
-            cross_attn_head_mask=cross_attn_head_mask,
             encoder_outputs=encoder_outputs,
-            past_key_values=past_key_values,
             decoder_inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=return_dict,
-            cache_position=cache_position,
+            **{compat.CACHE: past_key_values},
+            **kwargs,
         )
 
 
@@ -402,9 +407,12 @@ class EnClapBartForConditionalGeneration(BartForConditionalGeneration):
             mcm_labels: (B, L, num_rvq) original codes where masked, -100 elsewhere.
             mcm_max_rows: :func:`mcm_max_rows` of ``mcm_labels``, computed where the labels were
                 still on the host (train.py does): the MCM loss then never waits for the device.
-            Other arguments: as in :class:`~transformers.BartForConditionalGeneration`.
+            past_key_values: the decoding cache (transformers 5 passes it as ``cache``).
+            Other arguments: as in :class:`~transformers.BartForConditionalGeneration` (head
+                masks under transformers 4.x only).
         """
-        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        past_key_values = compat.pop_cache(past_key_values, kwargs)
         if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
             use_cache = False
             decoder_input_ids = shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
@@ -476,13 +484,13 @@ class EnClapBartForConditionalGeneration(BartForConditionalGeneration):
             lm_loss=lm_loss,
             mcm_loss=mcm_loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             decoder_hidden_states=outputs.decoder_hidden_states,
             decoder_attentions=outputs.decoder_attentions,
             cross_attentions=outputs.cross_attentions,
             encoder_last_hidden_state=outputs.encoder_last_hidden_state,
             encoder_hidden_states=outputs.encoder_hidden_states,
             encoder_attentions=outputs.encoder_attentions,
+            **{compat.CACHE: compat.output_cache(outputs)},
         )
         return output if return_dict else output.to_tuple()
 
@@ -562,21 +570,25 @@ class EnClapBartForConditionalGeneration(BartForConditionalGeneration):
                 return_dict=True,
             )
         if kwargs.get("generation_config") is not None:
-            # transformers otherwise replaces every option of a passed config that equals the
+            # transformers 4.x otherwise replaces every option of a passed config that equals the
             # library default (e.g. num_beams=1) with this model's default (4 beams).
-            kwargs.setdefault("use_model_defaults", False)
-        config = kwargs.get("generation_config") or self.generation_config
+            for key, value in compat.GENERATE_AS_GIVEN.items():
+                kwargs.setdefault(key, value)
+        config = compat.generation_config_used(self, kwargs.get("generation_config"))
         use_cache = kwargs.get("use_cache", config.use_cache)
-        # With merged defaults the beam count is only known inside generate(): share nothing then.
+        # With merged defaults (4.x) the beam count is only known inside generate(): share nothing then.
         merged = kwargs.get("generation_config") is not None and kwargs.get("use_model_defaults")
-        if (share_cross_attention and not merged and set(kwargs) <= {"generation_config", "use_model_defaults"}
+        if (share_cross_attention and not merged and set(kwargs) <= {"generation_config", *compat.GENERATE_AS_GIVEN}
                 and beam_search.supported(self, config)):
             # The paper's beam search without the generic loop's waste; same tokens (design §7).
             return beam_search.beam_search(self, encoder_outputs.last_hidden_state, attention_mask, config)
-        if share_cross_attention and use_cache and not merged and kwargs.get("past_key_values") is None:
+        cache = compat.pop_cache(None, kwargs)
+        if share_cross_attention and use_cache and not merged and cache is None:
             # generate() repeats each clip max(num_beams, num_return_sequences) times.
             copies = max(kwargs.get("num_beams", config.num_beams), kwargs.get("num_return_sequences", config.num_return_sequences) or 1)
-            kwargs["past_key_values"] = self._shared_cross_attention_cache(encoder_outputs.last_hidden_state, copies)
+            cache = self._shared_cross_attention_cache(encoder_outputs.last_hidden_state, copies)
+        if cache is not None:
+            kwargs[compat.CACHE] = cache
         # A copy: transformers expands the encoder output per beam in place, which would change
         # the caller's object (a second generate on it would see every clip num_beams times).
         encoder_outputs = BaseModelOutput(**encoder_outputs)

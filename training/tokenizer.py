@@ -37,7 +37,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> BartTokeniz
         show_progress=False,
     )
     backend.train_from_iterator(list(texts), trainer=trainer)
-    backend.post_processor = processors.RobertaProcessing(sep=("</s>", 2), cls=("<s>", 0), trim_offsets=True)
+    backend.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), trim_offsets=True)
     tokenizer = BartTokenizerFast(
         tokenizer_object=backend,
         bos_token="<s>",

@@ -13,6 +13,7 @@ from torch.func import functional_call
 
 from modeling import EnClapBartForConditionalGeneration
 from modeling.layers import EnClapBartEncoderLayer, EnClapCrossAttention, _FeedForward
+from modeling.compat import encoder_layer_hidden_states as hidden_states  # a tuple under 4.x
 from tests.helpers import make_batch, make_tiny_config, random_clips, saved_tensor_bytes
 
 
@@ -117,7 +118,7 @@ def test_feedforward_gradients_with_dropout():
     x = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
 
     def f(x, *values):
-        return functional_call(layer, dict(zip(names, values)), (x, None, None))[0]
+        return hidden_states(functional_call(layer, dict(zip(names, values)), (x, None, None)))
 
     f = _seeded(f)
     out = f(x, *params.values())
@@ -168,7 +169,7 @@ def test_feedforward_matches_stock_under_bf16_autocast():
         layer.zero_grad(set_to_none=True)
         xi = x.clone().requires_grad_()
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = layer(xi, None, None)[0]
+            out = hidden_states(layer(xi, None, None))
         out.float().square().sum().backward()
         results.append((out.detach().float(), xi.grad, layer.fc1.weight.grad, layer.self_attn_layer_norm.weight.grad))
     for stock, ours in zip(*results):
@@ -291,7 +292,7 @@ def test_feedforward_with_frozen_parameters_matches_stock():
         layer.efficient_training = efficient
         layer.zero_grad(set_to_none=True)
         x.grad = None
-        layer(x, None, None)[0].pow(3).sum().backward()
+        hidden_states(layer(x, None, None)).pow(3).sum().backward()
         results.append([x.grad] + [p.grad for p in layer.parameters()])
     for stock, ours in zip(*results):
         assert (stock is None) == (ours is None)
