@@ -94,9 +94,10 @@ class EncodecEncoder:
         """Fill the random model's codebooks with residual latents of a seeded calibration signal.
 
         Like encodec's own data-driven codebook initialisation (one k-means step), each
-        codebook's entries are residual latent vectors sampled at random: of a fixed signal of
-        tones, sweeps and noise bursts at varied levels, so that any process building the same
-        seed gets the same codebooks without seeing any dataset.
+        codebook's entries are residual latent vectors sampled at random (plus a little seeded
+        noise, so that no two entries are equal): of a fixed signal of tones, sweeps and noise
+        bursts at varied levels, so that any process building the same seed gets the same
+        codebooks without seeing any dataset.
         """
         rng = np.random.default_rng(seed)
         part = self.sample_rate // 3
@@ -118,7 +119,12 @@ class EncodecEncoder:
         for layer in self.model.quantizer.vq.layers:
             codebook = layer._codebook
             rows = torch.randint(0, residual.shape[0], (codebook.embed.shape[0],), generator=generator)
-            codebook.embed.copy_(residual[rows.to(self.device)])
+            # Jitter every entry by half the residual's RMS. Exact latents drawn with
+            # replacement would leave identical entries (and all-zero residuals for the next
+            # codebooks): exact ties, whose winner depends on the CPU's matrix kernels (design §12).
+            noise = torch.randn((len(rows), residual.shape[1]), generator=generator).to(self.device)
+            scale = 0.5 * residual.pow(2).mean().sqrt()
+            codebook.embed.copy_(residual[rows.to(self.device)] + scale * noise)
             codebook.inited.fill_(1)
             residual = residual - codebook.dequantize(codebook.quantize(residual))
 
