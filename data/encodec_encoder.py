@@ -1,4 +1,4 @@
-"""EnCodec 24 kHz codes (design §2), encoding batches exactly as clips alone.
+"""EnCodec 24 kHz codes (design §2), padding each clip of a batch as it would be padded alone.
 
 The ``encodec`` package's causal 24 kHz model at 12 kbps gives codes ``(T, 16)`` int64,
 T = ceil(samples_24k / 320). EnCodec pads the END of each clip by reflection inside every
@@ -31,7 +31,7 @@ from data.encoders import ENCODEC_URL, ModelLoadError, resolve_batch_size
 
 
 class EncodecEncoder:
-    """EnCodec 24 kHz at a fixed bandwidth, encoding batches exactly as clips alone.
+    """EnCodec 24 kHz at a fixed bandwidth, padding each clip of a batch as it would be padded alone.
 
     Args:
         device: torch device to run on ("cpu", "cuda", "cuda:1", ...).
@@ -220,8 +220,8 @@ class EncodecEncoder:
                 any lengths >= 1.
 
         Returns:
-            One np.int64 array of shape (T_i, 16) per clip, T_i = ceil(len_i / 320),
-            identical to encoding that clip alone.
+            One np.int64 array of shape (T_i, 16) per clip, T_i = ceil(len_i / 320), as
+            encoding that clip alone gives them, up to float rounding (design §12).
         """
         step = self.max_batch_size or max(len(wavs), 1)
         results: List[np.ndarray] = []

@@ -61,7 +61,6 @@ def test_feature_captions_alone_equal_captions_in_a_batch_of_8(pipeline):
     assert pipeline.caption_features(items, batch_size=3) == alone
 
 
-@pytest.mark.numerics
 def test_audio_captions_alone_equal_captions_in_a_batch_of_8(pipeline, tmp_path):
     # Other lengths, rates, channel counts and input kinds in the same batch.
     stereo = tmp_path / "stereo.wav"

@@ -138,7 +138,6 @@ def _assert_same_trees(got: Path, want: Path):
             raise AssertionError(f"{rel} differs: {diff} of {b.size} values")
 
 
-@pytest.mark.numerics
 def test_kill_then_resume_equals_uninterrupted_run(extractor, tmp_path):
     """SIGKILL mid-run, rerun: every output complete and byte-identical to an uninterrupted run."""
     wavs = tmp_path / "wavs"
@@ -333,7 +332,6 @@ def test_seed_reaches_both_random_encoders(tmp_path):
     assert not np.allclose(clap_a, clap_c)
 
 
-@pytest.mark.numerics
 def test_two_processes_write_the_features_of_one_in_both_layouts(small_tree, one_process, tmp_path):
     """accelerate launch: two processes, each writing its share of the per-file trees (by RANK) and of a
     packed store (by --shard RANK/2), give the features of one process in both layouts."""

@@ -28,6 +28,7 @@ OPTIONS = [
 
 
 @pytest.mark.parametrize("lengths", [[20], [61, 5, 33], [12, 12]])
+@pytest.mark.numerics
 def test_tokens_equal_stock_generate(tiny_model, lengths):
     codes, clap = random_clips(len(lengths), lengths, seed=len(lengths))
     inputs = make_batch(codes, clap)
@@ -85,6 +86,7 @@ def test_generate_leaves_the_callers_encoder_output_alone(tiny_model):
 
 @pytest.mark.parametrize("rows", [1, 2, 4, 5, 12])
 @pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.numerics
 def test_decoder_linear_layers_compute_what_the_module_computes(rows, bias):
     torch.manual_seed(rows)
     layer = torch.nn.Linear(48, 80, bias=bias)
