@@ -9,7 +9,7 @@ KERNEL_SETTINGS ?= ATEN_CPU_CAPABILITY=default ENCLAP_TEST_THREADS=2,MKL_ENABLE_
 .PHONY: test-kernels
 
 test-kernels:
-	@IFS=','; for setting in $(KERNEL_SETTINGS); do \
+	@settings='$(KERNEL_SETTINGS)'; IFS=','; for setting in $$settings; do \
 		echo "== test-kernels: $$setting"; \
 		( IFS=' '; env $$setting $(PY) -m pytest -q -m numerics tests ) || exit 1; \
 	done
