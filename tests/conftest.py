@@ -17,10 +17,11 @@ import torch
 
 from modeling import EnClapBartForConditionalGeneration
 from training.tokenizer import train_tokenizer
-from tests.helpers import CAPTIONS, make_tiny_config
+from tests.helpers import CAPTIONS, TEST_THREADS, make_tiny_config
 
-# Tiny models run fastest single-threaded, and CI's two cores are shared with subprocess tests.
-torch.set_num_threads(1)
+# Tiny models run fastest single-threaded, and CI's two cores are shared with subprocess tests
+# (ENCLAP_TEST_THREADS=2 is one of `make test-kernels`' settings).
+torch.set_num_threads(TEST_THREADS)
 
 
 @pytest.fixture(scope="session")

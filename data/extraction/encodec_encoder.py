@@ -1,4 +1,4 @@
-"""EnCodec 24 kHz codes (design §2), encoding batches exactly as clips alone.
+"""EnCodec 24 kHz codes (design §2), padding each clip of a batch as it would be padded alone.
 
 The ``encodec`` package's causal 24 kHz model at 12 kbps gives codes ``(T, 16)`` int64,
 T = ceil(samples_24k / 320). EnCodec pads the END of each clip by reflection inside every
@@ -34,7 +34,7 @@ ENCODEC_URL = "https://dl.fbaipublicfiles.com/encodec/v0/" + ENCODEC_CHECKPOINT
 
 
 class EncodecEncoder:
-    """EnCodec 24 kHz at a fixed bandwidth, encoding batches exactly as clips alone
+    """EnCodec 24 kHz at a fixed bandwidth, padding each clip of a batch as it would be padded alone
     (a :class:`data.extraction.contract.Codec`).
 
     Args:
@@ -104,9 +104,10 @@ class EncodecEncoder:
         """Fill the random model's codebooks with residual latents of a seeded calibration signal.
 
         Like encodec's own data-driven codebook initialisation (one k-means step), each
-        codebook's entries are residual latent vectors sampled at random: of a fixed signal of
-        tones, sweeps and noise bursts at varied levels, so that any process building the same
-        seed gets the same codebooks without seeing any dataset.
+        codebook's entries are residual latent vectors sampled at random (plus a little seeded
+        noise, so that no two entries are equal): of a fixed signal of tones, sweeps and noise
+        bursts at varied levels, so that any process building the same seed gets the same
+        codebooks without seeing any dataset.
         """
         rng = np.random.default_rng(seed)
         part = self.sample_rate // 3
@@ -128,7 +129,12 @@ class EncodecEncoder:
         for layer in self.model.quantizer.vq.layers:
             codebook = layer._codebook
             rows = torch.randint(0, residual.shape[0], (codebook.embed.shape[0],), generator=generator)
-            codebook.embed.copy_(residual[rows.to(self.device)])
+            # Jitter every entry by half the residual's RMS. Exact latents drawn with
+            # replacement would leave identical entries (and all-zero residuals for the next
+            # codebooks): exact ties, whose winner depends on the CPU's matrix kernels (design §12).
+            noise = torch.randn((len(rows), residual.shape[1]), generator=generator).to(self.device)
+            scale = 0.5 * residual.pow(2).mean().sqrt()
+            codebook.embed.copy_(residual[rows.to(self.device)] + scale * noise)
             codebook.inited.fill_(1)
             residual = residual - codebook.dequantize(codebook.quantize(residual))
 
@@ -224,8 +230,8 @@ class EncodecEncoder:
                 any lengths >= 1.
 
         Returns:
-            One np.int64 array of shape (T_i, 16) per clip, T_i = ceil(len_i / 320),
-            identical to encoding that clip alone.
+            One np.int64 array of shape (T_i, 16) per clip, T_i = ceil(len_i / 320), as
+            encoding that clip alone gives them, up to float rounding (design §12).
         """
         step = self.max_batch_size or max(len(wavs), 1)
         results: List[np.ndarray] = []

@@ -20,6 +20,7 @@ from modeling.generation import GenerationOptions
 from captioning.pipeline import EnClap
 from captioning.rerank import RerankOptions
 from common.errors import UserError
+from tests.helpers import assert_codes_agree
 
 SR = 16000
 
@@ -50,6 +51,7 @@ def pipeline(tiny_ckpt):
     return EnClap(tiny_ckpt, device="cpu", random_encoders=True, batch_size=8)
 
 
+@pytest.mark.numerics
 def test_feature_captions_alone_equal_captions_in_a_batch_of_8(pipeline):
     items = made_up_items([61, 5, 33, 17, 48, 9, 26, 40])
     batched = pipeline.caption_features(items, batch_size=8)
@@ -84,14 +86,24 @@ def test_audio_captions_alone_equal_captions_in_a_batch_of_8(pipeline, tmp_path)
     assert len(set(batched)) == len(inputs), "different clips must get different captions"
 
 
+def encoder_states(pipeline, sources) -> torch.Tensor:
+    """The BART encoder's last hidden states (B, L, D) for audio sources of one length."""
+    items = [{"codes": codes, "clap_embedding": clap} for codes, clap in pipeline.features.extract(sources)]
+    with torch.no_grad():
+        return pipeline.model.get_encoder()(**pipeline._model_inputs(items)).last_hidden_state
+
+
+@pytest.mark.numerics
 def test_stereo_file_captions_like_its_mean_downmix(pipeline, tmp_path):
     wav = make_clip(9, 0.5, SR, channels=2)  # (2, N)
     path = tmp_path / "stereo.wav"
     sf.write(path, wav.T, SR, subtype="FLOAT")
     assert pipeline.caption(str(path)) == pipeline.caption((wav.mean(axis=0), SR)) == pipeline.caption((wav, SR))
-    # ...and not like its left channel alone or another clip.
-    assert pipeline.caption((wav[0], SR)) != pipeline.caption((wav, SR))
-    assert pipeline.caption((make_clip(19, 0.5), SR)) != pipeline.caption((wav, SR))
+    # ...and the model reads something else than its left channel alone or another clip. Not
+    # asserted on captions: the tiny random model may caption two inputs alike, depending on
+    # the CPU's kernels (design §12).
+    stereo, left, other = encoder_states(pipeline, [str(path), (wav[0], SR), (make_clip(19, 0.5), SR)])
+    assert (stereo - left).abs().max() > 1e-3 and (stereo - other).abs().max() > 1e-3
 
 
 def test_rerank_returns_one_of_the_beam_candidates_deterministically(pipeline):
@@ -228,6 +240,7 @@ def test_seed_reaches_both_random_encoders(tiny_ckpt):
 
 
 
+@pytest.mark.numerics
 def test_truncation_encodes_only_the_start_and_gets_the_whole_clips_codes(tiny_ckpt, pipeline):
     """At the released models' 1021 frames: a 20 s clip at 44.1 kHz, encoded whole vs its prefix."""
     from captioning.pieces import encodec_prefix
@@ -238,7 +251,11 @@ def test_truncation_encodes_only_the_start_and_gets_the_whole_clips_codes(tiny_c
     prefix = encodec_prefix(wav, 44100, pipeline.encodec, 1021)
     assert len(prefix) == (1021 + 1) * 320, "only the start (plus one frame) is encoded"
     codes = pipeline.encodec.encode([prefix])[0]
-    np.testing.assert_array_equal(codes[:1021], whole[:1021])
+    # Another length may round otherwise (design §12): the latents agree to rounding, up to the
+    # last kept frame, and so do the codes but for a rare one.
+    latents = pipeline.encodec.latents([prefix, prepare_branches(wav, 44100)[0]])
+    np.testing.assert_allclose(latents[0][:1021], latents[1][:1021], rtol=0, atol=1e-5)
+    assert_codes_agree(codes[:1021], whole[:1021])
     assert not np.array_equal(whole[:1021], whole[400:1421]), "codes should vary along the clip"
 
 

@@ -80,6 +80,7 @@ def _padding_bias(lengths, keys):
 
 
 @pytest.mark.parametrize("rows", [5, 16, 64])
+@pytest.mark.numerics
 def test_attention_without_dropout_matches_sdpa(rows):
     q, k, v = _qkv()
     bias = _padding_bias([37, 30], 37)
@@ -115,6 +116,7 @@ def test_attention_dropout_is_unbiased_and_drops():
     assert ((draws.mean(0) - clean).abs() <= 5 * spread + 1e-9).all()
 
 
+@pytest.mark.numerics
 def test_attention_does_not_depend_on_the_thread_count():
     q, k, v = _qkv(batch=5, length=40)
     bias = _padding_bias([40, 33, 40, 12, 25], 40)
@@ -140,6 +142,7 @@ def _encoder_layer(attention_dropout: float, **fields):
     return EnClapBartEncoderLayer(config, layer_idx=0).train()
 
 
+@pytest.mark.numerics
 def test_blocked_self_attention_matches_the_stock_sub_layer():
     torch.manual_seed(0)
     layer = _encoder_layer(0.0).double()

@@ -30,6 +30,7 @@ OPTIONS = [
 
 
 @pytest.mark.parametrize("lengths", [[20], [61, 5, 33], [12, 12]])
+@pytest.mark.numerics
 def test_tokens_equal_stock_generate(tiny_model, lengths):
     codes, clap = random_clips(len(lengths), lengths, seed=len(lengths))
     inputs = make_batch(codes, clap)
@@ -149,6 +150,7 @@ def test_tokens_equal_stock_generate_in_either_orientation(tiny_model, orientati
 @pytest.mark.parametrize("rows", [1, 2, 4, 5, 12])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("transposed", [True, False])
+@pytest.mark.numerics
 def test_decoder_linear_layers_compute_what_the_module_computes(orientation, rows, bias, transposed):
     orientation["transposed"] = transposed
     torch.manual_seed(rows)

@@ -35,6 +35,7 @@ def _loss_and_grads(model, batch, efficient: bool):
     return loss.item(), {name: p.grad for name, p in model.named_parameters()}
 
 
+@pytest.mark.numerics
 def test_efficient_training_matches_stock_bart():
     torch.manual_seed(0)
     model = EnClapBartForConditionalGeneration(make_tiny_config(100)).train()
@@ -229,6 +230,7 @@ def _padding_mask(batch: int, queries: int, lengths):
     return mask.masked_fill(~keep[:, None, None, :], torch.finfo(torch.float64).min)
 
 
+@pytest.mark.numerics
 def test_cross_attention_matches_stock_with_padding():
     torch.manual_seed(0)
     attn = _cross_attention(0.0)
@@ -279,6 +281,7 @@ def test_stock_path_when_a_cache_or_weights_are_requested():
     torch.testing.assert_close(attn(hidden, key_value_states=enc)[0], out)
 
 
+@pytest.mark.numerics
 def test_feedforward_with_frozen_parameters_matches_stock():
     torch.manual_seed(0)
     config = make_tiny_config(100, d_model=8, encoder_attention_heads=2, encoder_ffn_dim=16)
@@ -314,6 +317,7 @@ def _dense_mcm_loss(model, hidden, mcm_labels):
     return total
 
 
+@pytest.mark.numerics
 def test_mcm_loss_and_gradients_match_every_head_everywhere():
     torch.manual_seed(0)
     model = EnClapBartForConditionalGeneration(make_tiny_config(100)).train()

@@ -174,6 +174,7 @@ def test_mcm_loss_trains_heads(tiny_model):
 LENGTHS = [12, 30, 7, 61, 1, 25, 40, 18]
 
 
+@pytest.mark.numerics
 def test_padding_and_batch_invariance(tiny_model, tokenizer):
     codes, clap = random_clips(8, LENGTHS, seed=1)
     labels = tokenizer(["a dog barks"] * 8, return_tensors="pt").input_ids
@@ -204,6 +205,7 @@ def test_encoder_passes_no_mask_without_padding(tiny_model):
     torch.testing.assert_close(even, padded[:2, : even.shape[1]], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.numerics
 def test_generate_batch_invariance(tiny_model):
     codes, clap = random_clips(8, LENGTHS, seed=2)
     batched = tiny_model.generate(**make_batch(codes, clap))
@@ -341,6 +343,7 @@ def test_from_bart_copies_weights(tokenizer, tmp_path):
 
 
 @pytest.mark.parametrize("options", [{}, {"num_beams": 3, "num_return_sequences": 2}, {"num_beams": 1}])
+@pytest.mark.numerics
 def test_shared_cross_attention_gives_the_same_tokens(tiny_model, options):
     codes, clap = random_clips(4, [12, 30, 7, 50], seed=4)
     batch = make_batch(codes, clap)

@@ -20,6 +20,7 @@ from data.extraction.clap_encoder import ClapEncoder
 from data.extraction.encodec_encoder import EncodecEncoder
 from data.extraction.contract import ModelLoadError
 from data.extraction.encoders import FeatureExtractor
+from tests.helpers import assert_codes_agree
 
 HTSAT_TINY_AUDIO_CFG = dict(  # laion_clap/clap_module/model_configs/HTSAT-tiny.json
     audio_length=1024, clip_samples=480000, mel_bins=64, sample_rate=48000, window_size=1024,
@@ -122,26 +123,31 @@ def test_encodec_interface(encodec):
     assert EncodecEncoder(pretrained=False).max_batch_size == 1
 
 
+@pytest.mark.numerics
 def test_encodec_batch_equals_each_clip_alone(encodec):
     gen = torch.Generator().manual_seed(3)
     lengths = [5, 320, 321, 24007, 13000]  # sub-frame, exact frame, one sample over, ...
     wavs = [0.3 * torch.randn(n, generator=gen) for n in lengths]
     batch = encodec.encode(wavs)
+    alone = []
     for n, wav, codes in zip(lengths, wavs, batch):
         with torch.inference_mode():
-            alone = encodec.model.encode(wav[None, None])[0][0]  # encodec's own path, (1, 16, T)
-        alone = alone[0].T.numpy()  # (T, 16)
+            own = encodec.model.encode(wav[None, None])[0][0]  # encodec's own path, (1, 16, T)
+        alone.append(own[0].T.numpy())  # (T, 16)
         assert codes.dtype == np.int64 and codes.shape == (math.ceil(n / 320), 16)
-        np.testing.assert_array_equal(codes, alone)
+    # Equal but for a rare code that the batch's other rounding moves across a boundary (design §12).
+    assert_codes_agree(batch, alone)
     assert len(np.unique(np.concatenate(batch))) > 10  # the codes are not trivially constant
-    encodec.max_batch_size = 2  # sub-batches of 2, 2, 1: same codes
+    for k in range(16):  # nor any one codebook (which would agree whatever the rounding)
+        assert len(np.unique(np.concatenate(batch)[:, k])) > 1, k
+    encodec.max_batch_size = 2  # sub-batches of 2, 2, 1
     try:
-        for codes, again in zip(batch, encodec.encode(wavs)):
-            np.testing.assert_array_equal(codes, again)
+        assert_codes_agree(encodec.encode(wavs), batch)
     finally:
         encodec.max_batch_size = 64
 
 
+@pytest.mark.numerics
 def test_encodec_latents_exact_and_zero_padding_would_not_be(encodec):
     gen = torch.Generator().manual_seed(4)
     wavs = [0.3 * torch.randn(n, generator=gen) for n in (24007, 900, 30011)]
@@ -186,6 +192,7 @@ def test_clap_matches_laion_get_audio_embedding_from_data(laion):
     assert np.abs(ClapEncoder(seed=0).encode(wavs[:1])[0] - ours[0]).max() > 1e-3
 
 
+@pytest.mark.numerics
 def test_clap_fusion_is_seeded_and_batch_invariant(clap):
     rng = np.random.default_rng(6)
     long_clip = (0.3 * rng.standard_normal(int(48000 * 10.6))).astype(np.float32)
