@@ -119,52 +119,52 @@ def train(cfg) -> int:
 
     # ---------------------------------------------------------------- the loop
     every = cfg.eval.every_steps
-    bar = tqdm(total=total_steps, initial=global_step, desc="train", disable=not accelerator.is_local_main_process,
-               dynamic_ncols=True)
     losses = LossLog(accelerator, cfg.optim.batch_size)
-    for epoch in range(start_epoch, cfg.optim.epochs):
-        data.train_set.set_epoch(epoch)
-        data.sampler.set_epoch(epoch)
-        first = start_batch if epoch == start_epoch else 0
-        data.sampler.set_start(first)
-        model.train()
-        for batch_index, batch in enumerate(data.loader, start=first):
-            group_start = batch_index - batch_index % accum
-            group_size = min(accum, batches_per_epoch - group_start)
-            is_step = batch_index + 1 == group_start + group_size
-            if batch_index == group_start:
-                # Dropout depends only on (seed, process, step): a resumed run is exact.
-                torch.manual_seed(step_seed(cfg.seed, accelerator.process_index, global_step))
-            inputs = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()
-                      if isinstance(v, torch.Tensor)}
-            if "mcm_labels" in batch:  # counted on the host: the MCM loss then never waits for the GPU
-                inputs["mcm_max_rows"] = mcm_max_rows(batch["mcm_labels"])
-            with contextlib.nullcontext() if is_step else accelerator.no_sync(model):
-                out = model(**inputs)
-                accelerator.backward(out.loss / group_size)
-            losses.add(out)
-            if not is_step:
-                continue
-            if cfg.optim.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            global_step += 1
-            bar.update(1)
+    # closed on the way out of an error too, so a one-line error starts on its own line
+    with tqdm(total=total_steps, initial=global_step, desc="train", disable=not accelerator.is_local_main_process,
+              dynamic_ncols=True) as bar:
+        for epoch in range(start_epoch, cfg.optim.epochs):
+            data.train_set.set_epoch(epoch)
+            data.sampler.set_epoch(epoch)
+            first = start_batch if epoch == start_epoch else 0
+            data.sampler.set_start(first)
+            model.train()
+            for batch_index, batch in enumerate(data.loader, start=first):
+                group_start = batch_index - batch_index % accum
+                group_size = min(accum, batches_per_epoch - group_start)
+                is_step = batch_index + 1 == group_start + group_size
+                if batch_index == group_start:
+                    # Dropout depends only on (seed, process, step): a resumed run is exact.
+                    torch.manual_seed(step_seed(cfg.seed, accelerator.process_index, global_step))
+                inputs = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()
+                          if isinstance(v, torch.Tensor)}
+                if "mcm_labels" in batch:  # counted on the host: the MCM loss then never waits for the GPU
+                    inputs["mcm_max_rows"] = mcm_max_rows(batch["mcm_labels"])
+                with contextlib.nullcontext() if is_step else accelerator.no_sync(model):
+                    out = model(**inputs)
+                    accelerator.backward(out.loss / group_size)
+                losses.add(out)
+                if not is_step:
+                    continue
+                if cfg.optim.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                global_step += 1
+                bar.update(1)
 
-            if global_step % cfg.log.every_steps == 0:
-                record = losses.record(scheduler.get_last_lr()[0], epoch)
-                accelerator.log(record, step=global_step)
-                bar.set_postfix(loss=f"{record['train/loss']:.3f}", lr=f"{record['train/lr']:.2e}")
-                logger.info("step %d epoch %d loss %.4f caption %.4f mcm %.4f lr %.3e %.1f examples/s", global_step,
-                            epoch, record["train/loss"], record["train/caption_loss"], record["train/mcm_loss"],
-                            record["train/lr"], record["train/examples_per_s"])
-            if every is not None and global_step % every == 0:
-                validate_and_checkpoint(epoch, batch_index + 1)
-        if every is None:
-            validate_and_checkpoint(epoch, batches_per_epoch)
-    bar.close()
+                if global_step % cfg.log.every_steps == 0:
+                    record = losses.record(scheduler.get_last_lr()[0], epoch)
+                    accelerator.log(record, step=global_step)
+                    bar.set_postfix(loss=f"{record['train/loss']:.3f}", lr=f"{record['train/lr']:.2e}")
+                    logger.info("step %d epoch %d loss %.4f caption %.4f mcm %.4f lr %.3e %.1f examples/s", global_step,
+                                epoch, record["train/loss"], record["train/caption_loss"], record["train/mcm_loss"],
+                                record["train/lr"], record["train/examples_per_s"])
+                if every is not None and global_step % every == 0:
+                    validate_and_checkpoint(epoch, batch_index + 1)
+            if every is None:
+                validate_and_checkpoint(epoch, batches_per_epoch)
     if every is not None and (not history or history[-1]["step"] != global_step):
         validate_and_checkpoint(cfg.optim.epochs - 1, batches_per_epoch)
 
