@@ -20,8 +20,12 @@ $(STAMP): requirements.txt
 metrics-setup: $(STAMP)
 	@$(PY) -m scoring setup  # standard library only: fast when already done
 
+# The suite, then its numerics tests under other CPU kernels (mk/kernels.mk), then the model,
+# generation, loading and training tests under the other transformers major (mk/transformers5.mk).
 test: setup browser
 	$(PY) -m pytest -q tests
+	@$(MAKE) --no-print-directory test-kernels
+	@$(MAKE) --no-print-directory test-transformers5
 
 # Optional pieces kept in their own files: the browser for the demo-page test, the quick-start demo.
 include $(wildcard mk/*.mk)
