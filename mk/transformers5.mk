@@ -8,8 +8,8 @@ T5_OVERLAY := .cache/transformers5
 T5_STAMP := $(T5_OVERLAY)/.requirements-installed
 T5_PY := PYTHONPATH=$(CURDIR)/$(T5_OVERLAY) $(PY)
 # Model, generation, loading, training, tokenizer, hub ids, captioning pipeline, the page, the CLIs
-# that load checkpoints, generate and train; tests/data/test_encoders.py for LAION-CLAP's own use of it.
-T5_TESTS ?= tests/modeling tests/training tests/captioning tests/data/test_encoders.py tests/test_gradio.py \
+# that load checkpoints, generate and train; tests/data/extraction/test_encoders.py for LAION-CLAP's own use of it.
+T5_TESTS ?= tests/modeling tests/training tests/captioning tests/data/extraction/test_encoders.py tests/test_gradio.py \
 	tests/test_cli_inference.py tests/test_cli_inference_warnings.py tests/test_cli_evaluate.py tests/test_cli_train.py
 
 .PHONY: test-transformers5
