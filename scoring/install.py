@@ -20,7 +20,7 @@ from typing import Optional
 from scoring.java import (_AAC_DIR, CORENLP_JARS, METEOR_JAR, METEOR_PARAPHRASE, PTB_JAR, SPICE_JAR,
                           SPICE_LIB, SPICE_LOCAL_CACHE, MetricsUnavailable, PathLike, check_requirements, find_java,
                           get_cache_dir)
-from scoring import java as checks
+import scoring.java as checks
 from scoring.names import DISPLAY_NAMES, METRIC_NAMES
 
 # Where SPICE's CoreNLP comes from; probed before trying the download.
@@ -156,7 +156,7 @@ def setup(
         if error:
             log(f"metrics setup: CoreNLP download failed ({error})")
     if download and checks.fense_missing() and _network_reachable(_HUB_HOST):
-        from scoring import fense as fense_models
+        import scoring.fense as fense_models
 
         fense_models.download(log)
 

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 
-from scoring import fense
+import scoring.fense as fense
 from scoring.fense import FenseModels
 from scoring.java import METEOR_JAR, PathLike, find_java, get_cache_dir, preflight
 from scoring.names import DEFAULT_METRICS, normalize_metrics
