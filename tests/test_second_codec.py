@@ -17,7 +17,7 @@ from data import preprocess
 from tests.test_cli_train import run_train
 from tests.toy_codec import ToyCodec
 
-SPEC = "tests.toy_codec:ToyCodec"
+TOY_CODEC = "tests.toy_codec:ToyCodec"
 CLIPS = [("dog", 0.5, 300), ("rain", 0.9, 900), ("bell", 0.3, 1500), ("man", 0.6, 200), ("tap", 0.4, 700)]
 CAPTIONS = ["a dog barks", "rain falls on a roof", "a bell rings", "a man speaks", "water runs from a tap"]
 
@@ -43,7 +43,7 @@ def test_a_second_codec_through_preprocessing_training_and_captioning(tmp_path):
 
     # 1. Preprocessing with --codec: the toy codec's codes, 4 codebooks of 64 at 50 frames/s.
     status = preprocess.main(["--data_path", str(tmp_path / "audio"), "--encodec_path", str(tmp_path / "enc"),
-                              "--clap_path", str(tmp_path / "clap"), "--codec", SPEC, "--random_weights", "--quiet",
+                              "--clap_path", str(tmp_path / "clap"), "--codec", TOY_CODEC, "--random_weights", "--quiet",
                               "--device", "cpu"])
     assert status == 0
     for name, seconds, _ in CLIPS:
@@ -55,11 +55,11 @@ def test_a_second_codec_through_preprocessing_training_and_captioning(tmp_path):
     run = tmp_path / "run"
     result = run_train([f"data.train_csv={tmp_path / 'train.csv'}", f"data.val_csv={tmp_path / 'val.csv'}",
                         f"data.encodec_base_path={tmp_path / 'enc'}", f"data.clap_base_path={tmp_path / 'clap'}",
-                        f"data.codec={SPEC}", f"output_dir={run}", "optim.epochs=1", "optim.batch_size=5"])
+                        f"data.codec={TOY_CODEC}", f"output_dir={run}", "optim.epochs=1", "optim.batch_size=5"])
     assert result.returncode == 0, result.stderr[-3000:]
     model_dir = run / "checkpoints" / "step_00000001" / "model"
     config = json.loads((model_dir / "config.json").read_text())
-    assert (config["codec"], config["num_rvq"], config["encodec_vocab_size"]) == (SPEC, 4, 64)
+    assert (config["codec"], config["num_rvq"], config["encodec_vocab_size"]) == (TOY_CODEC, 4, 64)
 
     # 3. Captioning raw audio with that checkpoint builds the toy codec from the checkpoint alone,
     #    and its features are the ones preprocessing stored.
