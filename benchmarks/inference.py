@@ -157,6 +157,7 @@ def bf16_agreement(model, inputs_by_label, fp32_ids, config, repeats) -> None:
     products read bf16 weights (:func:`modeling.beam_search.beam_search` ``weights_dtype``).
     """
     from modeling import beam_search
+    from modeling.generation import token_agreement
 
     def run(inputs, dtype):
         with torch.inference_mode():
@@ -176,9 +177,10 @@ def bf16_agreement(model, inputs_by_label, fp32_ids, config, repeats) -> None:
                 else:
                     bf16_ids = ids
         fp32 = fp32_ids[label]["ours"]
-        same_captions = sum(torch.equal(a, b) for a, b in zip(bf16_ids, fp32)) if bf16_ids.shape == fp32.shape else 0
-        width = min(bf16_ids.shape[1], fp32.shape[1])
-        tokens = (bf16_ids[:, :width] == fp32[:, :width]).float().mean().item()
+        pad = model.config.pad_token_id
+        captions, tokens = token_agreement([[t for t in row.tolist() if t != pad] for row in bf16_ids],
+                                           [[t for t in row.tolist() if t != pad] for row in fp32])
+        same_captions = round(captions * fp32.shape[0])
         clips = inputs["input_ids"].shape[0]
         print(f"{label:>11}, bf16 decoder weights: ours fp32 {best[None] / clips:.3f} s/clip, bf16 "
               f"{best[torch.bfloat16] / clips:.3f}; fp32/bf16 {best[None] / best[torch.bfloat16]:.2f}x; "

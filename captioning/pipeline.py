@@ -34,7 +34,7 @@ from data.extraction.encoders import (FeatureExtractor, build_clap, build_encode
 from data.training.masking import crop_codes
 from captioning.pieces import MIN_SECONDS, Piece, decode_input, split_input
 from captioning.rerank import RerankOptions, pick_best, score_candidates
-from modeling.generation import GenerationOptions, decode_captions, generate_ids
+from modeling.generation import GenerationOptions, decode_captions, generate_ids, token_agreement
 from modeling.pretrained import load_pretrained
 
 logger = logging.getLogger(__name__)
@@ -115,15 +115,11 @@ def caption_agreement(captions: Sequence[str], reference: Sequence[str], tokeniz
 
     Returns:
         ``(captions, tokens)``: the fraction of identical captions, and of token positions that
-        hold the same token (over the longer caption of each pair).
+        hold the same token (over the longer caption of each pair); see
+        :func:`modeling.generation.token_agreement`.
     """
-    same = positions = 0
-    for ours, theirs in zip(captions, reference):
-        a, b = tokenizer(ours or "").input_ids, tokenizer(theirs or "").input_ids
-        same += sum(x == y for x, y in zip(a, b))
-        positions += max(len(a), len(b))
-    identical = sum(a == b for a, b in zip(captions, reference))
-    return identical / max(len(reference), 1), same / max(positions, 1)
+    return token_agreement([tokenizer(c or "").input_ids for c in captions],
+                           [tokenizer(c or "").input_ids for c in reference])
 
 
 def _describe(source: Any, index: int) -> str:

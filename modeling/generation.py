@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 from transformers import GenerationConfig, PretrainedConfig
 
@@ -110,3 +110,19 @@ def generate_captions(model, tokenizer, inputs: dict, generation_config: Generat
         generation_config: from :meth:`GenerationOptions.to_generation_config`.
     """
     return decode_captions(tokenizer, generate_ids(model, inputs, generation_config))
+
+
+def token_agreement(ids: Sequence[Sequence[int]], reference: Sequence[Sequence[int]]) -> tuple[float, float]:
+    """How far two runs' token ids for the same inputs agree (e.g. bf16 against fp32).
+
+    Returns:
+        ``(sequences, tokens)``: the fraction of identical sequences, and of token positions that
+        hold the same token, counted over the longer sequence of each pair.
+    """
+    same = positions = identical = 0
+    for ours, theirs in zip(ids, reference):
+        ours, theirs = list(ours), list(theirs)
+        same += sum(x == y for x, y in zip(ours, theirs))
+        positions += max(len(ours), len(theirs))
+        identical += ours == theirs
+    return identical / max(len(reference), 1), same / max(positions, 1)
