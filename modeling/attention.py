@@ -1,5 +1,5 @@
-"""Cheap dropout for CPU training: a faster keep-mask generator, and a blocked attention whose
-dropout mask is redrawn from a seed in backward instead of being stored (design §3).
+"""Cheap dropout for CPU training: a faster keep-mask generator, and a blocked attention that keeps
+neither the attention matrix nor a byte per element of its dropout mask for backward (design §3).
 
 Why: on a CPU, PyTorch's SDPA has no kernel for attention dropout. With ``dropout_p > 0`` it
 falls back to materialising the (B, H, L, L) attention matrix and its dropout mask, keeps both
@@ -10,12 +10,12 @@ dropout cost and the top of its memory peak.
 * :class:`MaskStream` / :func:`keep_mask`: Bernoulli keep-masks from numpy's SFC64 generator,
   32 random bits per element compared with a threshold (keep probability ``1 - p`` rounded to
   a multiple of 2**-32), ~10x cheaper than ``bernoulli_``. The same seed gives the same masks.
-* :func:`dropout`: inverted dropout with that mask; it keeps only the mask's seed and draws
-  the mask again in backward.
+* :func:`dropout`: inverted dropout with that mask, applied with ``masked_fill`` (kept for
+  backward as one byte per element).
 * :func:`attention`: ``dropout(softmax(Q K^T * scale + bias)) V`` computed one block of query
   rows at a time, so that a block's scores stay in cache. Forward keeps Q, K, V, the output and
-  one log-sum-exp per query row; backward recomputes each block's probabilities and redraws
-  its dropout mask from the same seed (flash-attention style, written with PyTorch ops).
+  one log-sum-exp per query row, and the dropout mask packed to one bit per element; backward
+  recomputes each block's probabilities (flash-attention style, written with PyTorch ops).
   Batch entries are shared among the intra-op threads, each running its ops single-threaded:
   thousands of small parallel regions would otherwise each wait for every thread, which on a
   machine shared with other jobs costs more than the work.
@@ -63,10 +63,25 @@ class MaskStream:
         threshold = keep_threshold(p)
         if threshold == _TWO32:
             return torch.ones(shape, dtype=torch.bool)
+        return self._signed_bits(shape) < threshold - 2**31
+
+    def draw_dropped(self, shape: Sequence[int], p: float) -> torch.Tensor:
+        """The complement of :meth:`draw` (True = dropped, probability ``p``), from the same bits.
+
+        Dropping is then one ``masked_fill_`` pass, where multiplying by a bool keep-mask first
+        converts the mask to floats (~5x the time on a (8, 753, 3072) activation).
+        """
+        shape = tuple(int(s) for s in shape)
+        threshold = keep_threshold(p)
+        if threshold == _TWO32:
+            return torch.zeros(shape, dtype=torch.bool)
+        return self._signed_bits(shape) >= threshold - 2**31
+
+    def _signed_bits(self, shape: tuple) -> torch.Tensor:
+        """32 random bits per element as int32 (a 64-bit SFC64 draw serves two elements)."""
         numel = int(np.prod(shape, dtype=np.int64))
-        words = self._bits.random_raw((numel + 1) // 2)  # uint64, two elements each
-        bits = torch.from_numpy(words.view(np.int32)[:numel])
-        return (bits < threshold - 2**31).view(shape)
+        words = self._bits.random_raw((numel + 1) // 2)  # uint64
+        return torch.from_numpy(words.view(np.int32)[:numel]).view(shape)
 
 
 def new_seed(generator: Optional[torch.Generator] = None) -> int:
@@ -79,19 +94,32 @@ def keep_mask(shape: Sequence[int], p: float, generator: Optional[torch.Generato
     return MaskStream(new_seed(generator)).draw(shape, p)
 
 
+def drop_mask(like: torch.Tensor, p: float, generator: Optional[torch.Generator] = None) -> Optional[torch.Tensor]:
+    """Which elements of ``like`` dropout with probability ``p`` zeroes: a bool tensor (True =
+    dropped), or None when ``p == 0``. On CPU drawn with :class:`MaskStream` (seeded from
+    ``generator``, default torch's, so ``torch.manual_seed`` fixes it), elsewhere with ``bernoulli_``."""
+    if p <= 0.0:
+        return None
+    if like.device.type == "cpu":
+        return MaskStream(new_seed(generator)).draw_dropped(like.shape, p)
+    return torch.empty_like(like, dtype=torch.bool).bernoulli_(p)
+
+
 class _Dropout(torch.autograd.Function):
-    """Inverted dropout that keeps only its seed: backward draws the same mask again."""
+    """Inverted dropout that keeps its mask as one byte per element for backward."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float):
-        ctx.seed, ctx.p, ctx.shape = new_seed(), p, x.shape
+        dropped = drop_mask(x, p)
         ctx.scale = 1.0 / (1.0 - p)
-        return (x * MaskStream(ctx.seed).draw(x.shape, p)).mul_(ctx.scale)
+        ctx.save_for_backward(dropped)
+        return x.masked_fill(dropped, 0.0).mul_(ctx.scale)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        return (grad * MaskStream(ctx.seed).draw(ctx.shape, ctx.p)).mul_(ctx.scale), None
+        (dropped,) = ctx.saved_tensors
+        return grad.masked_fill(dropped, 0.0).mul_(ctx.scale), None
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
@@ -157,6 +185,16 @@ def _blocks(length: int, rows: int):
     return [(start, min(start + rows, length)) for start in range(0, length, rows)]
 
 
+def _mask_layout(heads: int, length: int, keys: int, rows: int) -> tuple[list, int]:
+    """``[(start, stop, byte offset, elements)]`` of each query block's packed dropout mask, and the bytes of all."""
+    layout, offset = [], 0
+    for start, stop in _blocks(length, rows):
+        count = heads * (stop - start) * keys
+        layout.append((start, stop, offset, count))
+        offset += (count + 7) // 8
+    return layout, offset
+
+
 def _scores(q_block, key_t, bias_row, scale: float) -> torch.Tensor:
     """(H, r, L) scores ``q k^T * scale + bias`` of one block."""
     if bias_row is None:
@@ -167,8 +205,10 @@ def _scores(q_block, key_t, bias_row, scale: float) -> torch.Tensor:
 class _BlockedAttention(torch.autograd.Function):
     """``dropout(softmax(q k^T * scale + bias)) v`` over (B, H, L, d) tensors, blocked by query rows.
 
-    Batch entry ``b`` draws its masks from ``MaskStream((seed, b))`` block after block, in the
-    same order in forward and backward, whichever thread computes it.
+    Batch entry ``b`` draws its masks from ``MaskStream((seed, b))`` block after block, whichever
+    thread computes it, and keeps them for backward packed to one bit per element (``np.packbits``:
+    B * H * L * L_k / 8 bytes, 6.8 MB per bart-base layer at 8 x 753 frames): unpacking a block
+    costs a few percent of drawing it again.
     """
 
     @staticmethod
@@ -179,33 +219,37 @@ class _BlockedAttention(torch.autograd.Function):
         out = q.new_empty(batch, length, heads, dim)
         lse = q.new_empty(batch, heads, length, 1)
         inv_keep = 1.0 / (1.0 - p)
+        layout, total = _mask_layout(heads, length, k.shape[2], rows)
+        packed = torch.empty(batch, total, dtype=torch.uint8) if p > 0 else None
 
         def entry(b: int) -> None:
             stream = MaskStream((seed, b)) if p > 0 else None
             key_t = k[b].transpose(-1, -2)  # (H, d, L)
             bias_row = None if bias is None else bias[b].expand(heads, 1, -1)  # (H, 1, L)
-            for start, stop in _blocks(length, rows):
+            for start, stop, offset, count in layout:
                 s = _scores(q[b, :, start:stop], key_t, bias_row, scale)
                 m = s.amax(-1, keepdim=True)
                 s.sub_(m).exp_()  # unnormalised probabilities
                 z = s.sum(-1, keepdim=True)
                 lse[b, :, start:stop] = m + z.log()
                 if stream is not None:
-                    s.mul_(stream.draw(s.shape, p))
+                    keep = stream.draw(s.shape, p)
+                    packed[b, offset:offset + (count + 7) // 8].numpy()[:] = np.packbits(keep.numpy())
+                    s.mul_(keep)
                 block = torch.bmm(s, v[b])  # (H, r, d)
                 out[b, start:stop] = block.mul_(z.reciprocal_().mul_(inv_keep if p > 0 else 1.0)).transpose(0, 1)
 
         _run_shared([lambda b=b: entry(b) for b in range(batch)])
-        ctx.save_for_backward(q, k, v, bias, out, lse)
-        ctx.scale, ctx.p, ctx.seed, ctx.rows = scale, p, seed, rows
+        ctx.save_for_backward(q, k, v, bias, out, lse, packed)
+        ctx.scale, ctx.p, ctx.layout = scale, p, layout
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad_out):
-        q, k, v, bias, out, lse = ctx.saved_tensors
-        scale, p, seed, rows = ctx.scale, ctx.p, ctx.seed, ctx.rows
+        q, k, v, bias, out, lse, packed = ctx.saved_tensors
+        scale, p, layout = ctx.scale, ctx.p, ctx.layout
         batch, heads, length, _ = q.shape
         # (B, L, H, d) like the output -> (B, H, L, d) like q
         grad_out = grad_out.transpose(1, 2).contiguous()
@@ -215,18 +259,18 @@ class _BlockedAttention(torch.autograd.Function):
         keep_p = 1.0 - p
 
         def entry(b: int) -> None:
-            stream = MaskStream((seed, b)) if p > 0 else None
             key_t = k[b].transpose(-1, -2)
             value_t = v[b].transpose(-1, -2)
             bias_row = None if bias is None else bias[b].expand(heads, 1, -1)
             grad_k[b].zero_()
             grad_v[b].zero_()
-            for start, stop in _blocks(length, rows):
+            for start, stop, offset, count in layout:
                 q_block, go_block = q[b, :, start:stop], grad_out[b, :, start:stop]
                 probs = _scores(q_block, key_t, bias_row, scale).sub_(lse[b, :, start:stop]).exp_()
                 d_drop = torch.bmm(go_block, value_t)  # d loss / d (masked probabilities) * keep_p
-                if stream is not None:
-                    keep = stream.draw(probs.shape, p)
+                if packed is not None:
+                    bits = np.unpackbits(packed[b, offset:offset + (count + 7) // 8].numpy(), count=count)
+                    keep = torch.from_numpy(bits.view(np.bool_)).view(probs.shape)
                     # dS = P * (dZ * M / keep_p - D) = P * (dZ * M - D * keep_p) / keep_p
                     d_scores = d_drop.mul_(keep).sub_(delta[b, :, start:stop] * keep_p).mul_(probs)
                     probs.mul_(keep)

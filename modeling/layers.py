@@ -8,9 +8,9 @@ apply: evaluation, no gradient, attention weights or head masks requested, a dec
 
 * :class:`EnClapBartEncoderLayer` runs the feed-forward half of the layer (layer norm, ``fc1``,
   activation, dropout, ``fc2``, dropout, residual) as one autograd function that keeps only its
-  input, ``fc1``'s output and (on CPU) the seeds of its dropout masks for the backward pass. The
-  layer-norm output, the activation output, a (B, L, ffn_dim) tensor, and the masks are
-  recomputed there instead of being stored. On CPU with attention dropout, its self-attention
+  input, ``fc1``'s output and its dropout masks (one byte per element) for the backward pass. The
+  layer-norm output and the activation output, a (B, L, ffn_dim) tensor, are recomputed there
+  instead of being stored. On CPU with attention dropout, its self-attention
   runs :func:`modeling.attention.attention` (blocked, the dropout mask redrawn in backward)
   instead of SDPA's fallback that materialises the attention matrix and its mask. Dropout masks
   on CPU come from :class:`modeling.attention.MaskStream` (same keep probability, cheaper than
@@ -31,52 +31,41 @@ import torch.nn.functional as F
 from transformers.models.bart.modeling_bart import BartAttention, BartEncoderLayer
 
 from . import compat
-from .attention import MaskStream, attention, dropout, new_seed
-
-
-class _Mask:
-    """A dropout keep-mask with probability ``1 - p``, or nothing when ``p == 0``.
-
-    On CPU only a seed is kept and the mask is drawn from it when needed
-    (:class:`modeling.attention.MaskStream`: same keep probability, a fraction of the cost of
-    ``bernoulli_``, no (B, L, ffn_dim) bool tensor kept for backward); elsewhere the mask is
-    drawn with ``bernoulli_`` and kept.
-    """
-
-    def __init__(self, like: torch.Tensor, p: float):
-        self.p, self.shape, self.seed, self.tensor = p, like.shape, None, None
-        if p <= 0.0:
-            return
-        if like.device.type == "cpu":
-            self.seed = new_seed()
-        else:
-            self.tensor = torch.empty_like(like, dtype=torch.bool).bernoulli_(1.0 - p)
-
-    def get(self) -> Optional[torch.Tensor]:
-        if self.seed is not None:
-            return MaskStream(self.seed).draw(self.shape, self.p)
-        return self.tensor
-
-
-def _dropout_mask(like: torch.Tensor, p: float) -> _Mask:
-    return _Mask(like, p)
-
-
-def _apply_mask(x: torch.Tensor, mask: Optional[torch.Tensor], p: float) -> torch.Tensor:
-    """Inverted dropout with a given keep-mask (identity when the mask is None)."""
-    return x if mask is None else (x * mask).mul_(1.0 / (1.0 - p))
+from .attention import attention, drop_mask, dropout
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
+def _keep_scale(p: float) -> float:
+    return 1.0 / (1.0 - p)
+
+
+def _exact_gelu(layer) -> bool:
+    """Whether the layer's activation is torch's exact GELU (BART's ``gelu``): then the backward
+    calls ``gelu_backward`` directly instead of building an autograd graph of the recomputation."""
+    return getattr(layer.activation_fn, "act", None) is F.gelu
+
+
+def _activation(layer, pre: torch.Tensor, dropped: Optional[torch.Tensor]) -> torch.Tensor:
+    """``act(pre)`` with the dropped elements zeroed, not yet scaled by ``1 / (1 - p)``: the scale is
+    applied inside ``fc2``'s matrix product (``alpha``), which costs nothing there."""
+    act = layer.activation_fn(pre)
+    return act if dropped is None else act.masked_fill_(dropped, 0.0)
+
+
 class _FeedForward(torch.autograd.Function):
     """``h1 -> ln1 = LN(h1) -> ln1 + drop(fc2(drop(act(fc1(ln1)))))``, storing h1, fc1(ln1) and the masks.
 
-    The weight gradients of ``fc1`` and ``fc2`` are the usual matrix products, computed in the
-    dtype the forward matmul ran in (autocast) and returned in the parameter's dtype; the layer
-    norm and the activation are differentiated by autograd on their recomputed outputs.
+    The dropout masks are kept as bytes (True = dropped) and applied with ``masked_fill_``; the
+    activation dropout's ``1 / (1 - p)`` rides on ``fc2``'s product (``addmm``'s ``alpha``) in both
+    directions. Per (B, L, ffn_dim) element that leaves two passes forward (activation, mask) and
+    four backward (activation and mask again for ``fc2``'s weight gradient, the activation's
+    derivative, the mask), where dropout by multiplication took about twice as many. The weight
+    gradients of ``fc1`` and ``fc2`` are the usual matrix products, computed in the dtype the
+    forward matmul ran in (autocast) and returned in the parameter's dtype; the layer norm (and
+    an activation other than exact GELU) is differentiated by autograd on its recomputed output.
     """
 
     @staticmethod
@@ -84,33 +73,51 @@ class _FeedForward(torch.autograd.Function):
         ln = layer.self_attn_layer_norm
         ln1 = F.layer_norm(h1, ln.normalized_shape, ln_weight, ln_bias, ln.eps)
         pre = F.linear(ln1, fc1_weight, fc1_bias)  # (B, L, ffn_dim), kept for backward
-        act_mask = _dropout_mask(pre, layer.activation_dropout)
-        out = F.linear(_apply_mask(layer.activation_fn(pre), act_mask.get(), layer.activation_dropout), fc2_weight,
-                       fc2_bias)
-        out_mask = _dropout_mask(out, layer.dropout)
-        out = _apply_mask(out, out_mask.get(), layer.dropout)
+        act_dropped = drop_mask(pre, layer.activation_dropout)
+        act = _activation(layer, pre, act_dropped)
+        out = torch.addmm(fc2_bias, _rows(act), fc2_weight.t(), alpha=_keep_scale(layer.activation_dropout))
+        del act
+        out = out.view(*pre.shape[:-1], -1)
+        out_dropped = drop_mask(out, layer.dropout)
+        if out_dropped is not None:
+            out = out.masked_fill_(out_dropped, 0.0).mul_(_keep_scale(layer.dropout))
         ctx.layer, ctx.out_dtype = layer, out.dtype
-        ctx.masks = (act_mask, out_mask)  # seeds on CPU: the masks are drawn again in backward
-        ctx.save_for_backward(h1, pre, ln_weight, ln_bias, fc1_weight, fc2_weight)
+        ctx.save_for_backward(h1, pre, ln_weight, ln_bias, fc1_weight, fc2_weight, act_dropped, out_dropped)
         return ln1 + out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        h1, pre, ln_weight, ln_bias, fc1_weight, fc2_weight = ctx.saved_tensors
-        act_mask, out_mask = ctx.masks
+        h1, pre, ln_weight, ln_bias, fc1_weight, fc2_weight, act_dropped, out_dropped = ctx.saved_tensors
         layer = ctx.layer
         need = ctx.needs_input_grad
-        grad_out = _apply_mask(grad.to(ctx.out_dtype), out_mask.get(), layer.dropout)  # d loss / d fc2 output
-
-        with torch.enable_grad():
-            pre_leaf = pre.detach().requires_grad_()
-            act = _apply_mask(layer.activation_fn(pre_leaf), act_mask.get(), layer.activation_dropout)
-        rows_out = _rows(grad_out)
-        grad_fc2_w = (rows_out.t() @ _rows(act.detach()).to(rows_out.dtype)).to(fc2_weight.dtype) if need[5] else None
-        grad_fc2_b = rows_out.sum(0).to(fc2_weight.dtype) if need[6] else None
-        (grad_pre,) = torch.autograd.grad(act, pre_leaf, grad_out @ fc2_weight.to(grad_out.dtype))
-        del act, pre_leaf, grad_out, rows_out
+        grad_out = grad.to(ctx.out_dtype)  # d loss / d fc2 output
+        if out_dropped is not None:
+            grad_out = grad_out.masked_fill(out_dropped, 0.0).mul_(_keep_scale(layer.dropout))
+        grad_fc2_b = _rows(grad_out).sum(0).to(fc2_weight.dtype) if need[6] else None
+        # fc2 read the activation scaled by 1 / (1 - p): its weight and input gradients carry that scale.
+        scaled = grad_out * _keep_scale(layer.activation_dropout) if act_dropped is not None else grad_out
+        del grad_out
+        rows_out = _rows(scaled)
+        if need[5]:
+            act = _activation(layer, pre, act_dropped)
+            grad_fc2_w = (rows_out.t() @ _rows(act).to(rows_out.dtype)).to(fc2_weight.dtype)
+            del act
+        else:
+            grad_fc2_w = None
+        grad_act = scaled @ fc2_weight.to(scaled.dtype)  # d loss / d (masked activation), (B, L, ffn_dim)
+        del scaled, rows_out
+        if act_dropped is not None:
+            grad_act.masked_fill_(act_dropped, 0.0)
+        if _exact_gelu(layer):
+            grad_pre = torch.ops.aten.gelu_backward(grad_act.to(pre.dtype), pre)
+        else:
+            with torch.enable_grad():
+                pre_leaf = pre.detach().requires_grad_()
+                act = layer.activation_fn(pre_leaf)
+            (grad_pre,) = torch.autograd.grad(act, pre_leaf, grad_act.to(act.dtype))
+            del act, pre_leaf
+        del grad_act
 
         ln = layer.self_attn_layer_norm
         with torch.enable_grad():
@@ -141,7 +148,8 @@ class EnClapBartEncoderLayer(BartEncoderLayer):
         **kwargs,
     ):
         """The installed stock layer's interface and output (:mod:`modeling.compat`)."""
-        if not (self.efficient_training and self.training and torch.is_grad_enabled()) or self.fc1.bias is None:
+        if (not (self.efficient_training and self.training and torch.is_grad_enabled())
+                or self.fc1.bias is None or self.fc2.bias is None):
             stock = compat.stock_encoder_layer_kwargs(layer_head_mask, output_attentions)
             return super().forward(hidden_states, attention_mask, **stock, **kwargs)
         if self._blocked_attention_applies(hidden_states, attention_mask, layer_head_mask, output_attentions):

@@ -51,6 +51,12 @@ def test_masks_repeat_from_a_seed_and_differ_between_seeds():
     assert not torch.equal(a1, MaskStream((5, 1)).draw((3, 40), 0.3))
 
 
+def test_dropped_masks_are_the_complement_of_keep_masks_from_the_same_seed():
+    keep, dropped = MaskStream(9).draw((50, 40), 0.3), MaskStream(9).draw_dropped((50, 40), 0.3)
+    assert dropped.dtype == torch.bool and torch.equal(dropped, ~keep)
+    assert not MaskStream(9).draw_dropped((8,), 0.0).any()
+
+
 def test_dropout_scales_kept_elements_and_its_gradient_follows_the_mask():
     x = torch.rand(64, 100, dtype=torch.float64) + 1.0
     x.requires_grad_()

@@ -107,9 +107,10 @@ def _seeded(fn):
     return run
 
 
-def test_feedforward_gradients_with_dropout():
+@pytest.mark.parametrize("activation", ["gelu", "gelu_new"])  # exact GELU has its own backward
+def test_feedforward_gradients_with_dropout(activation):
     config = make_tiny_config(100, d_model=8, encoder_attention_heads=2, encoder_ffn_dim=16, dropout=0.3,
-                              activation_dropout=0.4)
+                              activation_dropout=0.4, activation_function=activation)
     config._attn_implementation = "sdpa"
     layer = EnClapBartEncoderLayer(config, layer_idx=0).double().train()
     names = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "self_attn_layer_norm.weight",
