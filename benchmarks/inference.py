@@ -154,11 +154,13 @@ class Split:
 def time_paths(runs, config, repeats):
     """``{name: (best seconds, token ids)}`` of ``repeats`` generate calls per run.
 
-    Args:
-        runs: ``{name: (model, inputs, path name)}`` (path names: see :func:`path`).
-
     The runs take turns (stock, shared, ours, stock, ...) so that a busy spell of a shared
     machine slows them alike, and the best time of each is kept.
+
+    Args:
+        runs: ``{name: (model, inputs, path name)}`` (path names: see :func:`path`).
+        config: the generation config every run uses.
+        repeats: timed calls per run.
     """
     best = {name: (float("inf"), None) for name in runs}
     for _ in range(repeats):
@@ -329,8 +331,8 @@ def main(argv: list[str] | None = None) -> int:
                 if label == "one clip":
                     bf16_speedup = times["stock"] / times[BF16]
         if bf16:
-            print(f"({BF16}: random weights give near-tied logits, which bf16 rounding reorders; a trained checkpoint's "
-                  "agreement is what inference.py --dtype bf16 --compare_fp32 reports)")
+            print(f"({BF16}: random weights give near-tied logits, which bf16 rounding reorders; a trained "
+                  "checkpoint's agreement is what inference.py --dtype bf16 --compare_fp32 reports)")
 
         # Long audio end to end from a WAV file: decode, encode (EnCodec reads only the start), caption.
         sr = 16000

@@ -80,7 +80,8 @@ def test_small_run_with_bf16_prints_its_lines_and_the_fp32_speedup_last(capsys):
     one = re.search(r"one clip: stock ([0-9.]+) s/clip, shared [0-9.]+, ours ([0-9.]+); stock/ours ([0-9.]+)x",
                     "\n".join(lines))
     bf16 = re.search(r"one clip, --dtype bf16: ours ([0-9.]+) s/clip; stock fp32 / ours bf16 ([0-9.]+)x, ours fp32 "
-                     r"/ ours bf16 ([0-9.]+)x; captions equal to fp32 [01]/1, tokens equal ([0-9]+) %", "\n".join(lines))
+                     r"/ ours bf16 ([0-9.]+)x; captions equal to fp32 [01]/1, tokens equal ([0-9]+) %",
+                     "\n".join(lines))
     assert one and bf16, lines
     assert any(line.startswith(" batch of 2, --dtype bf16: ours ") for line in lines), lines
     assert any("near-tied logits" in line for line in lines), lines
