@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 
 import pytest
@@ -9,10 +10,14 @@ import torch
 
 from modeling import EnClapBartConfig, EnClapBartForConditionalGeneration, beam_search
 from modeling.generation import GenerationOptions
-from tests.benchmarks._load import load_benchmark
+from tests.benchmarks._load import BENCHMARKS
 from tests.helpers import make_batch, random_clips
 
-inference = load_benchmark("inference")
+# Under a name of its own: as "inference" it would take the place of the repository's inference.py
+# in sys.modules (tests/test_cli_inference_dtype.py imports that one).
+_spec = importlib.util.spec_from_file_location("benchmarks_inference", BENCHMARKS / "inference.py")
+inference = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(inference)
 
 
 def test_a_bart_base_step_reads_its_decoder_linear_layers_and_the_lm_head():
