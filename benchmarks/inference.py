@@ -16,12 +16,19 @@ caption the same inputs:
 
 Tokens must be identical on every path (asserted). Printed: the CPU (``common.cpu``) and, for
 ours, which orientation each decoder-step product was measured faster in on it; where one clip's
-time goes on the stock path and on ours (encoder, first decoder call, later decoder calls, the rest of beam
-search), one clip at a time and batched, then a long clip against a 13.6 s clip end to end from
-a WAV file through ``EnClap.run`` (random-weight encoders). On a CPU with native bf16 (or with
-``--bf16 on``) it also times ours with bf16 decoder weights against ours in fp32 and prints how
-many captions and tokens agree. The last line, ``speedup: N.NN``, is
-the one-clip ratio stock / ours.
+time goes on the stock path and on ours (encoder, first decoder call, later decoder calls, the
+rest of beam search); a floor for the later decoder calls: the weight bytes one such step reads
+(:func:`step_weight_bytes`) over the rate this machine reads memory at (:func:`read_bandwidth`),
+against each path's time per later call; then one clip at a time and batched, and a long clip
+against a 13.6 s clip end to end from a WAV file through ``EnClap.run`` (random-weight encoders).
+
+On a CPU with native bf16 (or with ``--bf16 on``) it also times the users' bf16 route, a second
+``EnClap(dtype="bf16")`` from the same checkpoint (``inference.py --dtype bf16``), as ours one
+clip and batched, taking turns with the fp32 paths, and prints its split, its floor, its ratios
+and how many captions and tokens equal the fp32 ones (random weights have near-tied logits, so
+bf16 rounding changes some tokens here), then ``speedup with --dtype bf16 (tokens N % equal to
+fp32): M.MM`` (stock fp32 / ours bf16, one clip). The last line, ``speedup: N.NN``, is the
+one-clip ratio stock / ours in fp32, identical tokens.
 
 Random weights rarely emit ``</s>``, so captions run to ``max_length``; ``--max_length`` (default
 13, i.e. ~12 tokens, the length of real captions) keeps the decoder's share realistic.
@@ -102,6 +109,7 @@ class Split:
 
         self.model, self.lean = model, beam_search._Decoder
         self.parts = {"encoder": 0.0, "first decoder call": 0.0, "later decoder calls": 0.0}
+        self.calls = 0  # decoder calls (stock: model forwards; ours: steps), first included
 
     def _timed(self, part_of, fn):
         @functools.wraps(fn)  # generate() inspects the forward's signature
@@ -114,9 +122,14 @@ class Split:
 
     @contextmanager
     def measure(self):
-        calls = []
-        decoder_part = lambda: "first decoder call" if len(calls) == 1 else "later decoder calls"  # noqa: E731
-        count = lambda fn: functools.wraps(fn)(lambda *a, **k: calls.append(1) or fn(*a, **k))  # noqa: E731
+        def count(fn):
+            @functools.wraps(fn)
+            def run(*args, **kwargs):
+                self.calls += 1
+                return fn(*args, **kwargs)
+            return run
+
+        decoder_part = lambda: "first decoder call" if self.calls == 1 else "later decoder calls"  # noqa: E731
         encoder, forward = self.model.model.encoder.forward, self.model.forward
         init, step = self.lean.__init__, self.lean.step
         self.model.model.encoder.forward = self._timed(lambda: "encoder", encoder)
@@ -133,61 +146,99 @@ class Split:
             self.lean.__init__, self.lean.step = init, step
         self.parts["rest of beam search"] = self.total - sum(self.parts.values())
 
+    def per_later_call(self) -> float:
+        """Seconds per later decoder call (nan without one)."""
+        return self.parts["later decoder calls"] / (self.calls - 1) if self.calls > 1 else float("nan")
 
-def time_paths(model, inputs, config, names, repeats):
-    """``{path: (best seconds, token ids)}`` of ``repeats`` generate calls per path.
 
-    The paths take turns (stock, shared, ours, stock, ...) so that a busy spell of a shared
+def time_paths(runs, config, repeats):
+    """``{name: (best seconds, token ids)}`` of ``repeats`` generate calls per run.
+
+    The runs take turns (stock, shared, ours, stock, ...) so that a busy spell of a shared
     machine slows them alike, and the best time of each is kept.
+
+    Args:
+        runs: ``{name: (model, inputs, path name)}`` (path names: see :func:`path`).
+        config: the generation config every run uses.
+        repeats: timed calls per run.
     """
-    best = {name: (float("inf"), None) for name in names}
+    best = {name: (float("inf"), None) for name in runs}
     for _ in range(repeats):
-        for name in names:
-            with path(model, name) as kwargs, torch.inference_mode():
+        for name, (model, inputs, path_name) in runs.items():
+            with path(model, path_name) as kwargs, torch.inference_mode():
                 start = time.perf_counter()
                 ids = model.generate(**inputs, generation_config=config, **kwargs)
                 best[name] = (min(best[name][0], time.perf_counter() - start), ids)
     return best
 
 
-def bf16_agreement(model, inputs_by_label, fp32_ids, config, repeats) -> None:
-    """Times ours with bf16 decoder weights against ours in fp32 and prints how many tokens agree.
+def step_weight_bytes(model) -> int:
+    """Bytes of weights one later decoder step of ours reads (the LM head's included).
 
-    The encoder and the cross-attention keys and values stay fp32; only the decoder steps' matrix
-    products read bf16 weights (:func:`modeling.beam_search.beam_search` ``weights_dtype``).
+    Per decoder layer: the self-attention projections (query, key, value, output), the
+    cross-attention query and output projections (its key and value projections run once per
+    clip, in the first call) and the two feed-forward layers, weights and biases; then the LM
+    head. Layer norms, one position row and the beams' embedding rows (a few kB) are left out.
     """
-    from modeling import beam_search
+    modules = [model.lm_head]
+    for layer in model.model.decoder.layers:
+        self_attn, cross = layer.self_attn, layer.encoder_attn
+        modules += [self_attn.q_proj, self_attn.k_proj, self_attn.v_proj, self_attn.out_proj,
+                    cross.q_proj, cross.out_proj, layer.fc1, layer.fc2]
+    return sum(p.numel() * p.element_size() for m in modules for p in (m.weight, m.bias) if p is not None)
+
+
+def read_bandwidth(device: torch.device, megabytes: int = 256, repeats: int = 5) -> float:
+    """Bytes per second this machine reads memory at: the best of ``repeats`` sums over a buffer.
+
+    A sum over ``megabytes`` MB of float32 (far beyond any CPU cache) reads each byte once and
+    writes nothing, as a decoder step streams its weights; the bytes counted are the buffer's.
+    """
+    buffer = torch.ones(megabytes * 10**6 // 4, device=device)
+    buffer.sum()  # warm-up: threads started, kernels chosen
+    best = float("inf")
+    for _ in range(repeats):
+        _synchronize(device)
+        start = time.perf_counter()
+        buffer.sum()
+        _synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return buffer.numel() * buffer.element_size() / best
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def floor_line(step_bytes: int, bandwidth: float, per_step: dict[str, float]) -> str:
+    """The bandwidth floor of a later decoder step against what each path took per step.
+
+    Args:
+        step_bytes: weight bytes one step reads (:func:`step_weight_bytes`).
+        bandwidth: bytes per second (:func:`read_bandwidth`).
+        per_step: ``{path: seconds per later decoder call}`` (:meth:`Split.per_later_call`).
+    """
+    paths = ", ".join(f"{name} {1000 * seconds:.1f} ms/step" for name, seconds in per_step.items())
+    return (f"later decoder steps read {step_bytes / 1e6:.0f} MB of weights each; memory reads at "
+            f"{bandwidth / 1e9:.1f} GB/s here -> at least {1000 * step_bytes / bandwidth:.1f} ms/step; {paths}")
+
+
+def agreement(ids: torch.Tensor, reference: torch.Tensor, pad: int) -> tuple[int, float]:
+    """``(identical captions, fraction of equal tokens)`` of ``ids`` against ``reference`` (pads dropped)."""
     from modeling.generation import token_agreement
 
-    def run(inputs, dtype):
-        with torch.inference_mode():
-            states = model.get_encoder()(**inputs).last_hidden_state
-            return beam_search.beam_search(model, states, inputs.get("attention_mask"), config, dtype)
-
-    for label, inputs in inputs_by_label.items():
-        best = {dtype: float("inf") for dtype in (None, torch.bfloat16)}
-        run(inputs, torch.bfloat16)  # warm-up: weights cast once, orientations measured
-        for _ in range(repeats):
-            for dtype in best:
-                start = time.perf_counter()
-                ids = run(inputs, dtype)
-                best[dtype] = min(best[dtype], time.perf_counter() - start)
-                if dtype is None:
-                    assert torch.equal(ids, fp32_ids[label]["ours"]), "direct call and generate differ"
-                else:
-                    bf16_ids = ids
-        fp32 = fp32_ids[label]["ours"]
-        pad = model.config.pad_token_id
-        captions, tokens = token_agreement([[t for t in row.tolist() if t != pad] for row in bf16_ids],
-                                           [[t for t in row.tolist() if t != pad] for row in fp32])
-        same_captions = round(captions * fp32.shape[0])
-        clips = inputs["input_ids"].shape[0]
-        print(f"{label:>11}, bf16 decoder weights: ours fp32 {best[None] / clips:.3f} s/clip, bf16 "
-              f"{best[torch.bfloat16] / clips:.3f}; fp32/bf16 {best[None] / best[torch.bfloat16]:.2f}x; "
-              f"captions equal to fp32 {same_captions}/{fp32.shape[0]}, tokens equal {100 * tokens:.0f} %")
+    rows = lambda t: [[token for token in row.tolist() if token != pad] for row in t]  # noqa: E731
+    captions, tokens = token_agreement(rows(ids), rows(reference))
+    return round(captions * reference.shape[0]), tokens
 
 
-def main() -> int:
+#: The paths that must give identical tokens, and the name of the bf16 run.
+PATHS = ("stock", "shared", "ours")
+BF16 = "--dtype bf16"
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(SIZES), default="base", help="model size (default: base)")
     parser.add_argument("--clips", type=int, default=8, help="10 s clips for the batched run (default: 8)")
@@ -197,10 +248,10 @@ def main() -> int:
     parser.add_argument("--long_seconds", type=float, default=150.0, help="the long clip (default: 150 s)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
-                        help="also time ours with bf16 decoder weights and report its token agreement with fp32 "
-                             "(default auto: on a CPU with native bf16)")
+                        help="also time ours with the model in bf16 (EnClap dtype='bf16', inference.py --dtype bf16) "
+                             "and report its token agreement with fp32 (default auto: on a CPU with native bf16)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     import soundfile as sf
@@ -221,33 +272,49 @@ def main() -> int:
         pipeline = EnClap(folder, device=args.device, random_encoders=True, batch_size=args.batch_size)
         model = pipeline.model
         config = options.to_generation_config(model.config)
-        one = pipeline._model_inputs(items[:1])
-        batch = pipeline._model_inputs(items[: args.batch_size])
+        inputs_by_label = {"one clip": pipeline._model_inputs(items[:1]),
+                           f"batch of {args.batch_size}": pipeline._model_inputs(items[: args.batch_size])}
+        bf16 = None  # the users' bf16 route: the same checkpoint through EnClap(dtype="bf16")
+        if args.bf16 == "on" or (args.bf16 == "auto" and pipeline.device.type == "cpu" and native_bf16()):
+            bf16 = EnClap(folder, device=args.device, random_encoders=True, batch_size=args.batch_size, dtype="bf16")
         device = f"{pipeline.device.type} ({torch.get_num_threads()} threads)" if pipeline.device.type == "cpu" else (
             torch.cuda.get_device_name(pipeline.device))
         print(f"device: {device}; {args.size} size; 10 s clips (750 frames); beam {options.num_beams}; "
               f"max_length {options.max_length}; best of {args.repeats}")
         print(describe_cpu())
 
-        # Where one clip's time goes.
-        time_paths(model, one, config, ("stock", "shared", "ours"), 1)  # warm-up: weights paged in, kernels chosen
-        for name in ("stock", "ours"):
-            split = Split(model)
-            with path(model, name) as kwargs, torch.inference_mode(), split.measure():
-                model.generate(**one, generation_config=config, **kwargs)
+        runs = {label: {name: (model, inputs, name) for name in PATHS} for label, inputs in inputs_by_label.items()}
+        if bf16:
+            for label, items_of in (("one clip", items[:1]), (f"batch of {args.batch_size}", items[: args.batch_size])):
+                runs[label][BF16] = (bf16.model, bf16._model_inputs(items_of), "ours")
+
+        # Where one clip's time goes, and the floor of a later decoder step.
+        time_paths(runs["one clip"], config, 1)  # warm-up: weights paged in, kernels and orientations chosen
+        per_step = {}
+        for name in ("stock", "ours", BF16) if bf16 else ("stock", "ours"):
+            run_model, inputs, path_name = runs["one clip"][name]
+            split = Split(run_model)
+            with path(run_model, path_name) as kwargs, torch.inference_mode(), split.measure():
+                run_model.generate(**inputs, generation_config=config, **kwargs)
             parts = ", ".join(f"{k} {v:.3f} s" for k, v in split.parts.items())
             print(f"{name:>5} one clip: {split.total:.3f} s = {parts}")
+            per_step[name] = split.per_later_call()
+        bandwidth = read_bandwidth(pipeline.device)
+        print(floor_line(step_weight_bytes(model), bandwidth, {k: per_step[k] for k in ("stock", "ours")}))
+        if bf16:
+            print(f"{BF16}: " + floor_line(step_weight_bytes(bf16.model), bandwidth, {BF16: per_step[BF16]}))
 
         print("decoder-step products, orientation measured on this CPU: " + "; ".join(
-            f"{out}x{inp} weight, {rows} rows: {'(W @ x.T).T' if transposed else 'F.linear'}"
-            for ((out, inp), _, _, rows, _), transposed in sorted(beam_search._ORIENTATION.items())))
+            f"{out}x{inp} {str(dtype).replace('torch.', '')} weight, {rows} rows: "
+            f"{'(W @ x.T).T' if transposed else 'F.linear'}"
+            for ((out, inp), dtype, _, rows, _), transposed in sorted(beam_search._ORIENTATION.items(), key=str)))
 
-        results = {}
-        for label, inputs in (("one clip", one), (f"batch of {args.batch_size}", batch)):
-            timed = time_paths(model, inputs, config, ("stock", "shared", "ours"), args.repeats)
+        bf16_tokens = {}
+        for label, inputs in inputs_by_label.items():
+            timed = time_paths(runs[label], config, args.repeats)
             times = {name: seconds for name, (seconds, _) in timed.items()}
-            results[label] = {name: ids for name, (_, ids) in timed.items()}
-            same = all(torch.equal(results[label]["stock"], ids) for ids in results[label].values())
+            ids = {name: tokens for name, (_, tokens) in timed.items()}
+            same = all(torch.equal(ids["stock"], ids[name]) for name in PATHS)
             assert same, f"{label}: the paths gave different tokens"
             clips = inputs["input_ids"].shape[0]
             print(f"{label:>11}: stock {times['stock'] / clips:.3f} s/clip, shared {times['shared'] / clips:.3f}, "
@@ -255,10 +322,17 @@ def main() -> int:
                   f"shared/ours {times['shared'] / times['ours']:.2f}x; tokens identical")
             if label == "one clip":
                 one_clip_speedup = times["stock"] / times["ours"]
-
-        if args.bf16 == "on" or (args.bf16 == "auto" and pipeline.device.type == "cpu" and native_bf16()):
-            bf16_agreement(model, {"one clip": one, f"batch of {args.batch_size}": batch}, results, config,
-                           args.repeats)
+            if bf16:
+                captions, bf16_tokens[label] = agreement(ids[BF16], ids["ours"], model.config.pad_token_id)
+                print(f"{label:>11}, {BF16}: ours {times[BF16] / clips:.3f} s/clip; stock fp32 / ours bf16 "
+                      f"{times['stock'] / times[BF16]:.2f}x, ours fp32 / ours bf16 {times['ours'] / times[BF16]:.2f}x; "
+                      f"captions equal to fp32 {captions}/{ids['ours'].shape[0]}, tokens equal "
+                      f"{100 * bf16_tokens[label]:.0f} %")
+                if label == "one clip":
+                    bf16_speedup = times["stock"] / times[BF16]
+        if bf16:
+            print(f"({BF16}: random weights give near-tied logits, which bf16 rounding reorders; a trained "
+                  "checkpoint's agreement is what inference.py --dtype bf16 --compare_fp32 reports)")
 
         # Long audio end to end from a WAV file: decode, encode (EnCodec reads only the start), caption.
         sr = 16000
@@ -279,6 +353,8 @@ def main() -> int:
                 assert result.error is None and result.truncated == (seconds > window), (seconds, result)
         print(f"end to end from a WAV: {window:.1f} s clip {cost[window]:.2f} s; {args.long_seconds:.0f} s clip "
               f"{cost[args.long_seconds]:.2f} s ({cost[args.long_seconds] / cost[window]:.2f}x the {window:.1f} s clip)")
+    if bf16:
+        print(f"speedup with {BF16} (tokens {100 * bf16_tokens['one clip']:.0f} % equal to fp32): {bf16_speedup:.2f}")
     print(f"speedup: {one_clip_speedup:.2f}")
     return 0
 

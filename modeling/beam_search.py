@@ -21,6 +21,10 @@ processors written for any model). This module runs the same arithmetic with not
   early-stopping rule), and the paper's logits processors (no-repeat n-gram, forced ``<s>`` and
   ``</s>``) are applied in the stock order.
 
+A model cast to bf16 (``EnClap(dtype="bf16")``, ``inference.py --dtype bf16``: the one bf16
+route) runs these steps with its bf16 weights; the logits are taken to float32 before the
+log-softmax, so the beam scores add up in float32 as in the stock loop.
+
 :func:`supported` says whether a generation config stays within that scope (beam search without
 sampling and the design §7 options); anything else goes through the stock loop. Tests check
 that the tokens equal stock ``generate`` over beams, lengths, penalties, early-stopping modes,
@@ -30,8 +34,6 @@ candidate counts and padded batches.
 from __future__ import annotations
 
 import time
-import weakref
-from types import SimpleNamespace
 from typing import Optional
 
 import torch
@@ -101,10 +103,8 @@ def ban_repeated_ngrams(scores: torch.Tensor, tokens: torch.Tensor, size: int) -
 class _Decoder:
     """One decoder step at a time over ``B * beams`` rows with shared cross-attention keys/values."""
 
-    def __init__(self, model, encoder_states: torch.Tensor, encoder_mask: Optional[torch.Tensor], beams: int,
-                 weights_dtype: Optional[torch.dtype] = None):
+    def __init__(self, model, encoder_states: torch.Tensor, encoder_mask: Optional[torch.Tensor], beams: int):
         self.decoder = model.model.decoder
-        self.weights_dtype = weights_dtype
         self.lm_head = model.lm_head
         self.bias = model.final_logits_bias
         self.beams = beams
@@ -123,12 +123,6 @@ class _Decoder:
             self.cross_mask = (1.0 - mask).masked_fill((1.0 - mask).bool(), torch.finfo(encoder_states.dtype).min)
         self.self_cache: list[Optional[tuple[torch.Tensor, torch.Tensor]]] = [None] * len(self.decoder.layers)
 
-    def _linear(self, module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-        """:func:`_linear`, with the weights (and the input) in ``weights_dtype`` where one is set."""
-        if self.weights_dtype is None or self.weights_dtype == module.weight.dtype:
-            return _linear(module, x)
-        return _linear(_cast_weights(module, self.weights_dtype), x.to(self.weights_dtype)).to(x.dtype)
-
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep the self-attention cache of the rows the beams continue from."""
         self.self_cache = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.self_cache]
@@ -146,35 +140,35 @@ class _Decoder:
         for index, layer in enumerate(dec.layers):
             hidden = layer.self_attn_layer_norm(hidden + self._self_attention(layer.self_attn, hidden, index))
             hidden = layer.encoder_attn_layer_norm(hidden + self._cross_attention(layer.encoder_attn, hidden, index))
-            inner = layer.activation_fn(self._linear(layer.fc1, hidden))
-            hidden = layer.final_layer_norm(hidden + self._linear(layer.fc2, inner))
+            inner = layer.activation_fn(_linear(layer.fc1, hidden))
+            hidden = layer.final_layer_norm(hidden + _linear(layer.fc2, inner))
         if not logits:
             return None
-        return (self._linear(self.lm_head, hidden) + self.bias.to(hidden.dtype)).view(rows, -1)
+        return (_linear(self.lm_head, hidden) + self.bias.to(hidden.dtype)).view(rows, -1)
 
     def _self_attention(self, attn, hidden: torch.Tensor, index: int) -> torch.Tensor:
         rows = hidden.shape[0]
         shape = (rows, 1, -1, attn.head_dim)
-        query = self._linear(attn.q_proj, hidden).view(shape).transpose(1, 2)  # (N, H, 1, d)
-        key = self._linear(attn.k_proj, hidden).view(shape).transpose(1, 2)
-        value = self._linear(attn.v_proj, hidden).view(shape).transpose(1, 2)
+        query = _linear(attn.q_proj, hidden).view(shape).transpose(1, 2)  # (N, H, 1, d)
+        key = _linear(attn.k_proj, hidden).view(shape).transpose(1, 2)
+        value = _linear(attn.v_proj, hidden).view(shape).transpose(1, 2)
         if self.self_cache[index] is not None:
             past_key, past_value = self.self_cache[index]
             key, value = torch.cat([past_key, key], dim=-2), torch.cat([past_value, value], dim=-2)
         self.self_cache[index] = (key, value)
         out = F.scaled_dot_product_attention(query, key, value, scale=attn.scaling)  # (N, H, 1, d)
-        return self._linear(attn.out_proj, out.transpose(1, 2).reshape(rows, 1, -1))
+        return _linear(attn.out_proj, out.transpose(1, 2).reshape(rows, 1, -1))
 
     def _cross_attention(self, attn, hidden: torch.Tensor, index: int) -> torch.Tensor:
         rows = hidden.shape[0]
         batch = rows // self.beams
         # The beams of clip b are the query rows of one call against clip b's keys and values.
-        query = self._linear(attn.q_proj, hidden).view(batch, self.beams, -1, attn.head_dim)
+        query = _linear(attn.q_proj, hidden).view(batch, self.beams, -1, attn.head_dim)
         query = query.transpose(1, 2)  # (B, H, beams, d)
         keys, values = self.cross[index]
         out = F.scaled_dot_product_attention(query, keys, values, attn_mask=self.cross_mask, scale=attn.scaling,
                                              is_causal=False)  # (B, H, beams, d)
-        return self._linear(attn.out_proj, out.transpose(1, 2).reshape(rows, 1, -1))
+        return _linear(attn.out_proj, out.transpose(1, 2).reshape(rows, 1, -1))
 
 
 #: Up to this many rows (one clip's beams at the default 4), a CPU linear layer may be taken as
@@ -252,20 +246,6 @@ def _measure_orientation(weight: torch.Tensor, bias: Optional[torch.Tensor], row
     return best["transposed"] < best["linear"]
 
 
-#: ``module -> ((weight version, address, dtype), its weights in that dtype)``: cast once, not per call.
-_CAST: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
-
-
-def _cast_weights(module: torch.nn.Linear, dtype: torch.dtype) -> SimpleNamespace:
-    """``module``'s weight and bias in ``dtype`` (attributes ``weight``, ``bias``), kept until the weights change."""
-    version = (module.weight._version, module.weight.data_ptr(), dtype)
-    cached = _CAST.get(module)
-    if cached is None or cached[0] != version:
-        bias = None if module.bias is None else module.bias.detach().to(dtype)
-        cached = _CAST[module] = (version, SimpleNamespace(weight=module.weight.detach().to(dtype), bias=bias))
-    return cached[1]
-
-
 def _gather(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``tensor[b, index[b, j], ...]`` for (B, K, ...) tensors and (B, J) indices."""
     while index.dim() < tensor.dim():
@@ -275,7 +255,7 @@ def _gather(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def beam_search(model, encoder_states: torch.Tensor, encoder_mask: Optional[torch.Tensor],
-                config: GenerationConfig, weights_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+                config: GenerationConfig) -> torch.Tensor:
     """Token ids of beam search under ``config`` (check :func:`supported` first): (B * R, S).
 
     Args:
@@ -283,11 +263,6 @@ def beam_search(model, encoder_states: torch.Tensor, encoder_mask: Optional[torc
         encoder_states: (B, L, D) encoder output.
         encoder_mask: (B, L) encoder attention mask (1 = real row), or None.
         config: beam-search settings (``num_beams`` >= 2, no sampling).
-        weights_dtype: run the decoder steps' matrix products with weights in this dtype (e.g.
-            ``torch.bfloat16``, kept cast between calls); None (default) keeps the model's. Only
-            the model's own dtype gives stock ``generate``'s tokens: bf16 halves the weight bytes a
-            step reads, which pays on CPUs with native bf16 (``avx512_bf16``, AMX), and
-            can change tokens (``benchmarks/inference.py --bf16`` reports the agreement).
 
     Returns:
         (B * num_return_sequences, S) int64, best first per clip, padded with the pad id; S is
@@ -305,7 +280,7 @@ def beam_search(model, encoder_states: torch.Tensor, encoder_mask: Optional[torc
     keep = 2 * beams  # one EOS id: the stock max(2, 1 + n_eos) * num_beams
     top_beam_mask = torch.arange(keep, device=device) < beams
 
-    decoder = _Decoder(model, encoder_states, encoder_mask, beams, weights_dtype)
+    decoder = _Decoder(model, encoder_states, encoder_mask, beams)
     prompt = 1
     running = torch.full((batch, beams, max_length), fill, dtype=torch.long, device=device)
     running[:, :, 0] = int(config.decoder_start_token_id)

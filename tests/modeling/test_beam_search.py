@@ -212,31 +212,22 @@ def test_the_measurement_picks_the_faster_orientation(monkeypatch, slow):
         assert beam_search._measure_orientation(layer.weight, layer.bias, 4) == (slow == "linear")
 
 
-def test_bf16_weights_are_cast_once_and_again_after_the_weights_change(tiny_model):
-    layer = torch.nn.Linear(16, 24)
-    first = beam_search._cast_weights(layer, torch.bfloat16)
-    assert first.weight.dtype == first.bias.dtype == torch.bfloat16
-    assert beam_search._cast_weights(layer, torch.bfloat16) is first
-    with torch.no_grad():
-        layer.weight.add_(1.0)
-    again = beam_search._cast_weights(layer, torch.bfloat16)
-    assert again is not first and torch.equal(again.weight, layer.weight.detach().to(torch.bfloat16))
-
-
-def test_bf16_decoder_weights_run_the_products_in_bf16(tiny_model, monkeypatch):
+def test_a_bf16_model_runs_the_lean_search_in_bf16(tiny_model, monkeypatch):
+    # The one bf16 route (EnClap(dtype="bf16"), --dtype bf16) casts the whole model: generate must
+    # still take the lean search, every decoder-step product must read bf16 weights and inputs,
+    # and the beam scores must stay float32 (a bf16 log-softmax would tie most beams).
+    model = tiny_model.to(torch.bfloat16)
     codes, clap = random_clips(2, [25, 14], seed=3)
     inputs = make_batch(codes, clap)
-    config = GenerationOptions().to_generation_config(tiny_model.config)
-    seen = set()
-    original = beam_search._linear
+    inputs["clap_embedding"] = inputs["clap_embedding"].to(torch.bfloat16)
+    config = GenerationOptions().to_generation_config(model.config)
+    assert beam_search.supported(model, config)
+    seen, softmax = set(), []
+    original, log_softmax = beam_search._linear, beam_search.F.log_softmax
     monkeypatch.setattr(beam_search, "_linear", lambda module, x: seen.add((module.weight.dtype, x.dtype))
                         or original(module, x))
-    with torch.no_grad():
-        states = tiny_model.get_encoder()(**inputs).last_hidden_state
-    ids = beam_search.beam_search(tiny_model, states, inputs["attention_mask"], config, torch.bfloat16)
+    monkeypatch.setattr(beam_search.F, "log_softmax", lambda x, **k: softmax.append(x.dtype) or log_softmax(x, **k))
+    ids = model.generate(**inputs, generation_config=config)
     assert seen == {(torch.bfloat16, torch.bfloat16)}
-    seen.clear()
-    assert torch.equal(beam_search.beam_search(tiny_model, states, inputs["attention_mask"], config),
-                       tiny_model.generate(**inputs, generation_config=config, share_cross_attention=False))
-    assert seen == {(torch.float32, torch.float32)}
+    assert softmax and set(softmax) == {torch.float32}
     assert ids.shape[0] == 2 and ids[:, 0].eq(config.decoder_start_token_id).all()
