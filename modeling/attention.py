@@ -270,7 +270,7 @@ class _BlockedAttention(torch.autograd.Function):
                 d_drop = torch.bmm(go_block, value_t)  # d loss / d (masked probabilities) * keep_p
                 if packed is not None:
                     bits = np.unpackbits(packed[b, offset:offset + (count + 7) // 8].numpy(), count=count)
-                    keep = torch.from_numpy(bits.view(np.bool_)).view(probs.shape)
+                    keep = torch.from_numpy(bits).view(probs.shape).to(probs.dtype)  # 0/1, used twice
                     # dS = P * (dZ * M / keep_p - D) = P * (dZ * M - D * keep_p) / keep_p
                     d_scores = d_drop.mul_(keep).sub_(delta[b, :, start:stop] * keep_p).mul_(probs)
                     probs.mul_(keep)
