@@ -18,7 +18,8 @@ Tokens must be identical on every path (asserted). Printed: the CPU (``common.cp
 ours, which orientation each decoder-step product was measured faster in on it; where one clip's
 time goes on the stock path and on ours (encoder, first decoder call, later decoder calls, the
 rest of beam search); a floor for the later decoder calls: the weight bytes one such step reads
-(:func:`step_weight_bytes`) over the rate this machine reads memory at (:func:`read_bandwidth`),
+(:func:`modeling.beam_search.step_weight_bytes`) over the rate this machine reads memory at
+(:func:`read_bandwidth`),
 against each path's time per later call; then one clip at a time and batched, and a long clip
 against a 13.6 s clip end to end from a WAV file through ``EnClap.run`` (random-weight encoders).
 
@@ -172,22 +173,6 @@ def time_paths(runs, config, repeats):
     return best
 
 
-def step_weight_bytes(model) -> int:
-    """Bytes of weights one later decoder step of ours reads (the LM head's included).
-
-    Per decoder layer: the self-attention projections (query, key, value, output), the
-    cross-attention query and output projections (its key and value projections run once per
-    clip, in the first call) and the two feed-forward layers, weights and biases; then the LM
-    head. Layer norms, one position row and the beams' embedding rows (a few kB) are left out.
-    """
-    modules = [model.lm_head]
-    for layer in model.model.decoder.layers:
-        self_attn, cross = layer.self_attn, layer.encoder_attn
-        modules += [self_attn.q_proj, self_attn.k_proj, self_attn.v_proj, self_attn.out_proj,
-                    cross.q_proj, cross.out_proj, layer.fc1, layer.fc2]
-    return sum(p.numel() * p.element_size() for m in modules for p in (m.weight, m.bias) if p is not None)
-
-
 def read_bandwidth(device: torch.device, megabytes: int = 256, repeats: int = 5) -> float:
     """Bytes per second this machine reads memory at: the best of ``repeats`` sums over a buffer.
 
@@ -215,7 +200,7 @@ def floor_line(step_bytes: int, bandwidth: float, per_step: dict[str, float]) ->
     """The bandwidth floor of a later decoder step against what each path took per step.
 
     Args:
-        step_bytes: weight bytes one step reads (:func:`step_weight_bytes`).
+        step_bytes: weight bytes one step reads (:func:`modeling.beam_search.step_weight_bytes`).
         bandwidth: bytes per second (:func:`read_bandwidth`).
         per_step: ``{path: seconds per later decoder call}`` (:meth:`Split.per_later_call`).
     """
@@ -300,9 +285,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:>5} one clip: {split.total:.3f} s = {parts}")
             per_step[name] = split.per_later_call()
         bandwidth = read_bandwidth(pipeline.device)
-        print(floor_line(step_weight_bytes(model), bandwidth, {k: per_step[k] for k in ("stock", "ours")}))
+        step_bytes = beam_search.step_weight_bytes
+        print(floor_line(step_bytes(model), bandwidth, {k: per_step[k] for k in ("stock", "ours")}))
         if bf16:
-            print(f"{BF16}: " + floor_line(step_weight_bytes(bf16.model), bandwidth, {BF16: per_step[BF16]}))
+            print(f"{BF16}: " + floor_line(step_bytes(bf16.model), bandwidth, {BF16: per_step[BF16]}))
 
         print("decoder-step products, orientation measured on this CPU: " + "; ".join(
             f"{out}x{inp} {str(dtype).replace('torch.', '')} weight, {rows} rows: "

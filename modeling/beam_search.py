@@ -34,7 +34,7 @@ candidate counts and padded batches.
 from __future__ import annotations
 
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -105,6 +105,9 @@ class _Decoder:
 
     def __init__(self, model, encoder_states: torch.Tensor, encoder_mask: Optional[torch.Tensor], beams: int):
         self.decoder = model.model.decoder
+        # What passes through the caches between two uses of one weight: a measurement of the
+        # product orientation starts each timed call after streaming as many bytes (_linear).
+        self.step_bytes = step_weight_bytes(model)
         self.lm_head = model.lm_head
         self.bias = model.final_logits_bias
         self.beams = beams
@@ -123,6 +126,9 @@ class _Decoder:
             self.cross_mask = (1.0 - mask).masked_fill((1.0 - mask).bool(), torch.finfo(encoder_states.dtype).min)
         self.self_cache: list[Optional[tuple[torch.Tensor, torch.Tensor]]] = [None] * len(self.decoder.layers)
 
+    def _linear(self, module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        return _linear(module, x, cold_bytes=self.step_bytes)
+
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep the self-attention cache of the rows the beams continue from."""
         self.self_cache = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.self_cache]
@@ -140,35 +146,35 @@ class _Decoder:
         for index, layer in enumerate(dec.layers):
             hidden = layer.self_attn_layer_norm(hidden + self._self_attention(layer.self_attn, hidden, index))
             hidden = layer.encoder_attn_layer_norm(hidden + self._cross_attention(layer.encoder_attn, hidden, index))
-            inner = layer.activation_fn(_linear(layer.fc1, hidden))
-            hidden = layer.final_layer_norm(hidden + _linear(layer.fc2, inner))
+            inner = layer.activation_fn(self._linear(layer.fc1, hidden))
+            hidden = layer.final_layer_norm(hidden + self._linear(layer.fc2, inner))
         if not logits:
             return None
-        return (_linear(self.lm_head, hidden) + self.bias.to(hidden.dtype)).view(rows, -1)
+        return (self._linear(self.lm_head, hidden) + self.bias.to(hidden.dtype)).view(rows, -1)
 
     def _self_attention(self, attn, hidden: torch.Tensor, index: int) -> torch.Tensor:
         rows = hidden.shape[0]
         shape = (rows, 1, -1, attn.head_dim)
-        query = _linear(attn.q_proj, hidden).view(shape).transpose(1, 2)  # (N, H, 1, d)
-        key = _linear(attn.k_proj, hidden).view(shape).transpose(1, 2)
-        value = _linear(attn.v_proj, hidden).view(shape).transpose(1, 2)
+        query = self._linear(attn.q_proj, hidden).view(shape).transpose(1, 2)  # (N, H, 1, d)
+        key = self._linear(attn.k_proj, hidden).view(shape).transpose(1, 2)
+        value = self._linear(attn.v_proj, hidden).view(shape).transpose(1, 2)
         if self.self_cache[index] is not None:
             past_key, past_value = self.self_cache[index]
             key, value = torch.cat([past_key, key], dim=-2), torch.cat([past_value, value], dim=-2)
         self.self_cache[index] = (key, value)
         out = F.scaled_dot_product_attention(query, key, value, scale=attn.scaling)  # (N, H, 1, d)
-        return _linear(attn.out_proj, out.transpose(1, 2).reshape(rows, 1, -1))
+        return self._linear(attn.out_proj, out.transpose(1, 2).reshape(rows, 1, -1))
 
     def _cross_attention(self, attn, hidden: torch.Tensor, index: int) -> torch.Tensor:
         rows = hidden.shape[0]
         batch = rows // self.beams
         # The beams of clip b are the query rows of one call against clip b's keys and values.
-        query = _linear(attn.q_proj, hidden).view(batch, self.beams, -1, attn.head_dim)
+        query = self._linear(attn.q_proj, hidden).view(batch, self.beams, -1, attn.head_dim)
         query = query.transpose(1, 2)  # (B, H, beams, d)
         keys, values = self.cross[index]
         out = F.scaled_dot_product_attention(query, keys, values, attn_mask=self.cross_mask, scale=attn.scaling,
                                              is_causal=False)  # (B, H, beams, d)
-        return _linear(attn.out_proj, out.transpose(1, 2).reshape(rows, 1, -1))
+        return self._linear(attn.out_proj, out.transpose(1, 2).reshape(rows, 1, -1))
 
 
 #: Up to this many rows (one clip's beams at the default 4), a CPU linear layer may be taken as
@@ -179,7 +185,23 @@ _SKINNY_ROWS = 4
 _ORIENTATION: dict[tuple, bool] = {}
 
 
-def _linear(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+def step_weight_bytes(model) -> int:
+    """Bytes of weights one later decoder step of ours reads (the LM head's included).
+
+    Per decoder layer: the self-attention projections (query, key, value, output), the
+    cross-attention query and output projections (its key and value projections run once per
+    clip, in the first call) and the two feed-forward layers, weights and biases; then the LM
+    head. Layer norms, one position row and the beams' embedding rows (a few kB) are left out.
+    """
+    modules = [model.lm_head]
+    for layer in model.model.decoder.layers:
+        self_attn, cross = layer.self_attn, layer.encoder_attn
+        modules += [self_attn.q_proj, self_attn.k_proj, self_attn.v_proj, self_attn.out_proj,
+                    cross.q_proj, cross.out_proj, layer.fc1, layer.fc2]
+    return sum(p.numel() * p.element_size() for m in modules for p in (m.weight, m.bias) if p is not None)
+
+
+def _linear(module: torch.nn.Linear, x: torch.Tensor, cold_bytes: int = 0) -> torch.Tensor:
     """``module(x)`` for the few rows of one decoder step (x: (..., in)).
 
     The same dot products as ``F.linear``. On a CPU, for at most four rows (one clip's beams), a
@@ -189,12 +211,18 @@ def _linear(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     bart-base on 2 cores; the 50265-row LM head: 4 ms against 18 ms), while on an Intel Xeon with
     AVX-512 and AMX the two cost the same. Which one is faster is a property of the CPU and its
     BLAS, so it is measured at run time, once per weight shape, dtype, row count and thread count
-    (:func:`_transposed_is_faster`), and the faster one is taken from then on. The summation order
+    (:func:`_transposed_is_faster`), and the faster one is taken from then on. In a decoder step
+    each weight is used once, after the step's other weights have passed through the caches, so
+    the measurement streams ``cold_bytes`` (the step's weight bytes, :func:`step_weight_bytes`)
+    before each timed call: timed in a loop, a 9 MB weight stays in a large last-level cache and
+    both orientations look alike (on the development CPU: fc2's 768x3072 weight 0.21 ms hot, 0.66 ms
+    cold). The summation order
     differs in the last bits (relative ~1e-6), far below the gaps that decide a beam: the tests
     and the benchmark compare tokens with stock ``generate``. With more rows ``F.linear`` is kept.
     """
     flat = x.reshape(-1, x.shape[-1])
-    if flat.device.type != "cpu" or flat.shape[0] > _SKINNY_ROWS or not _transposed_is_faster(module, flat):
+    if (flat.device.type != "cpu" or flat.shape[0] > _SKINNY_ROWS
+            or not _transposed_is_faster(module, flat, cold_bytes)):
         return F.linear(x, module.weight, module.bias)
     return _transposed_linear(module.weight, module.bias, flat).view(*x.shape[:-1], -1)
 
@@ -208,24 +236,37 @@ def _transposed_linear(weight: torch.Tensor, bias: Optional[torch.Tensor], flat:
     return out.t().contiguous()
 
 
-def _transposed_is_faster(module: torch.nn.Linear, flat: torch.Tensor) -> bool:
+def _transposed_is_faster(module: torch.nn.Linear, flat: torch.Tensor, cold_bytes: int = 0) -> bool:
     """Whether ``(W @ x.T).T`` beat ``F.linear`` for this layer's shape (measured on first use, then cached)."""
     weight, bias = module.weight, module.bias
     key = (tuple(weight.shape), weight.dtype, bias is not None, flat.shape[0], torch.get_num_threads())
     if key not in _ORIENTATION:
-        _ORIENTATION[key] = _measure_orientation(weight, bias, flat.shape[0])
+        _ORIENTATION[key] = _measure_orientation(weight, bias, flat.shape[0], before=_cache_flusher(cold_bytes))
     return _ORIENTATION[key]
 
 
+#: At most this many bytes are streamed before a timed call (a 1 GB buffer exists only while measuring).
+_MAX_COLD_BYTES = 2**30
+
+
+def _cache_flusher(cold_bytes: int) -> Optional[Callable[[], None]]:
+    """A call that reads ``cold_bytes`` (at most :data:`_MAX_COLD_BYTES`) of fresh memory, or None for 0."""
+    if cold_bytes <= 0:
+        return None
+    buffer = torch.ones(min(cold_bytes, _MAX_COLD_BYTES) // 4)  # written once, so its pages are real
+    return lambda: buffer.sum()
+
+
 def _measure_orientation(weight: torch.Tensor, bias: Optional[torch.Tensor], rows: int, min_rounds: int = 3,
-                         max_rounds: int = 50, min_seconds: float = 0.05) -> bool:
+                         max_rounds: int = 50, min_seconds: float = 0.1,
+                         before: Optional[Callable[[], None]] = None) -> bool:
     """Times both orientations on this very weight and says whether ``(W @ x.T).T`` was the faster.
 
     The two take turns, after one warm-up call each, for at least ``min_rounds`` rounds and on
-    until ``min_seconds`` have passed (at most ``max_rounds``); the best time of each decides. A
-    small weight thus gets many cheap rounds, so that the best of them is free of another job's
-    interruptions on a shared machine; the LM head gets three. For bart-base's four shapes 0.8 s
-    once per process under load average 9 on 2 cores, most of it the LM head.
+    until ``min_seconds`` have passed (at most ``max_rounds``); the best time of each decides. A small weight thus gets many cheap rounds, so that the best of them is free of
+    another job's interruptions on a shared machine; the LM head gets three. ``before`` runs
+    before each timed call, untimed (the decoder passes a cache flush, see :func:`_linear`). For
+    bart-base's four shapes ~1 s once per process on the development CPU, most of it the flushes.
     """
     x = weight.new_ones(rows, weight.shape[1])  # values do not matter; torch's RNG stays untouched
     candidates = {
@@ -238,6 +279,8 @@ def _measure_orientation(weight: torch.Tensor, bias: Optional[torch.Tensor], row
     began = time.perf_counter()
     for round_ in range(max_rounds):
         for name, run in candidates.items():
+            if before is not None:
+                before()
             start = time.perf_counter()
             run()
             best[name] = min(best[name], time.perf_counter() - start)

@@ -29,20 +29,20 @@ def test_a_bart_base_step_reads_its_decoder_linear_layers_and_the_lm_head():
     params = 6 * per_layer + 50265 * 768
     with torch.device("meta"):
         model = EnClapBartForConditionalGeneration(EnClapBartConfig(vocab_size=50265, **inference.SIZES["base"]))
-    assert inference.step_weight_bytes(model) == 4 * params  # 352.8 MB
-    assert inference.step_weight_bytes(model.to(torch.bfloat16)) == 2 * params
+    assert beam_search.step_weight_bytes(model) == 4 * params  # 352.8 MB
+    assert beam_search.step_weight_bytes(model.to(torch.bfloat16)) == 2 * params
 
 
 def test_the_counted_weights_are_those_the_lean_steps_multiply_with(tiny_model, monkeypatch):
     used = {}
     original = beam_search._linear
-    monkeypatch.setattr(beam_search, "_linear", lambda module, x: used.__setitem__(id(module), module)
-                        or original(module, x))
+    monkeypatch.setattr(beam_search, "_linear", lambda module, x, **k: used.__setitem__(id(module), module)
+                        or original(module, x, **k))
     codes, clap = random_clips(1, [20], seed=1)
     config = GenerationOptions(max_length=6).to_generation_config(tiny_model.config)
     tiny_model.generate(**make_batch(codes, clap), generation_config=config)
     read = sum(p.numel() * p.element_size() for m in used.values() for p in (m.weight, m.bias) if p is not None)
-    assert read == inference.step_weight_bytes(tiny_model)
+    assert read == beam_search.step_weight_bytes(tiny_model)
 
 
 def test_the_floor_line_divides_the_bytes_by_the_bandwidth():

@@ -116,8 +116,9 @@ def orientation(monkeypatch):
     """Fixes the measured orientation: sets ``choice["transposed"]``; records each measurement."""
     choice = {"transposed": True, "measured": []}
 
-    def measure(weight, bias, rows):
+    def measure(weight, bias, rows, before=None):
         choice["measured"].append((tuple(weight.shape), rows))
+        choice.setdefault("before", []).append(before)
         return choice["transposed"]
 
     monkeypatch.setattr(beam_search, "_ORIENTATION", {})
@@ -212,6 +213,46 @@ def test_the_measurement_picks_the_faster_orientation(monkeypatch, slow):
         assert beam_search._measure_orientation(layer.weight, layer.bias, 4) == (slow == "linear")
 
 
+def test_each_timed_call_of_the_measurement_starts_after_a_flush():
+    events = []
+    layer = torch.nn.Linear(32, 64)
+    original = beam_search._transposed_linear
+    linear = torch.nn.functional.linear
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(beam_search, "_transposed_linear", lambda *a: events.append("transposed") or original(*a))
+        patch.setattr(beam_search.F, "linear", lambda *a: events.append("linear") or linear(*a))
+        with torch.no_grad():
+            beam_search._measure_orientation(layer.weight, layer.bias, 4, min_rounds=3, max_rounds=3,
+                                             before=lambda: events.append("flush"))
+    warm_up, timed = events[:2], events[2:]
+    assert sorted(warm_up) == ["linear", "transposed"]
+    assert timed == ["flush", "transposed", "flush", "linear"] * 3
+
+
+def test_decoder_steps_measure_after_streaming_their_weight_bytes(tiny_model, orientation, monkeypatch):
+    streamed = []
+    monkeypatch.setattr(beam_search, "_cache_flusher", lambda cold_bytes: streamed.append(cold_bytes) or "flush")
+    codes, clap = random_clips(1, [20], seed=2)
+    config = GenerationOptions().to_generation_config(tiny_model.config)
+    tiny_model.generate(**make_batch(codes, clap), generation_config=config)
+    assert streamed and set(streamed) == {beam_search.step_weight_bytes(tiny_model)}
+    assert set(orientation["before"]) == {"flush"}
+
+
+def test_the_flusher_reads_a_buffer_of_the_bytes_asked_for(monkeypatch):
+    sizes = []
+    original = torch.Tensor.sum
+    monkeypatch.setattr(torch.Tensor, "sum", lambda self, *a, **k: sizes.append(self.numel() * self.element_size())
+                        or original(self, *a, **k))
+    beam_search._cache_flusher(4_000_000)()
+    assert sizes == [4_000_000]
+    assert beam_search._cache_flusher(0) is None
+    monkeypatch.setattr(beam_search, "_MAX_COLD_BYTES", 1_000_000)
+    sizes.clear()
+    beam_search._cache_flusher(4_000_000)()
+    assert sizes == [1_000_000]
+
+
 def test_a_bf16_model_runs_the_lean_search_in_bf16(tiny_model, monkeypatch):
     # The one bf16 route (EnClap(dtype="bf16"), --dtype bf16) casts the whole model: generate must
     # still take the lean search, every decoder-step product must read bf16 weights and inputs,
@@ -224,8 +265,8 @@ def test_a_bf16_model_runs_the_lean_search_in_bf16(tiny_model, monkeypatch):
     assert beam_search.supported(model, config)
     seen, softmax = set(), []
     original, log_softmax = beam_search._linear, beam_search.F.log_softmax
-    monkeypatch.setattr(beam_search, "_linear", lambda module, x: seen.add((module.weight.dtype, x.dtype))
-                        or original(module, x))
+    monkeypatch.setattr(beam_search, "_linear", lambda module, x, **k: seen.add((module.weight.dtype, x.dtype))
+                        or original(module, x, **k))
     monkeypatch.setattr(beam_search.F, "log_softmax", lambda x, **k: softmax.append(x.dtype) or log_softmax(x, **k))
     ids = model.generate(**inputs, generation_config=config)
     assert seen == {(torch.bfloat16, torch.bfloat16)}
