@@ -245,8 +245,9 @@ def _transposed_is_faster(module: torch.nn.Linear, flat: torch.Tensor, cold_byte
     return _ORIENTATION[key]
 
 
-#: At most this many bytes are streamed before a timed call (a 1 GB buffer exists only while measuring).
-_MAX_COLD_BYTES = 2**30
+#: At most this many bytes are streamed before a timed call (the buffer exists only while measuring):
+#: beyond the last-level caches of current CPUs, and a bounded spike of memory for bart-large (0.9 GB a step).
+_MAX_COLD_BYTES = 2**28
 
 
 def _cache_flusher(cold_bytes: int) -> Optional[Callable[[], None]]:
