@@ -52,7 +52,10 @@ def _activation(layer, pre: torch.Tensor, dropped: Optional[torch.Tensor]) -> to
     """``act(pre)`` with the dropped elements zeroed, not yet scaled by ``1 / (1 - p)``: the scale is
     applied inside ``fc2``'s matrix product (``alpha``), which costs nothing there."""
     act = layer.activation_fn(pre)
-    return act if dropped is None else act.masked_fill_(dropped, 0.0)
+    if dropped is None:
+        return act
+    # In place, except on an activation that returns its input ("linear"): pre is kept for backward.
+    return act.masked_fill(dropped, 0.0) if act is pre else act.masked_fill_(dropped, 0.0)
 
 
 class _FeedForward(torch.autograd.Function):

@@ -107,7 +107,7 @@ def _seeded(fn):
     return run
 
 
-@pytest.mark.parametrize("activation", ["gelu", "gelu_new"])  # exact GELU has its own backward
+@pytest.mark.parametrize("activation", ["gelu", "gelu_new", "linear"])  # exact GELU has its own backward
 def test_feedforward_gradients_with_dropout(activation):
     config = make_tiny_config(100, d_model=8, encoder_attention_heads=2, encoder_ffn_dim=16, dropout=0.3,
                               activation_dropout=0.4, activation_function=activation)
