@@ -257,8 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         pipeline = EnClap(folder, device=args.device, random_encoders=True, batch_size=args.batch_size)
         model = pipeline.model
         config = options.to_generation_config(model.config)
-        inputs_by_label = {"one clip": pipeline._model_inputs(items[:1]),
-                           f"batch of {args.batch_size}": pipeline._model_inputs(items[: args.batch_size])}
+        items_by_label = {"one clip": items[:1], f"batch of {args.batch_size}": items[: args.batch_size]}
+        inputs_by_label = {label: pipeline._model_inputs(chosen) for label, chosen in items_by_label.items()}
         bf16 = None  # the users' bf16 route: the same checkpoint through EnClap(dtype="bf16")
         if args.bf16 == "on" or (args.bf16 == "auto" and pipeline.device.type == "cpu" and native_bf16()):
             bf16 = EnClap(folder, device=args.device, random_encoders=True, batch_size=args.batch_size, dtype="bf16")
@@ -270,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
 
         runs = {label: {name: (model, inputs, name) for name in PATHS} for label, inputs in inputs_by_label.items()}
         if bf16:
-            for label, items_of in (("one clip", items[:1]), (f"batch of {args.batch_size}", items[: args.batch_size])):
-                runs[label][BF16] = (bf16.model, bf16._model_inputs(items_of), "ours")
+            for label, chosen in items_by_label.items():
+                runs[label][BF16] = (bf16.model, bf16._model_inputs(chosen), "ours")
 
         # Where one clip's time goes, and the floor of a later decoder step.
         time_paths(runs["one clip"], config, 1)  # warm-up: weights paged in, kernels and orientations chosen

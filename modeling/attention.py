@@ -59,11 +59,7 @@ class MaskStream:
 
     def draw(self, shape: Sequence[int], p: float) -> torch.Tensor:
         """A bool tensor of ``shape``, each element independently True with probability ``1 - p``."""
-        shape = tuple(int(s) for s in shape)
-        threshold = keep_threshold(p)
-        if threshold == _TWO32:
-            return torch.ones(shape, dtype=torch.bool)
-        return self._signed_bits(shape) < threshold - 2**31
+        return self._draw(shape, p, dropped=False)
 
     def draw_dropped(self, shape: Sequence[int], p: float) -> torch.Tensor:
         """The complement of :meth:`draw` (True = dropped, probability ``p``), from the same bits.
@@ -71,17 +67,17 @@ class MaskStream:
         Dropping is then one ``masked_fill_`` pass, where multiplying by a bool keep-mask first
         converts the mask to floats (~5x the time on a (8, 753, 3072) activation).
         """
+        return self._draw(shape, p, dropped=True)
+
+    def _draw(self, shape: Sequence[int], p: float, dropped: bool) -> torch.Tensor:
         shape = tuple(int(s) for s in shape)
         threshold = keep_threshold(p)
-        if threshold == _TWO32:
-            return torch.zeros(shape, dtype=torch.bool)
-        return self._signed_bits(shape) >= threshold - 2**31
-
-    def _signed_bits(self, shape: tuple) -> torch.Tensor:
-        """32 random bits per element as int32 (a 64-bit SFC64 draw serves two elements)."""
+        if threshold == _TWO32:  # nothing dropped; no bits consumed
+            return torch.full(shape, not dropped, dtype=torch.bool)
         numel = int(np.prod(shape, dtype=np.int64))
-        words = self._bits.random_raw((numel + 1) // 2)  # uint64
-        return torch.from_numpy(words.view(np.int32)[:numel]).view(shape)
+        words = self._bits.random_raw((numel + 1) // 2)  # uint64, two elements each
+        bits = torch.from_numpy(words.view(np.int32)[:numel]).view(shape)
+        return bits >= threshold - 2**31 if dropped else bits < threshold - 2**31
 
 
 def new_seed(generator: Optional[torch.Generator] = None) -> int:

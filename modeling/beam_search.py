@@ -215,10 +215,10 @@ def _linear(module: torch.nn.Linear, x: torch.Tensor, cold_bytes: int = 0) -> to
     each weight is used once, after the step's other weights have passed through the caches, so
     the measurement streams ``cold_bytes`` (the step's weight bytes, :func:`step_weight_bytes`)
     before each timed call: timed in a loop, a 9 MB weight stays in a large last-level cache and
-    both orientations look alike (on the development CPU: fc2's 768x3072 weight 0.21 ms hot, 0.66 ms
-    cold). The summation order
-    differs in the last bits (relative ~1e-6), far below the gaps that decide a beam: the tests
-    and the benchmark compare tokens with stock ``generate``. With more rows ``F.linear`` is kept.
+    both orientations look alike (on the development CPU: fc2's 768x3072 weight 0.21 ms hot,
+    0.66 ms cold). The summation order differs in the last bits (relative ~1e-6), far below the
+    gaps that decide a beam: the tests and the benchmark compare tokens with stock ``generate``.
+    With more rows ``F.linear`` is kept.
     """
     flat = x.reshape(-1, x.shape[-1])
     if (flat.device.type != "cpu" or flat.shape[0] > _SKINNY_ROWS
@@ -264,8 +264,9 @@ def _measure_orientation(weight: torch.Tensor, bias: Optional[torch.Tensor], row
     """Times both orientations on this very weight and says whether ``(W @ x.T).T`` was the faster.
 
     The two take turns, after one warm-up call each, for at least ``min_rounds`` rounds and on
-    until ``min_seconds`` have passed (at most ``max_rounds``); the best time of each decides. A small weight thus gets many cheap rounds, so that the best of them is free of
-    another job's interruptions on a shared machine; the LM head gets three. ``before`` runs
+    until ``min_seconds`` have passed (at most ``max_rounds``); the best time of each decides. A
+    small weight thus gets many cheap rounds, so that the best of them is free of another job's
+    interruptions on a shared machine; the LM head gets three. ``before`` runs
     before each timed call, untimed (the decoder passes a cache flush, see :func:`_linear`). For
     bart-base's four shapes ~1 s once per process on the development CPU, most of it the flushes.
     """
