@@ -15,7 +15,7 @@ caption the same inputs:
 * **ours**: the default ``generate``, i.e. :func:`modeling.beam_search.beam_search`.
 
 Tokens must be identical on every path (asserted). Printed: the CPU (``common.cpu``) and, for
-ours, which orientation each decoder-step product was measured faster in on it; where one clip's
+ours, which kernel each decoder-step product was measured fastest in on it; where one clip's
 time goes on the stock path and on ours (encoder, first decoder call, later decoder calls, the
 rest of beam search); a floor for the later decoder calls: the weight bytes one such step reads
 (:func:`modeling.beam_search.step_weight_bytes`) over the rate this machine reads memory at
@@ -57,6 +57,11 @@ SIZES = {
     "small": dict(d_model=256, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                   decoder_attention_heads=4, encoder_ffn_dim=1024, decoder_ffn_dim=1024),
 }
+
+
+#: How the benchmark names :data:`modeling.beam_search.KERNELS`.
+KERNEL_NAMES = {"linear": "F.linear", "transposed": "(W @ x.T).T", "onednn": "oneDNN",
+                "onednn_packed": "oneDNN, packed copy"}
 
 
 def word_tokenizer(vocab_size: int):
@@ -274,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs[label][BF16] = (bf16.model, bf16._model_inputs(chosen), "ours")
 
         # Where one clip's time goes, and the floor of a later decoder step.
-        time_paths(runs["one clip"], config, 1)  # warm-up: weights paged in, kernels and orientations chosen
+        time_paths(runs["one clip"], config, 1)  # warm-up: weights paged in, kernels chosen
         per_step = {}
         for name in ("stock", "ours", BF16) if bf16 else ("stock", "ours"):
             run_model, inputs, path_name = runs["one clip"][name]
@@ -290,10 +295,9 @@ def main(argv: list[str] | None = None) -> int:
         if bf16:
             print(f"{BF16}: " + floor_line(step_bytes(bf16.model), bandwidth, {BF16: per_step[BF16]}))
 
-        print("decoder-step products, orientation measured on this CPU: " + "; ".join(
-            f"{out}x{inp} {str(dtype).replace('torch.', '')} weight, {rows} rows: "
-            f"{'(W @ x.T).T' if transposed else 'F.linear'}"
-            for ((out, inp), dtype, _, rows, _), transposed in sorted(beam_search._ORIENTATION.items(), key=str)))
+        print("decoder-step products, kernel measured fastest on this CPU: " + "; ".join(
+            f"{out}x{inp} {str(dtype).replace('torch.', '')} weight, {rows} rows: {KERNEL_NAMES[kernel]}"
+            for ((out, inp), dtype, _, rows, _), kernel in sorted(beam_search._KERNEL.items(), key=str)))
 
         bf16_tokens = {}
         for label, inputs in inputs_by_label.items():

@@ -13,9 +13,10 @@ processors written for any model). This module runs the same arithmetic with not
   replaced, so the LM head (a 50265-row matrix product) is skipped there, and the forced ``</s>``
   step, the last one, runs no decoder layer at all;
 * the decoder layers are called through their own sub-modules' weights (``q_proj``, ``fc1``, the
-  layer norms ...); on a CPU, for one clip's few beams, each matrix product runs in whichever of
-  its two orientations this CPU's BLAS measured faster (:func:`_linear`): the same dot products,
-  with logits equal to the stock path's up to the last bits;
+  layer norms ...); on a CPU, for one clip's few beams, each matrix product runs in whichever
+  kernel (BLAS in either orientation, oneDNN on the weight or on a packed copy) was measured
+  fastest on this CPU (:func:`_linear`): the same dot products, with logits equal to the stock
+  path's up to the last bits;
 * the beam bookkeeping is the stock algorithm of transformers' ``_beam_search`` (top ``2k``
   continuations, finished hypotheses scored ``sum log p / length ** length_penalty``, the same
   early-stopping rule), and the paper's logits processors (no-repeat n-gram, forced ``<s>`` and
@@ -33,6 +34,7 @@ candidate counts and padded batches.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Callable, Optional
 
@@ -106,7 +108,7 @@ class _Decoder:
     def __init__(self, model, encoder_states: torch.Tensor, encoder_mask: Optional[torch.Tensor], beams: int):
         self.decoder = model.model.decoder
         # What passes through the caches between two uses of one weight: a measurement of the
-        # product orientation starts each timed call after streaming as many bytes (_linear).
+        # products' kernels starts each timed call after streaming as many bytes (_linear).
         self.step_bytes = step_weight_bytes(model)
         self.lm_head = model.lm_head
         self.bias = model.final_logits_bias
@@ -177,12 +179,19 @@ class _Decoder:
         return self._linear(attn.out_proj, out.transpose(1, 2).reshape(rows, 1, -1))
 
 
-#: Up to this many rows (one clip's beams at the default 4), a CPU linear layer may be taken as
-#: ``(W @ x.T).T``; whether it is, is measured per shape (see :func:`_linear`).
+#: Up to this many rows (one clip's beams at the default 4), a CPU linear layer may run through
+#: another kernel than ``F.linear``; which one is measured per shape (see :func:`_linear`).
 _SKINNY_ROWS = 4
 
-#: ``(weight shape, dtype, bias, rows, threads) -> whether (W @ x.T).T was the faster``, measured once per process.
-_ORIENTATION: dict[tuple, bool] = {}
+#: The ways :func:`_linear` can compute a few-row product on a CPU (see there).
+KERNELS = ("linear", "transposed", "onednn", "onednn_packed")
+
+#: ``(weight shape, dtype, bias, rows, threads) -> kernel name``, measured once per process.
+_KERNEL: dict[tuple, str] = {}
+
+#: A packed copy is taken only if it beats the best copy-free kernel by this factor or more
+#: (it doubles the bytes that weight holds in memory).
+_PACKED_MARGIN = 0.9
 
 
 def step_weight_bytes(model) -> int:
@@ -204,27 +213,39 @@ def step_weight_bytes(model) -> int:
 def _linear(module: torch.nn.Linear, x: torch.Tensor, cold_bytes: int = 0) -> torch.Tensor:
     """``module(x)`` for the few rows of one decoder step (x: (..., in)).
 
-    The same dot products as ``F.linear``. On a CPU, for at most four rows (one clip's beams), a
-    BLAS may run the product faster as ``(W @ x.T).T``, a matrix-vector stream over ``W``: on the
-    development CPU (AMD EPYC, MKL) that orientation ran at memory speed where ``F.linear``
-    (``x @ W.T``) reached about half of it (six decoder layers: 11 ms against 21 ms per step at
-    bart-base on 2 cores; the 50265-row LM head: 4 ms against 18 ms), while on an Intel Xeon with
-    AVX-512 and AMX the two cost the same. Which one is faster is a property of the CPU and its
-    BLAS, so it is measured at run time, once per weight shape, dtype, row count and thread count
-    (:func:`_transposed_is_faster`), and the faster one is taken from then on. In a decoder step
-    each weight is used once, after the step's other weights have passed through the caches, so
-    the measurement streams ``cold_bytes`` (the step's weight bytes, :func:`step_weight_bytes`)
-    before each timed call: timed in a loop, a 9 MB weight stays in a large last-level cache and
-    both orientations look alike (on the development CPU: fc2's 768x3072 weight 0.21 ms hot,
-    0.66 ms cold). The summation order differs in the last bits (relative ~1e-6), far below the
-    gaps that decide a beam: the tests and the benchmark compare tokens with stock ``generate``.
-    With more rows ``F.linear`` is kept.
+    The same dot products as ``F.linear``, in the kernel this CPU runs fastest. For at most four
+    rows (one clip's beams) a step reads each weight once and does little arithmetic with it, so
+    its time is how fast a kernel streams the weight through the cores, and that is a property
+    of the CPU and its libraries: ``F.linear`` (``x @ W.T`` in the BLAS) may run such a product on
+    one thread, at one core's share of the memory bandwidth, where ``(W @ x.T).T`` (a
+    matrix-vector stream over ``W``) or oneDNN's inner product, on the weight as it is or on a
+    copy packed into oneDNN's blocked layout, spread it over the cores. On the development CPU
+    (AMD EPYC, MKL, 2 threads; one weight read cold) fc2's 768x3072 weight took 0.78 ms with
+    ``F.linear``, 0.59 ms transposed, 0.35 ms with oneDNN and 0.25 ms packed, and ``F.linear`` took
+    as long on one thread as on two. So the kernel is measured at run time, once per weight shape,
+    dtype, row count and thread count (:func:`_kernel_for`), and the fastest is taken from then
+    on; a packed copy only when it beats the copy-free kernels by 10 % or more (it holds the
+    weight's bytes a second time, kept with the module and remade when the weight changes). In
+    a decoder step each weight is used once, after the step's other weights have passed through
+    the caches, so the measurement streams ``cold_bytes`` (the step's weight bytes,
+    :func:`step_weight_bytes`) before each timed call: timed in a loop, a 9 MB weight stays in a
+    large last-level cache and the kernels look alike (fc2's weight: 0.21 ms hot, 0.66 ms cold).
+    The summation order differs in the last bits (relative ~1e-6), far below the gaps that decide
+    a beam: the tests and the benchmark compare tokens with stock ``generate``. With more rows
+    ``F.linear`` is kept.
     """
     flat = x.reshape(-1, x.shape[-1])
-    if (flat.device.type != "cpu" or flat.shape[0] > _SKINNY_ROWS
-            or not _transposed_is_faster(module, flat, cold_bytes)):
+    if flat.device.type != "cpu" or flat.shape[0] > _SKINNY_ROWS:
         return F.linear(x, module.weight, module.bias)
-    return _transposed_linear(module.weight, module.bias, flat).view(*x.shape[:-1], -1)
+    kernel = _kernel_for(module, flat, cold_bytes)
+    if kernel == "linear":
+        return F.linear(x, module.weight, module.bias)
+    if kernel == "transposed":
+        out = _transposed_linear(module.weight, module.bias, flat)
+    else:
+        weight = _packed_weight(module) if kernel == "onednn_packed" else module.weight
+        out = _onednn_linear(weight, module.bias, flat)
+    return out.view(*x.shape[:-1], -1)
 
 
 def _transposed_linear(weight: torch.Tensor, bias: Optional[torch.Tensor], flat: torch.Tensor) -> torch.Tensor:
@@ -236,13 +257,38 @@ def _transposed_linear(weight: torch.Tensor, bias: Optional[torch.Tensor], flat:
     return out.t().contiguous()
 
 
-def _transposed_is_faster(module: torch.nn.Linear, flat: torch.Tensor, cold_bytes: int = 0) -> bool:
-    """Whether ``(W @ x.T).T`` beat ``F.linear`` for this layer's shape (measured on first use, then cached)."""
+def _onednn_linear(weight: torch.Tensor, bias: Optional[torch.Tensor], flat: torch.Tensor) -> torch.Tensor:
+    """``F.linear(flat, weight, bias)`` through oneDNN's inner product (``weight`` plain or packed)."""
+    return torch.ops.mkldnn._linear_pointwise(flat, weight, bias, "none", [], "")
+
+
+def _pack(weight: torch.Tensor) -> torch.Tensor:
+    """A copy of ``weight`` in oneDNN's blocked layout for a few rows (only for :func:`_onednn_linear`)."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _SKINNY_ROWS)
+
+
+def _packed_weight(module: torch.nn.Linear) -> torch.Tensor:
+    """The module's packed weight, made on first use and again whenever the weight has changed.
+
+    Kept on the module (not in its state dict); an optimizer step, a load or a cast changes the
+    weight's storage, version or dtype, and the next step packs the new weight.
+    """
+    weight = module.weight
+    stamp = (weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape))
+    kept = module.__dict__.get("_enclap_packed")
+    if kept is None or kept[0] != stamp:
+        kept = (stamp, _pack(weight))
+        module.__dict__["_enclap_packed"] = kept
+    return kept[1]
+
+
+def _kernel_for(module: torch.nn.Linear, flat: torch.Tensor, cold_bytes: int = 0) -> str:
+    """The kernel measured fastest for this layer's shape (measured on first use, then cached)."""
     weight, bias = module.weight, module.bias
     key = (tuple(weight.shape), weight.dtype, bias is not None, flat.shape[0], torch.get_num_threads())
-    if key not in _ORIENTATION:
-        _ORIENTATION[key] = _measure_orientation(weight, bias, flat.shape[0], before=_cache_flusher(cold_bytes))
-    return _ORIENTATION[key]
+    if key not in _KERNEL:
+        _KERNEL[key] = _measure_kernel(weight, bias, flat.shape[0], before=_cache_flusher(cold_bytes))
+    return _KERNEL[key]
 
 
 #: At most this many bytes are streamed before a timed call (the buffer exists only while measuring):
@@ -258,25 +304,50 @@ def _cache_flusher(cold_bytes: int) -> Optional[Callable[[], None]]:
     return lambda: buffer.sum()
 
 
-def _measure_orientation(weight: torch.Tensor, bias: Optional[torch.Tensor], rows: int, min_rounds: int = 3,
-                         max_rounds: int = 50, min_seconds: float = 0.1,
-                         before: Optional[Callable[[], None]] = None) -> bool:
-    """Times both orientations on this very weight and says whether ``(W @ x.T).T`` was the faster.
+def _candidates(weight: torch.Tensor, bias: Optional[torch.Tensor], x: torch.Tensor) -> dict[str, Callable]:
+    """The kernels of :data:`KERNELS` that run on this weight here, each checked against ``F.linear``.
 
-    The two take turns, after one warm-up call each, for at least ``min_rounds`` rounds and on
+    The two oneDNN kernels need a PyTorch built with it and a dtype it takes on this CPU; one that
+    raises, or whose result is not ``F.linear``'s up to rounding, is left out.
+    """
+    found = {
+        "linear": lambda: F.linear(x, weight, bias),
+        "transposed": lambda: _transposed_linear(weight, bias, x),
+    }
+    if not torch.backends.mkldnn.is_available():
+        return found
+    expected = F.linear(x, weight, bias).float()
+    # Rounding only: relative to the largest output, a few units of the dtype's last place.
+    tolerance = 64 * torch.finfo(weight.dtype).eps * float(expected.abs().max())
+    onednn = {
+        "onednn": lambda: lambda: _onednn_linear(weight, bias, x),
+        "onednn_packed": lambda: functools.partial(_onednn_linear, _pack(weight), bias, x),
+    }
+    for name, make in onednn.items():
+        try:
+            run = make()
+            if float((run().float() - expected).abs().max()) <= tolerance:
+                found[name] = run
+        except (RuntimeError, AttributeError, NotImplementedError):  # no such op here, or not for this dtype
+            continue
+    return found
+
+
+def _measure_kernel(weight: torch.Tensor, bias: Optional[torch.Tensor], rows: int, min_rounds: int = 3,
+                    max_rounds: int = 50, min_seconds: float = 0.1,
+                    before: Optional[Callable[[], None]] = None) -> str:
+    """Times each kernel that runs here on this very weight and names the one to use.
+
+    The kernels take turns, after one warm-up call each, for at least ``min_rounds`` rounds and on
     until ``min_seconds`` have passed (at most ``max_rounds``); the best time of each decides. A
     small weight thus gets many cheap rounds, so that the best of them is free of another job's
-    interruptions on a shared machine; the LM head gets three. ``before`` runs
-    before each timed call, untimed (the decoder passes a cache flush, see :func:`_linear`). For
-    bart-base's four shapes ~1 s once per process on the development CPU, most of it the flushes.
+    interruptions on a shared machine; the LM head gets three. ``before`` runs before each timed
+    call, untimed (the decoder passes a cache flush, see :func:`_linear`). The packed kernel wins
+    only by :data:`_PACKED_MARGIN`. For bart-base's four shapes ~1 s once per process on the
+    development CPU, most of it the flushes.
     """
-    x = weight.new_ones(rows, weight.shape[1])  # values do not matter; torch's RNG stays untouched
-    candidates = {
-        "transposed": lambda: _transposed_linear(weight, bias, x),
-        "linear": lambda: F.linear(x, weight, bias),
-    }
-    for run in candidates.values():  # pages the weight in and lets the BLAS pick its kernels
-        run()
+    x = torch.randn(rows, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(weight.dtype)
+    candidates = _candidates(weight, bias, x)  # calls each once: pages the weight in, lets kernels pick
     best = {name: float("inf") for name in candidates}
     began = time.perf_counter()
     for round_ in range(max_rounds):
@@ -288,7 +359,9 @@ def _measure_orientation(weight: torch.Tensor, bias: Optional[torch.Tensor], row
             best[name] = min(best[name], time.perf_counter() - start)
         if round_ + 1 >= min_rounds and time.perf_counter() - began >= min_seconds:
             break
-    return best["transposed"] < best["linear"]
+    packed = best.pop("onednn_packed", float("inf"))
+    fastest = min(best, key=best.get)
+    return "onednn_packed" if packed < _PACKED_MARGIN * best[fastest] else fastest
 
 
 def _gather(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -112,131 +112,182 @@ def test_generate_leaves_the_callers_encoder_output_alone(tiny_model):
 
 
 @pytest.fixture
-def orientation(monkeypatch):
-    """Fixes the measured orientation: sets ``choice["transposed"]``; records each measurement."""
-    choice = {"transposed": True, "measured": []}
+def kernel(monkeypatch):
+    """Fixes the measured kernel: sets ``choice["name"]``; records each measurement."""
+    choice = {"name": "transposed", "measured": [], "before": []}
 
     def measure(weight, bias, rows, before=None):
         choice["measured"].append((tuple(weight.shape), rows))
-        choice.setdefault("before", []).append(before)
-        return choice["transposed"]
+        choice["before"].append(before)
+        return choice["name"]
 
-    monkeypatch.setattr(beam_search, "_ORIENTATION", {})
-    monkeypatch.setattr(beam_search, "_measure_orientation", measure)
+    monkeypatch.setattr(beam_search, "_KERNEL", {})
+    monkeypatch.setattr(beam_search, "_measure_kernel", measure)
     return choice
 
 
 @pytest.fixture
-def transposed_calls(monkeypatch):
-    """Records the row count of every product :func:`beam_search._linear` takes as ``(W @ x.T).T``."""
+def kernel_calls(monkeypatch):
+    """Records ``(kernel, rows)`` for every product :func:`beam_search._linear` takes past ``F.linear``."""
     calls = []
-    original = beam_search._transposed_linear
+    transposed, onednn = beam_search._transposed_linear, beam_search._onednn_linear
+
+    def record_onednn(weight, bias, flat):
+        calls.append(("onednn" if isinstance(weight, torch.nn.Parameter) else "onednn_packed", flat.shape[0]))
+        return onednn(weight, bias, flat)
+
     monkeypatch.setattr(beam_search, "_transposed_linear",
-                        lambda weight, bias, flat: calls.append(flat.shape[0]) or original(weight, bias, flat))
+                        lambda weight, bias, flat: calls.append(("transposed", flat.shape[0]))
+                        or transposed(weight, bias, flat))
+    monkeypatch.setattr(beam_search, "_onednn_linear", record_onednn)
     return calls
 
 
-@pytest.mark.parametrize("transposed", [True, False])
-def test_tokens_equal_stock_generate_in_either_orientation(tiny_model, orientation, transposed_calls, transposed):
-    orientation["transposed"] = transposed
+@pytest.mark.parametrize("name", beam_search.KERNELS)
+def test_tokens_equal_stock_generate_in_each_kernel(tiny_model, kernel, kernel_calls, name):
+    kernel["name"] = name
     codes, clap = random_clips(1, [25], seed=7)
     inputs = make_batch(codes, clap)
     for opts in OPTIONS:
         config = GenerationOptions(**opts).to_generation_config(tiny_model.config)
         stock = tiny_model.generate(**inputs, generation_config=config, share_cross_attention=False)
         assert torch.equal(tiny_model.generate(**inputs, generation_config=config), stock), opts
-    assert bool(transposed_calls) == transposed
+    assert {k for k, _ in kernel_calls} == ({name} if name != "linear" else set())
 
 
 @pytest.mark.parametrize("rows", [1, 2, 4, 5, 12])
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("transposed", [True, False])
+@pytest.mark.parametrize("name", beam_search.KERNELS)
 @pytest.mark.numerics
-def test_decoder_linear_layers_compute_what_the_module_computes(orientation, rows, bias, transposed):
-    orientation["transposed"] = transposed
+def test_decoder_linear_layers_compute_what_the_module_computes(kernel, rows, bias, name):
+    kernel["name"] = name
     torch.manual_seed(rows)
     layer = torch.nn.Linear(48, 80, bias=bias)
     x = torch.randn(rows, 1, 48)
     expected = layer(x)
-    got = beam_search._linear(layer, x)
+    with torch.no_grad():
+        got = beam_search._linear(layer, x)
+        other = beam_search._linear(layer, x.flip(0) + 1.0)
     assert got.shape == expected.shape == (rows, 1, 80) and got.is_contiguous()
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
-    if rows > 4 or not transposed:  # the module's own kernel: bit for bit
+    if rows > 4 or name == "linear":  # the module's own kernel: bit for bit
         assert torch.equal(got, expected)
-    other = beam_search._linear(layer, x.flip(0) + 1.0)
     assert not torch.allclose(other, got), "different rows must give different outputs"
 
 
-@pytest.mark.parametrize("transposed", [True, False])
-def test_up_to_four_rows_take_the_measured_orientation_and_more_rows_never_measure(orientation, transposed_calls,
-                                                                                 transposed):
+@pytest.mark.parametrize("name", beam_search.KERNELS)
+def test_up_to_four_rows_take_the_measured_kernel_and_more_rows_never_measure(kernel, kernel_calls, name):
     # Four rows: one clip's beams at the default num_beams. More rows (a batch of clips, or more
-    # beams) cost the same either way, so they keep F.linear and measure nothing.
-    orientation["transposed"] = transposed
+    # beams) keep F.linear and measure nothing.
+    kernel["name"] = name
     layer = torch.nn.Linear(16, 24)
-    for rows in (1, 2, 3, 4, 5, 8, 12):
-        beam_search._linear(layer, torch.randn(rows, 1, 16))
-    assert orientation["measured"] == [((24, 16), rows) for rows in (1, 2, 3, 4)]
-    assert transposed_calls == ([1, 2, 3, 4] if transposed else [])
+    with torch.no_grad():
+        for rows in (1, 2, 3, 4, 5, 8, 12):
+            beam_search._linear(layer, torch.randn(rows, 1, 16))
+    assert kernel["measured"] == [((24, 16), rows) for rows in (1, 2, 3, 4)]
+    assert kernel_calls == ([] if name == "linear" else [(name, rows) for rows in (1, 2, 3, 4)])
 
 
-def test_the_orientation_is_measured_once_per_shape(orientation, transposed_calls):
+def test_the_kernel_is_measured_once_per_shape(kernel, kernel_calls):
     small, wide = torch.nn.Linear(16, 24), torch.nn.Linear(16, 40)
-    for _ in range(3):
+    with torch.no_grad():
+        for _ in range(3):
+            beam_search._linear(small, torch.randn(4, 1, 16))
+            beam_search._linear(torch.nn.Linear(16, 24), torch.randn(4, 16))  # same shape, other weights
+        kernel["name"] = "linear"  # a new measurement would now say F.linear: only new shapes see it
+        beam_search._linear(wide, torch.randn(4, 1, 16))
+        beam_search._linear(small, torch.randn(2, 1, 16))
         beam_search._linear(small, torch.randn(4, 1, 16))
-        beam_search._linear(torch.nn.Linear(16, 24), torch.randn(4, 16))  # same shape, other weights
-    orientation["transposed"] = False  # a new measurement would now say F.linear: only new shapes see it
-    beam_search._linear(wide, torch.randn(4, 1, 16))
-    beam_search._linear(small, torch.randn(2, 1, 16))
-    beam_search._linear(small, torch.randn(4, 1, 16))
-    assert orientation["measured"] == [((24, 16), 4), ((40, 16), 4), ((24, 16), 2)]
-    assert transposed_calls == [4] * 7
+    assert kernel["measured"] == [((24, 16), 4), ((40, 16), 4), ((24, 16), 2)]
+    assert kernel_calls == [("transposed", 4)] * 7
 
 
-def test_off_the_cpu_nothing_is_measured(orientation, transposed_calls):
+def test_off_the_cpu_nothing_is_measured(kernel, kernel_calls):
     layer = torch.nn.Linear(16, 24, device="meta")
     assert beam_search._linear(layer, torch.empty(4, 1, 16, device="meta")).shape == (4, 1, 24)
-    assert orientation["measured"] == [] and transposed_calls == []
+    assert kernel["measured"] == [] and kernel_calls == []
 
 
-@pytest.mark.parametrize("slow", ["linear", "transposed"])
-def test_the_measurement_picks_the_faster_orientation(monkeypatch, slow):
-    # Slowing one orientation down by far more than either takes decides the measurement.
+def test_the_packed_copy_follows_the_weight(kernel, kernel_calls, monkeypatch):
+    # Made once and reused while the weight stays; an in-place update (an optimizer step between
+    # two validation runs) or a cast makes the next call pack again, and the result follows.
+    kernel["name"] = "onednn_packed"
+    packs = []
+    original = beam_search._pack
+    monkeypatch.setattr(beam_search, "_pack", lambda weight: packs.append(weight.dtype) or original(weight))
     layer = torch.nn.Linear(32, 64)
-    if slow == "linear":
-        original = torch.nn.functional.linear
-        monkeypatch.setattr(torch.nn.functional, "linear", lambda *a: time.sleep(0.02) or original(*a))
-    else:
-        original = beam_search._transposed_linear
-        monkeypatch.setattr(beam_search, "_transposed_linear", lambda *a: time.sleep(0.02) or original(*a))
+    x = torch.randn(4, 1, 32)
     with torch.no_grad():
-        assert beam_search._measure_orientation(layer.weight, layer.bias, 4) == (slow == "linear")
+        for _ in range(3):
+            torch.testing.assert_close(beam_search._linear(layer, x), layer(x))
+        assert packs == [torch.float32]
+        layer.weight.mul_(-2.0)
+        torch.testing.assert_close(beam_search._linear(layer, x), layer(x))
+        assert packs == [torch.float32] * 2
+        layer.to(torch.bfloat16)
+        torch.testing.assert_close(beam_search._linear(layer, x.bfloat16()), layer(x.bfloat16()))
+    assert packs == [torch.float32, torch.float32, torch.bfloat16]
+    assert "_enclap_packed" not in "".join(layer.state_dict())
+    assert [k for k, _ in kernel_calls] == ["onednn_packed"] * 5
 
 
-def test_each_timed_call_of_the_measurement_starts_after_a_flush():
-    events = []
+def fake_kernels(monkeypatch, seconds: dict):
+    """Kernels that each advance a fake clock by ``seconds[name]`` per call."""
+    clock = [0.0]
+    monkeypatch.setattr(beam_search.time, "perf_counter", lambda: clock[0])
+
+    def run(name):
+        clock[0] += seconds[name]
+
+    monkeypatch.setattr(beam_search, "_candidates", lambda weight, bias, x: {
+        name: (lambda name=name: run(name)) for name in seconds})
+
+
+@pytest.mark.parametrize("seconds, chosen", [
+    ({"linear": 5.0, "transposed": 3.0, "onednn": 4.0, "onednn_packed": 2.8}, "transposed"),  # packed: < 10 % better
+    ({"linear": 5.0, "transposed": 3.0, "onednn": 4.0, "onednn_packed": 2.6}, "onednn_packed"),
+    ({"linear": 1.0, "transposed": 3.0, "onednn": 4.0, "onednn_packed": 2.0}, "linear"),
+    ({"linear": 5.0, "transposed": 3.0, "onednn": 2.0}, "onednn"),  # no packed kernel on this CPU
+    ({"linear": 5.0, "transposed": 3.0}, "transposed"),  # no oneDNN at all
+])
+def test_the_measurement_picks_the_fastest_kernel_and_packs_only_for_a_clear_gain(monkeypatch, seconds, chosen):
+    fake_kernels(monkeypatch, seconds)
     layer = torch.nn.Linear(32, 64)
-    original = beam_search._transposed_linear
-    linear = torch.nn.functional.linear
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(beam_search, "_transposed_linear", lambda *a: events.append("transposed") or original(*a))
-        patch.setattr(beam_search.F, "linear", lambda *a: events.append("linear") or linear(*a))
-        with torch.no_grad():
-            beam_search._measure_orientation(layer.weight, layer.bias, 4, min_rounds=3, max_rounds=3,
-                                             before=lambda: events.append("flush"))
-    warm_up, timed = events[:2], events[2:]
-    assert sorted(warm_up) == ["linear", "transposed"]
-    assert timed == ["flush", "transposed", "flush", "linear"] * 3
+    assert beam_search._measure_kernel(layer.weight, layer.bias, 4) == chosen
 
 
-def test_decoder_steps_measure_after_streaming_their_weight_bytes(tiny_model, orientation, monkeypatch):
+def test_kernels_that_fail_or_disagree_here_are_left_out(monkeypatch):
+    layer = torch.nn.Linear(32, 64)
+    x = torch.randn(4, 32)
+    with torch.no_grad():
+        assert set(beam_search._candidates(layer.weight, layer.bias, x)) == set(beam_search.KERNELS)
+        monkeypatch.setattr(beam_search, "_pack", lambda weight: (_ for _ in ()).throw(RuntimeError("no")))
+        assert set(beam_search._candidates(layer.weight, layer.bias, x)) == {"linear", "transposed", "onednn"}
+        original = beam_search._onednn_linear
+        monkeypatch.setattr(beam_search, "_onednn_linear", lambda *a: original(*a) * 1.001)
+        assert set(beam_search._candidates(layer.weight, layer.bias, x)) == {"linear", "transposed"}
+
+
+def test_each_timed_call_of_the_measurement_starts_after_a_flush(monkeypatch):
+    events = []
+    fake_kernels(monkeypatch, {"linear": 1.0, "transposed": 2.0, "onednn": 3.0})
+    original = beam_search._candidates
+    monkeypatch.setattr(beam_search, "_candidates", lambda *a: {
+        name: (lambda name=name, run=run: events.append(name) or run()) for name, run in original(*a).items()})
+    layer = torch.nn.Linear(32, 64)
+    beam_search._measure_kernel(layer.weight, layer.bias, 4, min_rounds=3, max_rounds=3,
+                                before=lambda: events.append("flush"))
+    assert events == ["flush", "linear", "flush", "transposed", "flush", "onednn"] * 3
+
+
+def test_decoder_steps_measure_after_streaming_their_weight_bytes(tiny_model, kernel, monkeypatch):
     streamed = []
     monkeypatch.setattr(beam_search, "_cache_flusher", lambda cold_bytes: streamed.append(cold_bytes) or "flush")
     codes, clap = random_clips(1, [20], seed=2)
     config = GenerationOptions().to_generation_config(tiny_model.config)
     tiny_model.generate(**make_batch(codes, clap), generation_config=config)
     assert streamed and set(streamed) == {beam_search.step_weight_bytes(tiny_model)}
-    assert set(orientation["before"]) == {"flush"}
+    assert set(kernel["before"]) == {"flush"}
 
 
 def test_the_flusher_reads_a_buffer_of_the_bytes_asked_for(monkeypatch):
