@@ -7,8 +7,9 @@ transformers 5 changed these interfaces that the model subclasses or calls (desi
   alone (4.x: ``(hidden_states, attention_mask, layer_head_mask, output_attentions)`` returning a
   tuple), and attention weights are collected by forward hooks on the attention modules instead
   of being returned; the EnCLAP encoder records its own the same way (:func:`run_encoder_layer`).
-  Only eager attention computes weights: 5.x refuses ``output_attentions`` with SDPA
-  (:func:`require_attention_weights`), where 4.x returned None per layer;
+  Only eager attention computes weights: 5.x refuses a config with ``output_attentions`` and
+  SDPA, and so does the encoder a call (:func:`require_attention_weights`); 4.x gives None per
+  layer there;
 * head masks are gone;
 * ``generate`` fills every unset (None) option of a passed generation config from the model's
   own generation config, then from library defaults, and has no ``use_model_defaults`` (4.x, which
@@ -84,6 +85,11 @@ def encoder_layer_output(hidden_states: torch.Tensor, attn_weights: Optional[tor
     return (hidden_states, attn_weights) if output_attentions else (hidden_states,)
 
 
+def encoder_layer_hidden_states(output) -> torch.Tensor:
+    """The hidden states in an encoder layer's output (a tensor under 5.x, a tuple under 4.x)."""
+    return output if isinstance(output, torch.Tensor) else output[0]
+
+
 def require_attention_weights(config, requested: bool) -> None:
     """Raise where attention weights are requested from an attention implementation that computes none.
 
@@ -126,9 +132,9 @@ def run_encoder_layer(layer: nn.Module, hidden_states: torch.Tensor, attention_m
     with recorded_attention_weights(layer.self_attn) if recording else contextlib.nullcontext() as recorded:
         output = layer(hidden_states, attention_mask, layer_head_mask=layer_head_mask,
                        output_attentions=output_attentions)
-    if TRANSFORMERS_5:
-        return output, (recorded[-1] if output_attentions else None)
-    return output[0], (output[1] if output_attentions else None)
+    if not output_attentions:
+        return encoder_layer_hidden_states(output), None
+    return encoder_layer_hidden_states(output), (recorded[-1] if TRANSFORMERS_5 else output[1])
 
 
 #: Options that make ``generate`` run a passed generation config as it is (4.x; 5.x does so by itself

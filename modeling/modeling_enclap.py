@@ -137,7 +137,9 @@ class EnClapBartEncoder(BartEncoder):
             clap_embedding: (B, d_clap) CLAP audio embeddings.
             encodec_mask: (B, L), 1 at codec rows.
             attention_mask: (B, L), 1 for real rows, 0 for padding.
-            head_mask, output_attentions, output_hidden_states, return_dict: as in BART.
+            head_mask, output_attentions, output_hidden_states, return_dict: as in BART (head masks
+                under transformers 4.x only; attention weights come from eager attention only,
+                design §10).
             inputs_embeds: precomputed output of :meth:`embed` (skips the lookups).
         """
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
