@@ -5,7 +5,11 @@ transformers 5 changed these interfaces that the model subclasses or calls (desi
 * the decoding cache is passed and returned as ``cache`` (4.x: ``past_key_values``);
 * ``BartEncoderLayer.forward(hidden_states, attention_mask, **kwargs)`` returns the hidden states
   alone (4.x: ``(hidden_states, attention_mask, layer_head_mask, output_attentions)`` returning a
-  tuple), and attention weights are collected by hooks instead of being returned;
+  tuple), and attention weights are collected by forward hooks on the attention modules instead
+  of being returned; the EnCLAP encoder records its own the same way (:func:`run_encoder_layer`).
+  Only eager attention computes weights: 5.x refuses a config with ``output_attentions`` and
+  SDPA, and so does the encoder a call (:func:`require_attention_weights`); 4.x gives None per
+  layer there;
 * head masks are gone;
 * ``generate`` fills every unset (None) option of a passed generation config from the model's
   own generation config, then from library defaults, and has no ``use_model_defaults`` (4.x, which
@@ -19,10 +23,12 @@ the same under both; the rest of the package asks this module instead of compari
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import contextlib
+from typing import Any, Iterator, Optional
 
 import torch
 import transformers
+from torch import nn
 from transformers import GenerationConfig
 
 #: True under transformers 5.x.
@@ -82,6 +88,53 @@ def encoder_layer_output(hidden_states: torch.Tensor, attn_weights: Optional[tor
 def encoder_layer_hidden_states(output) -> torch.Tensor:
     """The hidden states in an encoder layer's output (a tensor under 5.x, a tuple under 4.x)."""
     return output if isinstance(output, torch.Tensor) else output[0]
+
+
+def require_attention_weights(config, requested: bool) -> None:
+    """Raise where attention weights are requested from an attention implementation that computes none.
+
+    As transformers 5 itself refuses ``output_attentions`` in a config whose implementation is not
+    eager (SDPA and flash attention return no weights). 4.x warns and gives None per layer.
+    """
+    implementation = config._attn_implementation
+    if TRANSFORMERS_5 and requested and implementation not in ("eager", None):
+        raise ValueError(
+            f"output_attentions is not supported with attn_implementation {implementation!r} "
+            "(it computes no attention weights); call model.set_attn_implementation('eager') first"
+        )
+
+
+@contextlib.contextmanager
+def recorded_attention_weights(attention: nn.Module) -> Iterator[list]:
+    """Collect the attention weights that ``attention`` (a ``BartAttention``) computes inside the block.
+
+    Its layer drops them under 5.x; transformers' own models record them with the same kind of
+    forward hook (the module returns ``(output, weights)``). Yields the list they are appended to,
+    one entry per call.
+    """
+    weights = []
+    handle = attention.register_forward_hook(lambda module, args, output: weights.append(output[1]))
+    try:
+        yield weights
+    finally:
+        handle.remove()
+
+
+def run_encoder_layer(layer: nn.Module, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor],
+                      layer_head_mask: Optional[torch.Tensor], output_attentions: bool):
+    """Run an :class:`~modeling.layers.EnClapBartEncoderLayer` under the installed interface.
+
+    Returns:
+        ``(hidden_states, weights)``: the layer's output and, when ``output_attentions``, its
+        self-attention weights (B, heads, L, L), else None.
+    """
+    recording = TRANSFORMERS_5 and output_attentions
+    with recorded_attention_weights(layer.self_attn) if recording else contextlib.nullcontext() as recorded:
+        output = layer(hidden_states, attention_mask, layer_head_mask=layer_head_mask,
+                       output_attentions=output_attentions)
+    if not output_attentions:
+        return encoder_layer_hidden_states(output), None
+    return encoder_layer_hidden_states(output), (recorded[-1] if TRANSFORMERS_5 else output[1])
 
 
 #: Options that make ``generate`` run a passed generation config as it is (4.x; 5.x does so by itself

@@ -137,7 +137,9 @@ class EnClapBartEncoder(BartEncoder):
             clap_embedding: (B, d_clap) CLAP audio embeddings.
             encodec_mask: (B, L), 1 at codec rows.
             attention_mask: (B, L), 1 for real rows, 0 for padding.
-            head_mask, output_attentions, output_hidden_states, return_dict: as in BART.
+            head_mask, output_attentions, output_hidden_states, return_dict: as in BART (head masks
+                under transformers 4.x only; attention weights come from eager attention only,
+                design §10).
             inputs_embeds: precomputed output of :meth:`embed` (skips the lookups).
         """
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
@@ -165,7 +167,7 @@ class EnClapBartEncoder(BartEncoder):
             mask = (1.0 - attention_mask[:, None, None, :].to(hidden_states.dtype)) * torch.finfo(
                 hidden_states.dtype
             ).min
-        compat.require_4x("output_attentions of the EnCLAP encoder", bool(output_attentions))
+        compat.require_attention_weights(self.config, bool(output_attentions))
         if head_mask is not None and head_mask.size(0) != len(self.layers):
             raise ValueError(f"head_mask is for {head_mask.size(0)} layers, the encoder has {len(self.layers)}")
 
@@ -178,15 +180,11 @@ class EnClapBartEncoder(BartEncoder):
                 if output_attentions:
                     all_attentions += (None,)
                 continue
-            layer_outputs = layer(
-                hidden_states,
-                mask,
-                layer_head_mask=head_mask[idx] if head_mask is not None else None,
-                output_attentions=output_attentions,
-            )
-            hidden_states = compat.encoder_layer_hidden_states(layer_outputs)
+            layer_head_mask = head_mask[idx] if head_mask is not None else None
+            hidden_states, weights = compat.run_encoder_layer(layer, hidden_states, mask, layer_head_mask,
+                                                              bool(output_attentions))
             if output_attentions:
-                all_attentions += (layer_outputs[1],)
+                all_attentions += (weights,)
         if output_hidden_states:
             all_states += (hidden_states,)
 
