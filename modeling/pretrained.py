@@ -44,7 +44,7 @@ def has_tokenizer(folder: str) -> bool:
     return any(os.path.isfile(os.path.join(folder, name)) for name in TOKENIZER_FILES)
 
 
-def load_tokenizer(name_or_path: str | os.PathLike, fallback: bool = True):
+def load_tokenizer(name_or_path: str | os.PathLike, fallback: bool = True, config: Any = None):
     """A tokenizer from a local folder or a hub id.
 
     A local checkpoint folder without tokenizer files (the authors' releases carry none) gets
@@ -56,6 +56,9 @@ def load_tokenizer(name_or_path: str | os.PathLike, fallback: bool = True):
         name_or_path: a folder, a weights file inside a checkpoint folder, or a hub id.
         fallback: give a local folder that carries no tokenizer :data:`DEFAULT_TOKENIZER` (False:
             that is an error).
+        config: the checkpoint's model config, when it is already loaded. Without it transformers
+            reads the folder's ``config.json`` once more, as a stock BART config, and transformers 5
+            then warns that ``encodec_pad_token_id`` lies outside the text vocabulary.
     """
     from transformers import AutoTokenizer
 
@@ -65,7 +68,7 @@ def load_tokenizer(name_or_path: str | os.PathLike, fallback: bool = True):
     if os.path.isdir(source) and not has_tokenizer(source) and fallback:
         source = DEFAULT_TOKENIZER
     try:
-        return AutoTokenizer.from_pretrained(source)
+        return AutoTokenizer.from_pretrained(source, **({} if config is None else {"config": config}))
     except (OSError, TypeError, ValueError) as exc:
         # Offline, transformers raises TypeError for an uncached hub tokenizer.
         raise CheckpointError(
@@ -87,6 +90,6 @@ def load_pretrained(name_or_path: str | os.PathLike, tokenizer: Optional[str] = 
     """
     folder, weights_file = resolve_checkpoint(name_or_path, cache_dir=cache_dir)  # a hub id is fetched once, here
     model = EnClapBartForConditionalGeneration.from_pretrained(weights_file or folder, **config_overrides)
-    tok = load_tokenizer(tokenizer or folder)
+    tok = load_tokenizer(tokenizer or folder, config=None if tokenizer else model.config)
     return Pretrained(model=model, tokenizer=tok,
                       generation_config=GenerationOptions().to_generation_config(model.config), folder=folder)

@@ -66,10 +66,10 @@ def model_positions(cfg: DictConfig) -> int:
     """``max_position_embeddings`` of the model the recipe builds, read from a config file only."""
     if cfg.model.init == "scratch":
         return int(cfg.model.max_position_embeddings)
-    from transformers import AutoConfig
+    from modeling import EnClapBartConfig  # reads BART's and EnCLAP's config.json alike
 
     try:
-        return int(AutoConfig.from_pretrained(str(cfg.model.name_or_path)).max_position_embeddings)
+        return int(EnClapBartConfig.from_pretrained(str(cfg.model.name_or_path)).max_position_embeddings)
     except (OSError, TypeError, ValueError) as error:
         raise ConfigError(f"model.name_or_path: cannot read the config of {cfg.model.name_or_path!r} "
                           f"({type(error).__name__}); download it or set a local folder") from None

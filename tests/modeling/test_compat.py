@@ -10,7 +10,7 @@ import pytest
 import torch
 import transformers.configuration_utils
 
-from modeling import EnClapBartForConditionalGeneration, compat
+from modeling import EnClapBartConfig, EnClapBartForConditionalGeneration, compat
 from tests.helpers import make_batch, make_tiny_config, random_clips
 
 
@@ -28,9 +28,9 @@ def test_cache_is_taken_under_either_name():
     assert compat.pop_cache(cache, {}) is cache
 
 
-def test_saving_a_config_warns_of_nothing(tmp_path, monkeypatch):
-    # transformers 5 checks every `*_token_id` field against the text vocabulary when saving;
-    # the codec pad id (1024) indexes the codec tables instead.
+def test_saving_and_loading_a_config_warns_of_nothing(tmp_path, monkeypatch):
+    # transformers 5 checks every `*_token_id` field against the text vocabulary when saving and
+    # loading; the codec pad id (1024) indexes the codec tables instead.
     warned = []
     logger = transformers.configuration_utils.logger
     monkeypatch.setattr(logger, "warning_once", lambda message, *args: warned.append(message))
@@ -39,6 +39,15 @@ def test_saving_a_config_warns_of_nothing(tmp_path, monkeypatch):
     config.save_pretrained(tmp_path)
     assert warned == []
     assert config.encodec_pad_token_id == 1024
+    loaded = EnClapBartConfig.from_pretrained(tmp_path)
+    assert warned == []
+    assert loaded.encodec_pad_token_id == 1024 and loaded.vocab_size == 100
+    config.pad_token_id = 100  # a text special token outside the vocabulary is still reported
+    config.save_pretrained(tmp_path / "bad")
+    if compat.TRANSFORMERS_5:
+        assert len(warned) == 1 and "pad_token_id" in warned[0]
+    else:  # 4.x has no such check
+        assert warned == []
 
 
 def test_head_masks_run_under_4x_and_are_refused_under_5x():
