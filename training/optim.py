@@ -49,22 +49,25 @@ def param_groups(model: torch.nn.Module, weight_decay: float,
 
 
 def fused_adamw_applies(params: Sequence[torch.Tensor]) -> bool:
-    """Whether AdamW can run fused: every parameter a floating-point tensor on a CUDA device.
+    """Whether AdamW can run fused: every parameter a floating-point tensor on one CUDA device or the CPU.
 
-    The fused kernel updates all parameters in a few launches instead of several per tensor
-    group; on CPU the default (``foreach``) implementation is kept.
+    The fused kernel updates all parameters in one pass over their memory. PyTorch's default on
+    a CPU is a loop of several elementwise passes per tensor: for bart-base's 150 M parameters on
+    2 cores, about 0.5 s per step against 0.1 s fused. The two agree to float rounding (a test).
     """
     params = list(params)
-    return bool(params) and all(p.device.type == "cuda" and p.is_floating_point() for p in params)
+    return (bool(params) and len({p.device.type for p in params}) == 1
+            and params[0].device.type in ("cuda", "cpu") and all(p.is_floating_point() for p in params))
 
 
-def build_optimizer(model: torch.nn.Module, optim: DictConfig | Any) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups` with the recipe's betas, eps and decay; fused on CUDA.
+def build_optimizer(model: torch.nn.Module, optim: DictConfig | Any, fused: bool = True) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups` with the recipe's betas, eps and decay; fused where it can be.
 
     Build it after the model is on its device (:func:`fused_adamw_applies` looks at the parameters).
+    ``fused=False`` gives PyTorch's default implementation (the benchmark's baseline).
     """
     groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, optim.weight_decay)]
-    fused = {"fused": True} if fused_adamw_applies([p for g in groups for p in g["params"]]) else {}
+    fused = {"fused": True} if fused and fused_adamw_applies([p for g in groups for p in g["params"]]) else {}
     return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.adam_beta1, optim.adam_beta2), eps=optim.adam_epsilon,
                              **fused)
 

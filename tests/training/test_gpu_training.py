@@ -1,9 +1,10 @@
-"""GPU-readiness of training, checked on CPU: bf16 autocast through Accelerate, fused AdamW only
-on CUDA, DDP without find_unused_parameters, TF32 only on CUDA, the recipes' mixed precision,
+"""GPU-readiness of training, checked on CPU: bf16 autocast through Accelerate, fused AdamW (on
+CPU too), DDP without find_unused_parameters, TF32 only on CUDA, the recipes' mixed precision,
 and a validation loader built once with persistent workers."""
 
 from __future__ import annotations
 
+import copy
 import re
 import subprocess
 import sys
@@ -30,15 +31,40 @@ def test_gpu_recipes_train_in_bf16_unless_overridden(recipe):
     assert load_config(str(REPO / "cfg/tiny.yaml")).optim.mixed_precision is None  # CPU recipe: fp32
 
 
-def test_adamw_is_fused_only_on_cuda():
+OPTIM = SimpleNamespace(weight_decay=0.01, lr=1e-3, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8)
+
+
+def test_adamw_is_fused_on_cpu_and_cuda():
     model = torch.nn.Linear(3, 2)
-    assert not fused_adamw_applies(list(model.parameters()))
+    assert fused_adamw_applies(list(model.parameters()))
     assert not fused_adamw_applies([])
     assert not fused_adamw_applies([torch.empty(2, device="meta")])
-    optim = SimpleNamespace(weight_decay=0.01, lr=1e-3, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8)
-    assert not build_optimizer(model, optim).defaults.get("fused")
+    assert not fused_adamw_applies([torch.empty(2), torch.empty(2, device="meta")])  # one device type only
+    assert not fused_adamw_applies([torch.empty(2, dtype=torch.int64)])
+    assert build_optimizer(model, OPTIM).defaults["fused"]
+    assert not build_optimizer(model, OPTIM, fused=False).defaults.get("fused")
     if torch.cuda.is_available():  # pragma: no cover - GPU machines only
-        assert build_optimizer(model.cuda(), optim).defaults["fused"]
+        assert build_optimizer(model.cuda(), OPTIM).defaults["fused"]
+
+
+@pytest.mark.numerics
+def test_fused_adamw_steps_like_the_default_one():
+    # Both parameter groups (decayed and not), several steps: the same update up to rounding.
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.LayerNorm(32), torch.nn.Linear(32, 4))]
+    models.append(copy.deepcopy(models[0]))
+    initial = copy.deepcopy(models[0])
+    optimizers = [build_optimizer(models[0], OPTIM), build_optimizer(models[1], OPTIM, fused=False)]
+    assert [bool(o.defaults.get("fused")) for o in optimizers] == [True, False]
+    for step in range(5):
+        x = torch.randn(8, 16, generator=torch.Generator().manual_seed(step))
+        for model, optimizer in zip(models, optimizers):
+            model(x).square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    for fused, default, before in zip(models[0].parameters(), models[1].parameters(), initial.parameters()):
+        torch.testing.assert_close(fused, default, rtol=1e-5, atol=1e-7)
+        assert not torch.equal(fused, before)  # the steps moved every parameter
 
 
 def test_tf32_is_allowed_for_training_on_cuda_only():
