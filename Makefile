@@ -22,7 +22,7 @@ metrics-setup: $(STAMP)
 
 # The suite, then its numerics tests under other CPU kernels (mk/kernels.mk), then the model,
 # generation, loading and training tests under the other transformers major (mk/transformers5.mk).
-test: setup browser
+test: setup browser transformers5-overlay  # the overlay first: the suite's cross-major checkpoint test uses it
 	$(PY) -m pytest -q tests
 	@$(MAKE) --no-print-directory test-kernels
 	@$(MAKE) --no-print-directory test-transformers5

@@ -12,12 +12,14 @@ T5_PY := PYTHONPATH=$(CURDIR)/$(T5_OVERLAY) $(PY)
 T5_TESTS ?= tests/modeling tests/training tests/captioning tests/data/extraction/test_encoders.py tests/test_gradio.py \
 	tests/test_cli_inference.py tests/test_cli_inference_warnings.py tests/test_cli_evaluate.py tests/test_cli_train.py
 
-.PHONY: test-transformers5
+.PHONY: test-transformers5 transformers5-overlay
 
 $(T5_STAMP): requirements-transformers5.txt $(STAMP)
 	rm -rf $(T5_OVERLAY)
 	$(PY) -m pip install -q --no-deps --target $(T5_OVERLAY) -r requirements-transformers5.txt
 	@touch $@
+
+transformers5-overlay: $(T5_STAMP)
 
 test-transformers5: setup browser $(T5_STAMP)
 	@$(T5_PY) -c 'import transformers as t, huggingface_hub as h, tokenizers as k; \
