@@ -328,8 +328,8 @@ def _candidates(weight: torch.Tensor, bias: Optional[torch.Tensor], x: torch.Ten
             run = make()
             if float((run().float() - expected).abs().max()) <= tolerance:
                 found[name] = run
-        except (RuntimeError, AttributeError, NotImplementedError):  # no such op here, or not for this dtype
-            continue
+        except (RuntimeError, AttributeError, NotImplementedError, TypeError):
+            continue  # no such op in this PyTorch, another signature, or not this dtype on this CPU
     return found
 
 

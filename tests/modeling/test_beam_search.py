@@ -268,6 +268,8 @@ def test_kernels_that_fail_or_disagree_here_are_left_out(monkeypatch):
         assert set(beam_search._candidates(layer.weight, layer.bias, x)) == set(beam_search.KERNELS)
         monkeypatch.setattr(beam_search, "_pack", lambda weight: (_ for _ in ()).throw(RuntimeError("no")))
         assert set(beam_search._candidates(layer.weight, layer.bias, x)) == {"linear", "transposed", "onednn"}
+        monkeypatch.setattr(beam_search, "_pack", lambda weight: (_ for _ in ()).throw(TypeError("other signature")))
+        assert set(beam_search._candidates(layer.weight, layer.bias, x)) == {"linear", "transposed", "onednn"}
         original = beam_search._onednn_linear
         monkeypatch.setattr(beam_search, "_onednn_linear", lambda *a: original(*a) * 1.001)
         assert set(beam_search._candidates(layer.weight, layer.bias, x)) == {"linear", "transposed"}
