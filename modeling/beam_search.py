@@ -274,7 +274,8 @@ def _packed_weight(module: torch.nn.Linear) -> torch.Tensor:
     weight's storage, version or dtype, and the next step packs the new weight.
     """
     weight = module.weight
-    stamp = (weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape))
+    version = None if weight.is_inference() else weight._version  # inference tensors keep no version
+    stamp = (weight.data_ptr(), version, weight.dtype, tuple(weight.shape))
     kept = module.__dict__.get("_enclap_packed")
     if kept is None or kept[0] != stamp:
         kept = (stamp, _pack(weight))

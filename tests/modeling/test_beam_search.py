@@ -236,6 +236,18 @@ def test_the_packed_copy_follows_the_weight(kernel, kernel_calls, monkeypatch):
     assert [k for k, _ in kernel_calls] == ["onednn_packed"] * (5 if bf16_packs else 4)
 
 
+def test_a_model_made_in_inference_mode_runs_the_packed_kernel(kernel, kernel_calls):
+    # Its weights are inference tensors, which keep no version counter.
+    kernel["name"] = "onednn_packed"
+    with torch.inference_mode():
+        layer = torch.nn.Linear(32, 64)
+        x = torch.randn(4, 1, 32)
+        torch.testing.assert_close(beam_search._linear(layer, x), layer(x))
+    with torch.no_grad():
+        torch.testing.assert_close(beam_search._linear(layer, x), layer(x))
+    assert kernel_calls == [("onednn_packed", 4)] * 2
+
+
 def fake_kernels(monkeypatch, seconds: dict):
     """Kernels that each advance a fake clock by ``seconds[name]`` per call."""
     clock = [0.0]
