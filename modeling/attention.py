@@ -101,21 +101,30 @@ def drop_mask(like: torch.Tensor, p: float, generator: Optional[torch.Generator]
     return torch.empty_like(like, dtype=torch.bool).bernoulli_(p)
 
 
+def apply_drop(x: torch.Tensor, dropped: Optional[torch.Tensor], p: float) -> torch.Tensor:
+    """Inverted dropout with a mask from :func:`drop_mask`: ``x`` itself when ``dropped`` is None,
+    else a new tensor with the dropped elements zeroed and the others scaled by ``1 / (1 - p)``
+    (the same for a gradient in backward)."""
+    if dropped is None:
+        return x
+    return x.masked_fill(dropped, 0.0).mul_(1.0 / (1.0 - p))
+
+
 class _Dropout(torch.autograd.Function):
     """Inverted dropout that keeps its mask as one byte per element for backward."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float):
         dropped = drop_mask(x, p)
-        ctx.scale = 1.0 / (1.0 - p)
+        ctx.p = p
         ctx.save_for_backward(dropped)
-        return x.masked_fill(dropped, 0.0).mul_(ctx.scale)
+        return apply_drop(x, dropped, p)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         (dropped,) = ctx.saved_tensors
-        return grad.masked_fill(dropped, 0.0).mul_(ctx.scale), None
+        return apply_drop(grad, dropped, ctx.p), None
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:

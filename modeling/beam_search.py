@@ -235,9 +235,8 @@ def _linear(module: torch.nn.Linear, x: torch.Tensor, cold_bytes: int = 0) -> to
     ``F.linear`` is kept.
     """
     flat = x.reshape(-1, x.shape[-1])
-    if flat.device.type != "cpu" or flat.shape[0] > _SKINNY_ROWS:
-        return F.linear(x, module.weight, module.bias)
-    kernel = _kernel_for(module, flat, cold_bytes)
+    few_cpu_rows = flat.device.type == "cpu" and flat.shape[0] <= _SKINNY_ROWS
+    kernel = _kernel_for(module, flat, cold_bytes) if few_cpu_rows else "linear"
     if kernel == "linear":
         return F.linear(x, module.weight, module.bias)
     if kernel == "transposed":
@@ -320,13 +319,9 @@ def _candidates(weight: torch.Tensor, bias: Optional[torch.Tensor], x: torch.Ten
     expected = F.linear(x, weight, bias).float()
     # Rounding only: relative to the largest output, a few units of the dtype's last place.
     tolerance = 64 * torch.finfo(weight.dtype).eps * float(expected.abs().max())
-    onednn = {
-        "onednn": lambda: lambda: _onednn_linear(weight, bias, x),
-        "onednn_packed": lambda: functools.partial(_onednn_linear, _pack(weight), bias, x),
-    }
-    for name, make in onednn.items():
+    for name in ("onednn", "onednn_packed"):
         try:
-            run = make()
+            run = functools.partial(_onednn_linear, _pack(weight) if name == "onednn_packed" else weight, bias, x)
             if float((run().float() - expected).abs().max()) <= tolerance:
                 found[name] = run
         except (RuntimeError, AttributeError, NotImplementedError, TypeError):

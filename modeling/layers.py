@@ -11,7 +11,7 @@ apply: evaluation, no gradient, attention weights or head masks requested, a dec
   input, ``fc1``'s output and its dropout masks (one byte per element) for the backward pass. The
   layer-norm output and the activation output, a (B, L, ffn_dim) tensor, are recomputed there
   instead of being stored. On CPU with attention dropout, its self-attention
-  runs :func:`modeling.attention.attention` (blocked, the dropout mask redrawn in backward)
+  runs :func:`modeling.attention.attention` (blocked, the dropout mask kept packed to one bit)
   instead of SDPA's fallback that materialises the attention matrix and its mask. Dropout masks
   on CPU come from :class:`modeling.attention.MaskStream` (same keep probability, cheaper than
   ``bernoulli_``; different draws from stock dropout, so only dropout-free runs are equal).
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from transformers.models.bart.modeling_bart import BartAttention, BartEncoderLayer
 
 from . import compat
-from .attention import attention, drop_mask, dropout
+from .attention import apply_drop, attention, drop_mask, dropout
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -82,8 +82,7 @@ class _FeedForward(torch.autograd.Function):
         del act
         out = out.view(*pre.shape[:-1], -1)
         out_dropped = drop_mask(out, layer.dropout)
-        if out_dropped is not None:
-            out = out.masked_fill_(out_dropped, 0.0).mul_(_keep_scale(layer.dropout))
+        out = apply_drop(out, out_dropped, layer.dropout)
         ctx.layer, ctx.out_dtype = layer, out.dtype
         ctx.save_for_backward(h1, pre, ln_weight, ln_bias, fc1_weight, fc2_weight, act_dropped, out_dropped)
         return ln1 + out
@@ -94,9 +93,7 @@ class _FeedForward(torch.autograd.Function):
         h1, pre, ln_weight, ln_bias, fc1_weight, fc2_weight, act_dropped, out_dropped = ctx.saved_tensors
         layer = ctx.layer
         need = ctx.needs_input_grad
-        grad_out = grad.to(ctx.out_dtype)  # d loss / d fc2 output
-        if out_dropped is not None:
-            grad_out = grad_out.masked_fill(out_dropped, 0.0).mul_(_keep_scale(layer.dropout))
+        grad_out = apply_drop(grad.to(ctx.out_dtype), out_dropped, layer.dropout)  # d loss / d fc2 output
         grad_fc2_b = _rows(grad_out).sum(0).to(fc2_weight.dtype) if need[6] else None
         # fc2 read the activation scaled by 1 / (1 - p): its weight and input gradients carry that scale.
         scaled = grad_out * _keep_scale(layer.activation_dropout) if act_dropped is not None else grad_out

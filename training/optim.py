@@ -49,7 +49,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float,
 
 
 def fused_adamw_applies(params: Sequence[torch.Tensor]) -> bool:
-    """Whether AdamW can run fused: every parameter a floating-point tensor on one CUDA device or the CPU.
+    """Whether AdamW can run fused: every parameter a floating-point tensor, all on CUDA or all on the CPU.
 
     The fused kernel updates all parameters in one pass over their memory. PyTorch's default on
     a CPU is a loop of several elementwise passes per tensor: for bart-base's 150 M parameters on
@@ -67,9 +67,9 @@ def build_optimizer(model: torch.nn.Module, optim: DictConfig | Any, fused: bool
     ``fused=False`` gives PyTorch's default implementation (the benchmark's baseline).
     """
     groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, optim.weight_decay)]
-    fused = {"fused": True} if fused and fused_adamw_applies([p for g in groups for p in g["params"]]) else {}
+    fused = fused and fused_adamw_applies([p for g in groups for p in g["params"]])
     return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.adam_beta1, optim.adam_beta2), eps=optim.adam_epsilon,
-                             **fused)
+                             **({"fused": True} if fused else {}))
 
 
 def lr_factor(step: int, schedule: str, warmup_steps: int, total_steps: int,
